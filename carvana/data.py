@@ -1,0 +1,164 @@
+"""Carvana-layout datasets: photos `{car}_{NN}.jpg`, masks `{car}_{NN}_mask.gif` or predicted `{car}_{NN}.png`."""
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from carvana import CarvanaError
+from carvana.io import read_image, read_mask
+from carvana.transforms import eval_transform, input_mode, train_transform
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Carvana's GIFs first, then predictions written by predict.py, so a prediction directory can serve as labels
+MASK_PATTERNS = ("{}_mask.gif", "{}.png", "{}_mask.png", "{}.gif")
+
+
+def car_id(path: str | Path) -> str:
+    """The car of a photo: '0cdf5b5d0ce1' for '0cdf5b5d0ce1_05.jpg'."""
+    return Path(path).stem.rsplit("_", 1)[0]
+
+
+def list_images(directory: str | Path) -> list[Path]:
+    """The photos of a directory, sorted; a missing or empty directory is a CarvanaError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CarvanaError(f"photo directory {directory} does not exist: check data.root / input_dir")
+    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not images:
+        raise CarvanaError(f"photo directory {directory} holds no .jpg photos")
+    return images
+
+
+def find_masks(images: list[Path], mask_dir: str | Path) -> list[Path]:
+    """The mask of each photo in `mask_dir`; every missing one is reported in one line."""
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise CarvanaError(f"mask directory {mask_dir} does not exist: check data.train_mask_dir / data.val_mask_dir")
+    masks, missing = [], []
+    for image in images:
+        found = [mask_dir / p.format(image.stem) for p in MASK_PATTERNS if (mask_dir / p.format(image.stem)).exists()]
+        masks.append(found[0] if found else None)
+        if not found:
+            missing.append(image.name)
+    if missing:
+        raise CarvanaError(
+            f"{len(missing)} photo(s) have no mask in {mask_dir} (expected {MASK_PATTERNS[0].format('<name>')}), "
+            f"first: {', '.join(missing[:5])}; add the masks or remove the photos"
+        )
+    return masks
+
+
+def check_sizes(images: list[Path], masks: list[Path]) -> None:
+    """Compare every photo's size with its mask's from the file headers, before a long run starts."""
+    for image, mask in zip(images, masks):
+        with Image.open(image) as img, Image.open(mask) as msk:
+            if img.size != msk.size:
+                raise CarvanaError(
+                    f"photo {image} is {img.size[0]}x{img.size[1]} but its mask {mask} is "
+                    f"{msk.size[0]}x{msk.size[1]}: photo and mask must have the same size"
+                )
+
+
+class CarvanaDataset(Dataset):
+    """Photos (3xHxW uint8 tensors, model-sized) with, when masks are given, 1xHxW float masks in {0, 1}."""
+
+    def __init__(self, images: list[Path], masks: list[Path] | None, transform: A.Compose, mask_full_size: bool):
+        self.images, self.masks, self.transform = images, masks, transform
+        # validation keeps masks at full size, so the metric is Kaggle's at 1918x1280, whatever the input mode
+        self.mask_full_size = mask_full_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        image = read_image(self.images[index])
+        item = {"name": self.images[index].stem, "size": torch.tensor(image.shape[:2])}
+        if self.masks is None:
+            item["image"] = _to_tensor(self.transform(image=image)["image"])
+            return item
+        mask = read_mask(self.masks[index])
+        if mask.shape != image.shape[:2]:
+            raise CarvanaError(f"mask {self.masks[index]} is {mask.shape[::-1]}, photo is {image.shape[1::-1]}")
+        if self.mask_full_size:
+            out = self.transform(image=image)
+        else:
+            out = self.transform(image=image, mask=mask)
+            mask = out["mask"]
+        item["image"] = _to_tensor(out["image"])
+        item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
+        return item
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """The fold table, columns id (car) and fold."""
+    path = Path(path)
+    if not path.exists():
+        raise CarvanaError(f"folds file {path} does not exist (data.folds): make it with python -m carvana.folds")
+    folds = pd.read_csv(path, dtype={"id": str})
+    if not {"id", "fold"} <= set(folds.columns):
+        raise CarvanaError(f"folds file {path} needs the columns id,fold; it has {','.join(folds.columns)}")
+    return folds
+
+
+class CarvanaDataModule(pl.LightningDataModule):
+    """Train on the cars of every fold but `fold`, validate on `fold`'s cars, both from `root`."""
+
+    def __init__(self, root: str, folds: str, fold: int, image_dir: str = "train", train_mask_dir: str = "train_masks",
+                 val_mask_dir: str = "train_masks", crop_size: list[int] | None = None,
+                 input_size: list[int] | None = None, batch_size: int = 4, num_workers: int = 2,
+                 augment: dict | None = None):
+        super().__init__()
+        self.root, self.folds, self.fold = Path(root), folds, fold
+        self.image_dir, self.train_mask_dir, self.val_mask_dir = image_dir, train_mask_dir, val_mask_dir
+        self.crop_size, self.input_size = crop_size, input_size
+        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment or {}
+        self.train_set = self.val_set = None
+
+    def split(self) -> tuple[list[Path], list[Path]]:
+        """Train and validation photos of this fold; every check on the inputs happens here, before training."""
+        if not self.root.is_dir():
+            raise CarvanaError(f"data.root={self.root} does not exist: point data.root at the Carvana data")
+        input_mode(self.crop_size, self.input_size)
+        images = list_images(self.root / self.image_dir)
+        folds = read_folds(self.folds)
+        if self.fold not in set(folds.fold):
+            raise CarvanaError(f"fold={self.fold} is not in {self.folds}: choose one of {sorted(set(folds.fold))}")
+        fold_of = dict(zip(folds.id, folds.fold))
+        unknown = sorted({car_id(p) for p in images} - set(fold_of))
+        if unknown:
+            raise CarvanaError(f"{len(unknown)} car(s) of {self.root / self.image_dir} are not in {self.folds} "
+                               f"(first: {unknown[0]}): make the folds for this data with python -m carvana.folds")
+        val = [p for p in images if fold_of[car_id(p)] == self.fold]
+        train = [p for p in images if fold_of[car_id(p)] != self.fold]
+        return train, val
+
+    def setup(self, stage: str | None = None) -> None:
+        train, val = self.split()
+        train_masks = find_masks(train, self.root / self.train_mask_dir)
+        val_masks = find_masks(val, self.root / self.val_mask_dir)
+        check_sizes(train + val, train_masks + val_masks)
+        self.train_set = CarvanaDataset(train, train_masks, train_transform(self.crop_size, self.input_size,
+                                                                           self.augment), mask_full_size=False)
+        self.val_set = CarvanaDataset(val, val_masks, eval_transform(self.crop_size, self.input_size),
+                                      mask_full_size=True)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), drop_last=shuffle and len(dataset) > self.batch_size,
+                          persistent_workers=self.num_workers > 0)

@@ -1,0 +1,92 @@
+"""Readers and writers for Carvana photos and masks; every writer goes through a temporary name and a rename."""
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from carvana import CarvanaError
+
+# one decode thread per worker process: DataLoader workers already run in parallel
+cv2.setNumThreads(1)
+
+_JPEG_END = b"\xff\xd9"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block ends without an error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo as HxWx3 uint8 RGB; a missing, unreadable or truncated JPEG raises CarvanaError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CarvanaError(f"cannot read photo {path}: {err.strerror}") from None
+    # cv2 decodes a truncated JPEG with a grey tail and only a warning: check the end-of-image marker ourselves
+    if path.suffix.lower() in (".jpg", ".jpeg") and not data.rstrip(b"\x00").endswith(_JPEG_END):
+        raise CarvanaError(f"photo {path} is truncated (no JPEG end marker): download it again")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise CarvanaError(f"photo {path} is not a readable image: replace or remove it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask as HxW uint8 in {0, 1}: Carvana's palette GIFs (indices 0/1) or PNG probabilities (0..255, > 127)."""
+    path = Path(path)
+    if not path.exists():
+        raise CarvanaError(f"mask {path} does not exist")
+    if path.suffix.lower() == ".gif":
+        with Image.open(path) as img:
+            # mode P: the raw palette indices are 0/1; convert("L") would map them through the palette to 0/255
+            mask = np.asarray(img)
+        if img.mode not in ("P", "L", "1"):
+            raise CarvanaError(f"mask {path} has mode {img.mode}, expected a palette GIF")
+        return (mask > 0).astype(np.uint8)
+    return (read_probs(path) > 127).astype(np.uint8)
+
+
+def read_probs(path: str | os.PathLike) -> np.ndarray:
+    """Read a predicted probability mask as HxW uint8 in 0..255 (as predict.py writes them)."""
+    probs = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if probs is None:
+        raise CarvanaError(f"mask {path} is missing or not a readable image")
+    return probs
+
+
+def write_mask_gif(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write an HxW {0,1} mask as a palette GIF with indices 0/1, black/white, as Carvana's train_masks."""
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="GIF")
+
+
+def write_probs_png(path: str | os.PathLike, probs: np.ndarray) -> None:
+    """Write HxW uint8 probabilities (0..255) as an 8-bit PNG."""
+    assert probs.dtype == np.uint8 and probs.ndim == 2, (probs.dtype, probs.shape)
+    with atomic_path(path) as tmp:
+        # fast compression: these files are written 100,064 times and read once
+        if not cv2.imwrite(str(tmp), probs, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise CarvanaError(f"cannot write {path}: check the directory exists and is writable")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:
+    """Write an HxWx3 uint8 RGB photo as JPEG."""
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])

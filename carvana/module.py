@@ -1,0 +1,153 @@
+"""SegModule: a U-Net (smp) with its preprocessing, loss, metrics and optimizer, built from plain values."""
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torchmetrics
+from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
+
+from carvana import CarvanaError
+from carvana.transforms import restore
+
+ARCHITECTURES = {"unet": smp.Unet}
+SCHEDULERS = ("cosine", "plateau", "cyclic", "none")
+
+
+def check_encoder(name: str) -> None:
+    """Refuse an unknown encoder name with the list of valid ones."""
+    if name.startswith("tu-") and timm.is_model(name[3:]):
+        return
+    if name not in smp.encoders.get_encoder_names():
+        raise CarvanaError(f"unknown encoder '{name}' (model.encoder_name): use encoder=resnet50 or encoder=mobilenet, "
+                           f"an smp encoder ({', '.join(smp.encoders.get_encoder_names()[:8])}, ...) or tu-<timm name>")
+
+
+def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
+    """Load a local weights file (state dict of the encoder's backbone) for clusters without internet."""
+    if not Path(path).is_file():
+        raise CarvanaError(f"model.encoder_weights={path} is neither 'imagenet', null, nor an existing weights file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CarvanaError(f"weights file {path} lacks {len(missing)} encoder tensors (first: {missing[0]})")
+    encoder.load_state_dict({k: state[k] for k in own})
+
+
+def dice_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Dice of each image of Bx1xHxW probabilities (or {0,1} masks) against targets -> B; two empty masks give 1."""
+    dims = tuple(range(1, probs.ndim))
+    inter = (probs * target).sum(dims)
+    total = probs.sum(dims) + target.sum(dims)
+    return torch.where(total > 0, 2 * inter / (total + eps), torch.ones_like(total))
+
+
+class SegModule(pl.LightningModule):
+    """Binary segmentation of uint8 photos: preprocessing happens inside, so a checkpoint alone predicts."""
+
+    def __init__(self, encoder_name: str = "mobilenet_v2", encoder_weights: str | None = None, arch: str = "unet",
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), in_channels: int = 3,
+                 preprocessing: dict | None = None, input_size: list[int] | None = None,
+                 crop_size: list[int] | None = None, bce_weight: float = 0.2, dice_weight: float = 0.8,
+                 lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
+                 plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
+                 threshold: float = 0.5):
+        super().__init__()
+        self.save_hyperparameters()
+        check_encoder(encoder_name)
+        if arch not in ARCHITECTURES:
+            raise CarvanaError(f"unknown model.arch '{arch}': choose one of {', '.join(ARCHITECTURES)}")
+        if scheduler not in SCHEDULERS:
+            raise CarvanaError(f"unknown optim.scheduler '{scheduler}': choose one of {', '.join(SCHEDULERS)}")
+        local = encoder_weights not in (None, "imagenet") and Path(str(encoder_weights)).suffix != ""
+        self.net = ARCHITECTURES[arch](encoder_name=encoder_name, encoder_weights=None if local else encoder_weights,
+                                       decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=1)
+        if local:
+            load_encoder_weights(self.net.encoder, encoder_weights)
+        pre = preprocessing or {"name": "imagenet", "input_space": "RGB", "mean": [123.675, 116.28, 103.53],
+                                "std": [58.395, 57.12, 57.375]}
+        self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.bgr = pre["input_space"] == "BGR"
+        self.bce, self.dice = SoftBCEWithLogitsLoss(), DiceLoss(mode="binary", from_logits=True)
+        self.val_dice, self.val_soft_dice = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW uint8 RGB photos (H, W divisible by 32) -> Bx1xHxW logits."""
+        x = image.float()
+        if self.bgr:
+            x = x.flip(1)
+        return self.net((x - self.mean) / self.std)
+
+    def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.hparams.bce_weight * self.bce(logits, mask) + self.hparams.dice_weight * self.dice(logits, mask)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # the metric is computed at the photo's full size, as Kaggle scores it
+        logits = restore(self(batch["image"]), batch["mask"].shape[-2:], resized=self.hparams.input_size is not None)
+        probs = logits.sigmoid()
+        pred = (probs > self.hparams.threshold).float()
+        self.val_dice.update(dice_per_image(pred, batch["mask"]))
+        self.val_soft_dice.update(dice_per_image(probs, batch["mask"]))
+        n = len(batch["image"])
+        self.log("val_loss", self.loss(logits, batch["mask"]), sync_dist=True, batch_size=n)
+        self.log("val_dice", self.val_dice, prog_bar=True, batch_size=n)
+        self.log("val_soft_dice", self.val_soft_dice, batch_size=n)
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
+        self.net.encoder.requires_grad_(not frozen)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return {"optimizer": optimizer}
+        if hp.scheduler == "cosine":
+            epochs = max(1, self.trainer.max_epochs or 1)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=hp.min_lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if hp.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.5, patience=hp.plateau_patience, min_lr=hp.min_lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_dice"}}
+        cyclic = {"base_lr": hp.min_lr, "max_lr": hp.lr, "step_size_up": 2000, "mode": "triangular", **(hp.cyclic or {})}
+        # Adam has no momentum to cycle
+        scheduler = torch.optim.lr_scheduler.CyclicLR(optimizer, **cyclic, cycle_momentum=False)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def load_weights(self, path: str) -> None:
+        """Fine-tune from another checkpoint's weights only (model.init_from); optimizer and step start afresh."""
+        self.load_state_dict(read_checkpoint(path)["state_dict"])
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of this project (a dict with SegModule hyperparameters); anything else is a CarvanaError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CarvanaError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise CarvanaError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or "encoder_name" not in ckpt.get("hyper_parameters", {}):
+        raise CarvanaError(f"{path} is not a checkpoint of this project (no SegModule hyperparameters)")
+    return ckpt
+
+
+def load_module(path: str | Path) -> SegModule:
+    """Rebuild a trained SegModule from its checkpoint alone, without downloading pretrained weights."""
+    ckpt = read_checkpoint(path)
+    hparams = {**ckpt["hyper_parameters"], "encoder_weights": None}
+    module = SegModule(**hparams)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()

@@ -1,0 +1,107 @@
+"""One training run from a composed Hydra config: data, model, callbacks, loggers, Lightning Trainer."""
+
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import (EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar,
+                                         TQDMProgressBar)
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from carvana import CarvanaError
+from carvana.data import CarvanaDataModule
+from carvana.folds import write_folds
+from carvana.module import SegModule
+
+
+def ensure_synthetic(data: DictConfig) -> None:
+    """Generate the synthetic set (and its folds) at data.root when the config asks for it and it is missing."""
+    if "generate" not in data:
+        return
+    from carvana.synthetic import is_complete, make_dataset
+
+    root = Path(data.root)
+    if not is_complete(root):
+        gen = data.generate
+        print(f"generating the synthetic Carvana set in {root} ...", flush=True)
+        make_dataset(root, gen.train_cars, gen.test_cars, (gen.height, gen.width), gen.seed)
+    if not Path(data.folds).exists():
+        # few cars: stratify by colour only, size classes would hold fewer cars than folds
+        write_folds(root / "metadata.csv", data.folds, stratify="simplified_color")
+
+
+def relaunch_job_not_sweep() -> None:
+    """Make Lightning's DDP launcher re-run this job, not the whole multirun, in this job's own directory.
+
+    Lightning starts ranks 1.. with sys.argv plus hydra.run.dir=<run.dir>: under -m that re-launches every job of
+    the sweep, each in a new directory. Give it this job's overrides and output directory instead.
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    OmegaConf.set_readonly(hydra_cfg, False)
+    with open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def build_module(cfg: DictConfig) -> SegModule:
+    """The SegModule of a config: plain values only, so its checkpoint rebuilds it without the config."""
+    module = SegModule(
+        arch=cfg.model.arch, encoder_name=cfg.model.encoder_name, encoder_weights=cfg.model.encoder_weights,
+        decoder_channels=list(cfg.model.decoder_channels), preprocessing=OmegaConf.to_container(cfg.preprocessing),
+        input_size=_list(cfg.data.input_size), crop_size=_list(cfg.data.crop_size),
+        bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight,
+        lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr,
+        plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
+        freeze_encoder_epochs=cfg.model.freeze_encoder_epochs, threshold=cfg.model.threshold,
+    )
+    if cfg.model.init_from:
+        module.load_weights(cfg.model.init_from)
+    return module
+
+
+def build_datamodule(cfg: DictConfig) -> CarvanaDataModule:
+    d = cfg.data
+    dm = CarvanaDataModule(
+        root=d.root, folds=d.folds, fold=cfg.fold, image_dir=d.image_dir, train_mask_dir=d.train_mask_dir,
+        val_mask_dir=d.val_mask_dir, crop_size=_list(d.crop_size), input_size=_list(d.input_size),
+        batch_size=d.batch_size, num_workers=d.num_workers, augment=OmegaConf.to_container(d.augment),
+    )
+    dm.setup()  # every input check runs now, before the Trainer starts other processes
+    return dm
+
+
+def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
+    """Train one fold; return (best val_dice, best checkpoint path, whether this process is rank 0)."""
+    pl.seed_everything(cfg.seed, workers=True)
+    ensure_synthetic(cfg.data)
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+        raise CarvanaError(f"ckpt_path={cfg.ckpt_path} does not exist: give the last.ckpt of the run to resume")
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    out_dir = Path(out_dir)
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", monitor="val_dice", mode="max", save_last=True,
+        filename=f"{cfg.model.encoder_name}-fold{cfg.fold}-" + "epoch{epoch:02d}-dice{val_dice:.4f}",
+        auto_insert_metric_name=False,
+    )
+    bar = RichProgressBar() if cfg.progress_bar == "rich" else TQDMProgressBar()
+    callbacks = [checkpoint, LearningRateMonitor("epoch"), bar,
+                 EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience)]
+    loggers = [CSVLogger(out_dir, name="csv", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+    relaunch_job_not_sweep()
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer), callbacks=callbacks, logger=loggers,
+                         default_root_dir=out_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    score = checkpoint.best_model_score
+    return (float(score) if score is not None else float("nan")), checkpoint.best_model_path, trainer.is_global_zero
+
+
+def _list(value: object) -> list | None:
+    return None if value is None else list(value)
