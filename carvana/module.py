@@ -76,19 +76,23 @@ class SegModule(pl.LightningModule):
         self.bce, self.dice = SoftBCEWithLogitsLoss(), DiceLoss(mode="binary", from_logits=True)
         self.val_dice, self.val_soft_dice = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW uint8 RGB photos (H, W divisible by 32) -> Bx1xHxW logits."""
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW uint8 RGB photos -> float input of the encoder's preprocessing (channel order, mean, std)."""
         x = image.float()
         if self.bgr:
             x = x.flip(1)
-        return self.net((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW uint8 RGB photos (H, W divisible by 32) -> Bx1xHxW logits."""
+        return self.net(self.normalize(image))
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.hparams.bce_weight * self.bce(logits, mask) + self.hparams.dice_weight * self.dice(logits, mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,9 +1,13 @@
 """One training run from a composed Hydra config: data, model, callbacks, loggers, Lightning Trainer."""
 
+import contextlib
+import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -50,6 +54,27 @@ def relaunch_job_not_sweep() -> None:
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 
+@contextlib.contextmanager
+def ddp_job_scope() -> Iterator[None]:
+    """Leave no process group and no DDP variables behind, so the next job of a multirun launches its own ranks.
+
+    Lightning's launcher sets LOCAL_RANK, WORLD_SIZE, ... in this process; left there, the next job would take
+    them for an external launcher's and start no ranks.
+    """
+    keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+    before = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def build_module(cfg: DictConfig) -> SegModule:
     """The SegModule of a config: plain values only, so its checkpoint rebuilds it without the config."""
     module = SegModule(
@@ -92,13 +117,16 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
         auto_insert_metric_name=False,
     )
     bar = RichProgressBar() if cfg.progress_bar == "rich" else TQDMProgressBar()
-    callbacks = [checkpoint, LearningRateMonitor("epoch"), bar,
+    callbacks = [checkpoint, LearningRateMonitor("epoch"),
                  EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(bar)
     loggers = [CSVLogger(out_dir, name="csv", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
     relaunch_job_not_sweep()
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer), callbacks=callbacks, logger=loggers,
                          default_root_dir=out_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    with ddp_job_scope():
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
     score = checkpoint.best_model_score
     return (float(score) if score is not None else float("nan")), checkpoint.best_model_path, trainer.is_global_zero
 
