@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from carvana import CarvanaError
 from carvana.io import read_image, read_mask
-from carvana.transforms import eval_transform, input_mode, train_transform
+from carvana.transforms import input_mode, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Carvana's GIFs first, then predictions written by predict.py, so a prediction directory can serve as labels
@@ -66,12 +66,14 @@ def check_sizes(images: list[Path], masks: list[Path]) -> None:
 
 
 class CarvanaDataset(Dataset):
-    """Photos (3xHxW uint8 tensors, model-sized) with, when masks are given, 1xHxW float masks in {0, 1}."""
+    """Photos as 3xHxW uint8 tensors with, when masks are given, 1xHxW float masks in {0, 1}.
 
-    def __init__(self, images: list[Path], masks: list[Path] | None, transform: A.Compose, mask_full_size: bool):
+    With a transform (training), photo and mask are transformed together; without one (validation, prediction)
+    both stay at full size and the model resizes or pads on the device (SegModule.predict_full).
+    """
+
+    def __init__(self, images: list[Path], masks: list[Path] | None = None, transform: A.Compose | None = None):
         self.images, self.masks, self.transform = images, masks, transform
-        # validation keeps masks at full size, so the metric is Kaggle's at 1918x1280, whatever the input mode
-        self.mask_full_size = mask_full_size
 
     def __len__(self) -> int:
         return len(self.images)
@@ -79,19 +81,15 @@ class CarvanaDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image = read_image(self.images[index])
         item = {"name": self.images[index].stem, "size": torch.tensor(image.shape[:2])}
-        if self.masks is None:
-            item["image"] = _to_tensor(self.transform(image=image)["image"])
-            return item
-        mask = read_mask(self.masks[index])
-        if mask.shape != image.shape[:2]:
+        mask = None if self.masks is None else read_mask(self.masks[index])
+        if mask is not None and mask.shape != image.shape[:2]:
             raise CarvanaError(f"mask {self.masks[index]} is {mask.shape[::-1]}, photo is {image.shape[1::-1]}")
-        if self.mask_full_size:
-            out = self.transform(image=image)
-        else:
-            out = self.transform(image=image, mask=mask)
-            mask = out["mask"]
-        item["image"] = _to_tensor(out["image"])
-        item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask")
+        item["image"] = _to_tensor(image)
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
         return item
 
 
@@ -147,10 +145,11 @@ class CarvanaDataModule(pl.LightningDataModule):
         train_masks = find_masks(train, self.root / self.train_mask_dir)
         val_masks = find_masks(val, self.root / self.val_mask_dir)
         check_sizes(train + val, train_masks + val_masks)
+        self.image_size = list(Image.open(val[0]).size[::-1]) if val else None
         self.train_set = CarvanaDataset(train, train_masks, train_transform(self.crop_size, self.input_size,
-                                                                           self.augment), mask_full_size=False)
-        self.val_set = CarvanaDataset(val, val_masks, eval_transform(self.crop_size, self.input_size),
-                                      mask_full_size=True)
+                                                                           self.augment))
+        # validation at full size: the metric is Kaggle's at 1918x1280, whatever the input mode
+        self.val_set = CarvanaDataset(val, val_masks)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

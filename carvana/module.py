@@ -6,11 +6,12 @@ import pytorch_lightning as pl
 import segmentation_models_pytorch as smp
 import timm
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
 
 from carvana import CarvanaError
-from carvana.transforms import restore
+from carvana.transforms import padded_size, restore
 
 ARCHITECTURES = {"unet": smp.Unet}
 SCHEDULERS = ("cosine", "plateau", "cyclic", "none")
@@ -55,8 +56,9 @@ class SegModule(pl.LightningModule):
                  crop_size: list[int] | None = None, bce_weight: float = 0.2, dice_weight: float = 0.8,
                  lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
                  plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, data: dict | None = None):
         super().__init__()
+        # `data` (root, folds, fold, photo size) is provenance only: predict.py takes its defaults from it
         self.save_hyperparameters()
         check_encoder(encoder_name)
         if arch not in ARCHITECTURES:
@@ -77,7 +79,7 @@ class SegModule(pl.LightningModule):
         self.val_dice, self.val_soft_dice = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW uint8 RGB photos -> float input of the encoder's preprocessing (channel order, mean, std)."""
+        """Bx3xHxW RGB photos in 0..255 (uint8 or float) -> the encoder's input (channel order, mean, std)."""
         x = image.float()
         if self.bgr:
             x = x.flip(1)
@@ -86,6 +88,20 @@ class SegModule(pl.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW uint8 RGB photos (H, W divisible by 32) -> Bx1xHxW logits."""
         return self.net(self.normalize(image))
+
+    def predict_full(self, image: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW uint8 photos at full size -> Bx1xHxW logits at full size, whatever the model's input size.
+
+        One path for validation and prediction: resize (area) or pad to 32, run, then upsample or crop back.
+        """
+        size = image.shape[-2:]
+        if self.hparams.input_size is not None:
+            x = F.interpolate(image.float(), size=tuple(self.hparams.input_size), mode="area")
+        else:
+            height, width = padded_size(*size)
+            # pad at the bottom and the right with black, as the training transform does
+            x = F.pad(image.float(), (0, width - size[1], 0, height - size[0]))
+        return restore(self(x), size, resized=self.hparams.input_size is not None)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.hparams.bce_weight * self.bce(logits, mask) + self.hparams.dice_weight * self.dice(logits, mask)
@@ -97,7 +113,7 @@ class SegModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # the metric is computed at the photo's full size, as Kaggle scores it
-        logits = restore(self(batch["image"]), batch["mask"].shape[-2:], resized=self.hparams.input_size is not None)
+        logits = self.predict_full(batch["image"])
         probs = logits.sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))

@@ -75,7 +75,7 @@ def ddp_job_scope() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def build_module(cfg: DictConfig) -> SegModule:
+def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegModule:
     """The SegModule of a config: plain values only, so its checkpoint rebuilds it without the config."""
     module = SegModule(
         arch=cfg.model.arch, encoder_name=cfg.model.encoder_name, encoder_weights=cfg.model.encoder_weights,
@@ -85,6 +85,8 @@ def build_module(cfg: DictConfig) -> SegModule:
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr,
         plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
         freeze_encoder_epochs=cfg.model.freeze_encoder_epochs, threshold=cfg.model.threshold,
+        data={"root": str(cfg.data.root), "folds": str(cfg.data.folds), "fold": cfg.fold, "image_dir": cfg.data.image_dir,
+              "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size},
     )
     if cfg.model.init_from:
         module.load_weights(cfg.model.init_from)
@@ -109,7 +111,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         raise CarvanaError(f"ckpt_path={cfg.ckpt_path} does not exist: give the last.ckpt of the run to resume")
     dm = build_datamodule(cfg)
-    module = build_module(cfg)
+    module = build_module(cfg, dm.image_size)
     out_dir = Path(out_dir)
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints", monitor="val_dice", mode="max", save_last=True,

@@ -60,13 +60,6 @@ def train_transform(crop_size: list[int] | None, input_size: list[int] | None, a
     return A.Compose(base + augmentations(**augment))
 
 
-def eval_transform(crop_size: list[int] | None, input_size: list[int] | None) -> A.Compose:
-    """Image only (validation and prediction): resize, or pad the full photo; masks stay at full size."""
-    if input_mode(crop_size, input_size) == "resize":
-        return A.Compose([A.Resize(*input_size, interpolation=cv2.INTER_AREA)])
-    return A.Compose([_pad()])
-
-
 def restore(logits: torch.Tensor, size: tuple[int, int], resized: bool) -> torch.Tensor:
     """Bring Bx1xhxw logits back to the photo's HxW: bilinear upsampling after a resize, else crop the padding."""
     if resized:
