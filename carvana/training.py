@@ -33,8 +33,8 @@ def ensure_synthetic(data: DictConfig) -> None:
         print(f"generating the synthetic Carvana set in {root} ...", flush=True)
         make_dataset(root, gen.train_cars, gen.test_cars, (gen.height, gen.width), gen.seed)
     if not Path(data.folds).exists():
-        # few cars: stratify by colour only, size classes would hold fewer cars than folds
-        write_folds(root / "metadata.csv", data.folds, stratify="simplified_color")
+        # a few cars: any stratification class would hold fewer cars than folds
+        write_folds(root / "metadata.csv", data.folds, stratify=None)
 
 
 def relaunch_job_not_sweep() -> None:

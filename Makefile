@@ -1,0 +1,20 @@
+# Two commands do all the set-up on a fresh machine: `make demo` (train, predict, submit) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+.PHONY: demo test bench
+demo: $(VENV)/.installed
+	PYTHON=$(VENV)/bin/python bash scripts/demo.sh
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/train_throughput.py
+	$(VENV)/bin/python bench/predict_throughput.py
+	$(VENV)/bin/python bench/submit_speed.py

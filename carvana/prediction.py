@@ -1,0 +1,213 @@
+"""Full-resolution masks for a folder of photos: checkpoint ensembles, TTA, a writer that never holds them all."""
+
+import glob
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader
+
+from carvana import CarvanaError
+from carvana.data import CarvanaDataset, car_id
+from carvana.io import read_image, read_mask, read_probs, write_probs_png
+from carvana.module import SegModule, dice_per_image, load_module
+from carvana.rle import rle_encode
+from carvana.submission import SHARD_PATTERN, RleShardWriter
+
+TTAS = ("none", "hflip")
+WRITES = ("png", "rle")
+
+
+def find_checkpoints(ckpt: str | list[str]) -> list[Path]:
+    """Checkpoint paths from one path, a glob, or a list of either; a pattern matching nothing is an error."""
+    paths = []
+    for item in [ckpt] if isinstance(ckpt, str) else list(ckpt):
+        found = sorted(glob.glob(str(item))) if glob.has_magic(str(item)) else [item]
+        if not found:
+            raise CarvanaError(f"ckpt={item} matches no checkpoint")
+        paths += [Path(p) for p in found]
+    return paths
+
+
+class PhotoDataset(CarvanaDataset):
+    """Full-size photos for prediction; an unreadable photo or one of another size is reported, not fatal."""
+
+    def __init__(self, images: list[Path], size: tuple[int, int]):
+        super().__init__(images)
+        self.size = size
+
+    def __getitem__(self, index: int) -> dict:
+        path, error = self.images[index], ""
+        try:
+            image = read_image(path)
+            if image.shape[:2] != self.size:
+                error = f"photo {path} is {image.shape[1]}x{image.shape[0]}, the others {self.size[1]}x{self.size[0]}"
+        except CarvanaError as err:
+            error = str(err)
+        if error:
+            image = np.zeros((*self.size, 3), np.uint8)
+        return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "name": path.name, "error": error}
+
+
+class Ensemble(pl.LightningModule):
+    """Mean probability of several SegModules, each with optional horizontal-flip TTA -> BxHxW uint8 0..255."""
+
+    def __init__(self, models: list[SegModule], tta: str = "none"):
+        super().__init__()
+        if tta not in TTAS:
+            raise CarvanaError(f"unknown tta={tta}: choose one of {', '.join(TTAS)}")
+        self.models, self.tta = torch.nn.ModuleList(models), tta
+
+    def probs(self, image: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW uint8 photos -> Bx1xHxW float probabilities averaged over models and TTA."""
+        total = torch.zeros((image.shape[0], 1, *image.shape[-2:]), device=image.device)
+        for model in self.models:
+            total += model.predict_full(image).sigmoid()
+            if self.tta == "hflip":
+                total += model.predict_full(image.flip(-1)).sigmoid().flip(-1)
+        return total / (len(self.models) * (2 if self.tta == "hflip" else 1))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return (self.probs(batch["image"]) * 255).round().to(torch.uint8)[:, 0].cpu()
+
+
+class MaskWriter(BasePredictionWriter):
+    """Writes each batch as it comes (PNG probabilities and/or rows of this rank's RLE shard), in threads."""
+
+    def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int = 4):
+        super().__init__(write_interval="batch")
+        self.output_dir, self.write, self.threshold = Path(output_dir), write, threshold
+        self.pool = ThreadPoolExecutor(max(1, threads))
+        self.pending: deque[Future] = deque()
+        self.limit = 4 * max(1, threads)  # bounded: memory does not grow with the number of photos
+        self.shard: RleShardWriter | None = None
+        self.errors: list[str] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if "rle" in self.write:
+            self.shard = RleShardWriter(self.output_dir, trainer.global_rank)
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: torch.Tensor,
+                           batch_indices: list[int] | None, batch: dict, batch_idx: int, dataloader_idx: int = 0
+                           ) -> None:
+        for name, error, probs in zip(batch["name"], batch["error"], prediction.numpy()):
+            if error:
+                self.errors.append(error)
+                continue
+            self.pending.append(self.pool.submit(self._write_one, name, probs))
+            while len(self.pending) > self.limit:
+                self._finish(self.pending.popleft())
+
+    def _write_one(self, name: str, probs: np.ndarray) -> tuple[str, str | None]:
+        if "png" in self.write:
+            write_probs_png(self.output_dir / f"{Path(name).stem}.png", probs)
+        return name, rle_encode(probs > self.threshold * 255) if self.shard else None
+
+    def _finish(self, future: Future) -> None:
+        name, rle = future.result()
+        if self.shard is not None:
+            self.shard.write(name, rle)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        while self.pending:
+            self._finish(self.pending.popleft())
+        if self.shard is not None:
+            self.shard.close()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.errors)
+            self.errors = [e for errors in gathered for e in errors]
+        trainer.strategy.barrier("predict-written")  # rank 0 reads every rank's files afterwards
+
+
+def written_names(output_dir: Path, write: list[str], images: list[Path]) -> set[str]:
+    """Photos whose every requested output is already there (a restart skips them)."""
+    done = {p.name for p in images}
+    if "png" in write:
+        done &= {p.name for p in images if (output_dir / f"{p.stem}.png").exists()}
+    if "rle" in write:
+        in_shards = set()
+        for shard in output_dir.glob(SHARD_PATTERN):
+            # a line without its newline is a half-written row of a killed run: not done
+            lines = shard.read_text().split("\n")[1:-1]
+            in_shards |= {line.split(",", 1)[0] for line in lines}
+        done &= in_shards
+    return done
+
+
+def dice_table(images: list[Path], pred_dir: Path, mask_dir: Path, threshold: float) -> pd.DataFrame:
+    """Per-photo Kaggle Dice of written predictions against ground-truth masks -> DataFrame[image, car, angle, dice]."""
+    rows = []
+    for path in images:
+        pred = torch.from_numpy(read_probs(pred_dir / f"{path.stem}.png") > threshold * 255).float()
+        truth = torch.from_numpy(read_mask(next(mask_dir.glob(f"{path.stem}_mask.*"), mask_dir / f"{path.stem}.png")))
+        dice = float(dice_per_image(pred[None, None], truth.float()[None, None])[0])
+        rows.append({"image": path.name, "car": car_id(path), "angle": int(path.stem.rsplit("_", 1)[1]), "dice": dice})
+    return pd.DataFrame(rows)
+
+
+def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwargs: dict, tta: str = "none",
+            write: list[str] = ("png",), threshold: float = 0.5, batch_size: int = 4, num_workers: int = 2,
+            writer_threads: int = 4) -> tuple[int, list[str], bool]:
+    """Predict the photos not yet written -> (photos predicted now, errors of unreadable photos, is rank 0)."""
+    bad = [w for w in write if w not in WRITES]
+    if bad or not write:
+        raise CarvanaError(f"write={list(write)}: choose png, rle or [png, rle]")
+    models = [load_module(p) for p in ckpts]
+    size = models[0].hparams.data.get("image_size") if models[0].hparams.get("data") else None
+    todo = [p for p in images if p.name not in written_names(output_dir, write, images)]
+    if not todo:
+        return 0, [], True
+    size = tuple(size) if size else read_image(todo[0]).shape[:2]
+    loader = DataLoader(PhotoDataset(todo, size), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
+    trainer.predict(Ensemble(models, tta), dataloaders=loader, return_predictions=False)
+    return len(todo), writer.errors, trainer.is_global_zero
+
+
+def run(cfg: dict) -> tuple[str, int]:
+    """predict.py's job from its plain config -> (summary line for rank 0, exit status); see conf/predict.yaml."""
+    ckpts = find_checkpoints(cfg["ckpt"])
+    from carvana.module import read_checkpoint
+
+    meta = read_checkpoint(ckpts[0])["hyper_parameters"].get("data") or {}
+    root = Path(cfg["data"]["root"] or meta.get("root") or ".")
+    write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
+    output_dir = Path(cfg["output_dir"])
+    if cfg["predict_on_val"]:
+        from carvana.data import CarvanaDataModule, find_masks
+
+        if "png" not in write:
+            raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
+        fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
+        folds = cfg["data"]["folds"] or meta.get("folds")
+        dm = CarvanaDataModule(str(root), folds, fold, image_dir=meta.get("image_dir", "train"))
+        images = dm.split()[1]
+        mask_dir = root / meta.get("val_mask_dir", "train_masks")
+        find_masks(images, mask_dir)  # every photo has its ground truth before the long run starts
+    else:
+        from carvana.data import list_images
+
+        images = list_images(cfg["input_dir"] or root / "test")
+    count, errors, rank_zero = predict(
+        images, ckpts, output_dir, cfg["trainer"], tta=cfg["tta"], write=write, threshold=cfg["threshold"],
+        batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], writer_threads=cfg["writer_threads"])
+    if not rank_zero:
+        return "", 0
+    line = f"predicted={count} skipped={len(images) - count - len(errors)} output_dir={output_dir}"
+    if cfg["predict_on_val"]:
+        table = dice_table([p for p in images if p.name not in {e for e in errors}], output_dir, mask_dir,
+                           cfg["threshold"])
+        table_path = output_dir / f"dice_fold{fold}.csv"
+        table.to_csv(table_path, index=False)
+        line += f" val_dice={table.dice.mean():.4f} dice_table={table_path}"
+    for error in errors:
+        print(f"error: {error}", flush=True)
+    return line, 1 if errors else 0

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole mission on the synthetic Carvana set: train -> predict the test photos -> Kaggle submission.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+RUN=outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)
+
+"$PY" train.py hydra.run.dir="$RUN" "$@" | tee "$RUN.train.log"
+CKPT=$(grep -o 'checkpoint=.*' "$RUN.train.log" | tail -1 | cut -d= -f2-)
+"$PY" predict.py ckpt="$CKPT" output_dir="$RUN/predictions" tta=hflip
+SUBMISSION=$("$PY" submit.py masks_dir="$RUN/predictions" | tail -1)
+echo "$(grep -o 'val_dice=[0-9.]*' "$RUN.train.log" | tail -1) submission=$SUBMISSION"
