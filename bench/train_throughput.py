@@ -1,0 +1,258 @@
+"""Training throughput: Lightning's loop against a plain PyTorch loop, and the data pipeline against JPEG decoding.
+
+    .venv/bin/python -m bench.train_throughput [--encoder mobilenet_v2] [--batch-size 4] [--steps 20] [--size 256 384]
+
+(-m from the repository root finds the carvana package with or without `pip install -e .`)
+
+1. images/s of pl.Trainer.fit on SegModule against a plain loop (SegModule's forward and loss, the same Adam,
+   zero_grad/backward/step): same initial weights, same batches, same threads, same steps, the first WARMUP steps
+   untimed. Both read the same pre-loaded, pre-collated in-memory batches, so the loops are compared, not the
+   loading. The two alternate (plain, Lightning, plain, ...); the best round of each gives the ratio.
+2. images/s of one data-loading worker (in-process) on 1918x1280 photos: CarvanaDataset.__getitem__ (JPEG decode,
+   GIF mask, the train transform with its augmentations) against carvana.io.read_image alone on the same files.
+
+The last line is `lightning_vs_plain=<ratio> loader_vs_decode=<ratio>` (the loader in the default crop mode).
+"""
+
+import argparse
+import itertools
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from carvana.data import CarvanaDataset, find_masks, list_images
+from carvana.io import read_image, read_mask
+from carvana.module import SegModule
+from carvana.transforms import train_transform
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real"  # 16 Kaggle photos: real JPEG content decodes at the real speed
+WARMUP = 2  # untimed steps: the first ones allocate buffers and pick kernels
+LOSS_TOLERANCE = 1e-3  # the loops run the same computation; a larger gap means the comparison is unfair
+UNSTABLE = 1.15  # rounds of one loop this far apart mean the machine was busy
+PIPELINE_PASSES = 3  # passes over the photos per pipeline variant; the best counts
+
+
+def find_photos(tmp: Path) -> tuple[list[Path], list[Path], str]:
+    """The 1918x1280 photos and masks to use: the real ones when present, else one generated synthetic car."""
+    source = "real"
+    directory = REAL
+    if not (REAL / "train").is_dir():
+        from carvana.synthetic import make_dataset
+
+        directory = make_dataset(tmp / "synthetic", train_cars=1, test_cars=0, size=(1280, 1918), seed=0)
+        source = "synthetic"
+    images = list_images(directory / "train")
+    return images, find_masks(images, directory / "train_masks"), source
+
+
+class Batches(Dataset):
+    """Already-collated batches held in memory; a DataLoader with batch_size=None hands them out as they are."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batches[index]
+
+
+def preload(images: list[Path], masks: list[Path], size: list[int], batch_size: int, steps: int) -> DataLoader:
+    """`steps` batches of Bx3xHxW uint8 photos and Bx1xHxW masks resized to `size`, decoded once, cycling the photos."""
+    no_augment = {"hflip": 0.0, "affine": 0.0, "shift_limit": 0.0, "scale_limit": 0.0, "color": 0.0}
+    dataset = CarvanaDataset(images, masks, train_transform(None, size, no_augment))
+    items = [dataset[i] for i in range(len(dataset))]
+    batches = []
+    for step in range(steps):
+        chosen = [items[(step * batch_size + j) % len(items)] for j in range(batch_size)]
+        batches.append({key: torch.stack([item[key] for item in chosen]) for key in ("image", "mask")})
+    # one epoch of exactly `steps` batches: no epoch end (scheduler step, epoch logging) inside the timed span
+    return DataLoader(Batches(batches), batch_size=None, shuffle=False, num_workers=0)
+
+
+def plain_run(module: SegModule, loader: DataLoader) -> tuple[list[float], list[float]]:
+    """Time stamps (start of each step from WARMUP on, end of the last) of a plain loop, and every step's loss."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=module.hparams.lr, weight_decay=module.hparams.weight_decay)
+    module.train()
+    stamps, losses = [], []
+    for step, batch in enumerate(loader):
+        if step >= WARMUP:
+            stamps.append(time.perf_counter())
+        optimizer.zero_grad()
+        loss = module.loss(module(batch["image"]), batch["mask"])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    stamps.append(time.perf_counter())
+    return stamps, [float(x) for x in losses]
+
+
+class StepTimer(pl.Callback):
+    """The same time stamps as plain_run, from Lightning's hooks; also every loss, the threads and the mode."""
+
+    def __init__(self, steps: int):
+        self.steps, self.stamps, self.losses, self.threads, self.training = steps, [], [], None, None
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int
+    ) -> None:
+        if batch_idx >= WARMUP:
+            self.stamps.append(time.perf_counter())
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: dict, batch: dict, batch_idx: int
+    ) -> None:
+        if batch_idx == self.steps - 1:
+            self.stamps.append(time.perf_counter())
+            self.threads, self.training = torch.get_num_threads(), pl_module.training
+        self.losses.append(outputs["loss"])
+
+
+def lightning_run(module: SegModule, loader: DataLoader, steps: int, threads: int) -> tuple[list[float], list[float]]:
+    """Time stamps as plain_run's of pl.Trainer.fit (no logger, checkpoints, bar or validation), and every loss."""
+    timer = StepTimer(steps)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == steps and len(timer.stamps) == steps - WARMUP + 1, (trainer.global_step, steps)
+    assert timer.threads == threads and timer.training, f"Lightning ran with {timer.threads} threads, {timer.training=}"
+    return timer.stamps, [float(x) for x in timer.losses]
+
+
+def compare_loops(args: argparse.Namespace, loader: DataLoader) -> dict:
+    """Time stamps of every round of each loop (alternating, fresh model from the same weights each time)."""
+    kwargs = {"encoder_name": args.encoder, "encoder_weights": None, "input_size": list(args.size)}
+    torch.manual_seed(0)
+    init = {k: v.clone() for k, v in SegModule(**kwargs).state_dict().items()}
+    stamps, losses = {"plain": [], "Lightning": []}, {}
+    for _ in range(args.rounds):
+        for name, runs in stamps.items():
+            module = SegModule(**kwargs)
+            module.load_state_dict(init)
+            if name == "plain":
+                run, losses[name] = plain_run(module, loader)
+            else:
+                run, losses[name] = lightning_run(module, loader, args.steps, args.threads)
+            runs.append(run)
+    gap = max(abs(a - b) for a, b in zip(losses["plain"], losses["Lightning"]))
+    if gap > LOSS_TOLERANCE:
+        raise SystemExit(f"the loops diverge (loss gap {gap:.2e} > {LOSS_TOLERANCE}): they do not run the same steps")
+    return {"stamps": stamps, "gap": gap, "losses": losses["plain"]}
+
+
+def pipeline_rates(images: list[Path], masks: list[Path]) -> dict[str, float]:
+    """Images/s of one in-process worker for each pipeline variant, best of PIPELINE_PASSES passes over the photos."""
+    data = OmegaConf.load(ROOT / "conf" / "data" / "carvana.yaml")
+    crop, augment = list(data.crop_size), OmegaConf.to_container(data.augment)
+    resize = list(OmegaConf.load(ROOT / "conf" / "data" / "synthetic.yaml").input_size)
+    variants = {  # the first is the reference, the third gives loader_vs_decode
+        "JPEG decode only: carvana.io.read_image": lambda i: read_image(images[i]),
+        "GIF mask only: carvana.io.read_mask": lambda i: read_mask(masks[i]),
+        f"CarvanaDataset, crop {crop[0]}x{crop[1]} + augment (default)": CarvanaDataset(
+            images, masks, train_transform(crop, None, augment)
+        ).__getitem__,
+        f"CarvanaDataset, resize {resize[0]}x{resize[1]} + augment": CarvanaDataset(
+            images, masks, train_transform(None, resize, augment)
+        ).__getitem__,
+        "CarvanaDataset, no transform (validation)": CarvanaDataset(images, masks).__getitem__,
+    }
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(PIPELINE_PASSES):
+        for name, load in variants.items():  # interleaved, so a burst of load elsewhere hits every variant alike
+            start = time.perf_counter()
+            for i in range(len(images)):
+                load(i)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: len(images) / seconds for name, seconds in best.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--encoder", default="mobilenet_v2")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20, help=f"steps per run, the first {WARMUP} untimed")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[256, 384],
+        metavar=("H", "W"),
+        help="model input in the loop comparison, both divisible by 32",
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=2, help="alternating plain/Lightning rounds; the best counts")
+    args = parser.parse_args()
+    if args.steps <= WARMUP:
+        parser.error(f"--steps must exceed the {WARMUP} warm-up steps")
+    torch.set_num_threads(args.threads)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # "GPU available: ..." and the like
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need no workers
+    warnings.filterwarnings("ignore", ".*`validation_step` but have no `val_dataloader`.*")  # no validation, on purpose
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's pytree helper against torch 2.14, harmless here
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images, masks, source = find_photos(Path(tmp))
+        loader = preload(images, masks, list(args.size), args.batch_size, args.steps)
+        loops = compare_loops(args, loader)
+        rates = pipeline_rates(images, masks)
+
+    timed = (args.steps - WARMUP) * args.batch_size
+    print(f"data: {len(images)} {source} photos 1918x1280 ({images[0].parent})")
+    print(
+        f"training loop: unet/{args.encoder}, batch {args.batch_size}, input {args.size[0]}x{args.size[1]}, "
+        f"{args.threads} torch threads, {args.steps} steps ({WARMUP} untimed), {args.rounds} alternating rounds"
+    )
+    print("  both loops read the same pre-loaded in-memory batches (decoded once): the loops are compared, not loading")
+    best, median, spread = {}, {}, 1.0
+    for name, runs in loops["stamps"].items():
+        rounds = [timed / (run[-1] - run[0]) for run in runs]
+        # the median step, start to start, shrugs off bursts of load from other processes: a cross-check
+        median[name] = args.batch_size / statistics.median(b - a for run in runs for a, b in itertools.pairwise(run))
+        best[name] = max(rounds)
+        print(
+            f"  {name:<10} best {best[name]:7.2f} images/s   median step {median[name]:7.2f} images/s   "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in rounds)})"
+        )
+        spread = max(spread, max(rounds) / min(rounds))
+    print(
+        f"  loss step 1 -> {args.steps}: {loops['losses'][0]:.4f} -> {loops['losses'][-1]:.4f}, "
+        f"largest plain/Lightning gap {loops['gap']:.1e}; median-step ratio {median['Lightning'] / median['plain']:.3f}"
+    )
+    print(f"data pipeline, one worker (num_workers=0, in-process, cv2 1 thread), best of {PIPELINE_PASSES} passes:")
+    for name, rate in rates.items():
+        print(f"  {name:<52} {rate:7.2f} images/s")
+    if spread > UNSTABLE:
+        fix = "; or pass --threads 1: two threads on two busy cores stall each other" if args.threads > 1 else ""
+        print(
+            f"note: rounds of one loop differ {spread:.2f}x: other processes compete for the cores and the ratio "
+            f"is partly noise: rerun on an idle machine{fix}"
+        )
+    names = list(rates)
+    print(
+        f"lightning_vs_plain={best['Lightning'] / best['plain']:.3f} "
+        f"loader_vs_decode={rates[names[2]] / rates[names[0]]:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
