@@ -1,0 +1,78 @@
+"""Shared fixtures: the real Carvana files in ../shared/data, a tiny synthetic Carvana-layout set, one real training run."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# non-square and divisible by 32: a swapped axis cannot pass, and the full photo needs no padding
+TINY_SIZE = (64, 96)
+RESULT_LINE = re.compile(r"^val_dice=(?P<dice>[0-9.]+|nan) checkpoint=(?P<ckpt>\S+)$")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: metadata.csv, sample_submission.csv and real/{train,train_masks,test} of one car each."""
+    if not (SHARED_DATA / "metadata.csv").is_file() or not (SHARED_DATA / "real" / "train_masks").is_dir():
+        pytest.skip(f"the real Carvana files are not at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def carvana_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Carvana-layout set (3 training cars x 16 photos of 64x96, 1 test car) with its folds.csv (3 folds)."""
+    from carvana.folds import write_folds
+    from carvana.synthetic import make_dataset
+
+    root = make_dataset(tmp_path_factory.mktemp("carvana") / "data", train_cars=3, test_cars=1, size=TINY_SIZE, seed=0)
+    write_folds(root / "metadata.csv", root / "folds.csv", n_folds=3, stratify=None)
+    return root
+
+
+def train_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """train.py overrides for one tiny CPU epoch on `root`, run directory `out`."""
+    return [
+        f"data.root={root}",
+        f"data.folds={root / 'folds.csv'}",
+        "~data.generate",
+        "data.input_size=null",
+        "trainer.max_epochs=1",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        f"hydra.run.dir={out}",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def run_train(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """python train.py ARGS in the repository, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def result_of(proc: subprocess.CompletedProcess) -> tuple[float, Path]:
+    """(val_dice, checkpoint) from the last line of a successful run's stdout."""
+    assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return parse_result(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_result(line: str) -> tuple[float, Path]:
+    """(val_dice, checkpoint) from train.py's result line."""
+    match = RESULT_LINE.match(line)
+    assert match, f"not a 'val_dice=<float> checkpoint=<path>' line: {line!r}"
+    return float(match["dice"]), Path(match["ckpt"])
+
+
+@pytest.fixture(scope="session")
+def trained_run(carvana_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real 1-epoch mobilenet training on the tiny set (fold 0): its run dir, stdout, val_dice and checkpoint."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    proc = run_train(train_args(carvana_root, out))
+    dice, ckpt = result_of(proc)
+    return {"out": out, "proc": proc, "dice": dice, "ckpt": ckpt}

@@ -1,0 +1,135 @@
+"""carvana.io against the real Carvana files: palette GIF masks, RGB photos, truncated JPEGs, atomic writes."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from carvana import CarvanaError
+from carvana.io import atomic_path, read_image, read_mask, write_mask_gif
+
+CAR = "0cdf5b5d0ce1"
+
+
+@pytest.fixture(scope="module")
+def real(shared_data: Path) -> Path:
+    return shared_data / "real"
+
+
+def test_read_mask_real_gif_is_0_1_at_full_size(real: Path):
+    for angle in (1, 5, 9):
+        mask = read_mask(real / "train_masks" / f"{CAR}_{angle:02d}_mask.gif")
+        assert mask.shape == (1280, 1918)
+        assert mask.dtype == np.uint8
+        assert set(np.unique(mask).tolist()) == {0, 1}
+        # a car fills roughly an eighth to a quarter of a Carvana photo
+        assert 0.08 < mask.mean() < 0.3, mask.mean()
+
+
+def test_pil_convert_L_maps_the_palette_to_255(real: Path):
+    """The trap read_mask avoids: convert('L') goes through the palette and gives {0, 255}, not {0, 1}."""
+    with Image.open(real / "train_masks" / f"{CAR}_01_mask.gif") as img:
+        assert img.mode == "P"
+        assert set(np.unique(np.asarray(img)).tolist()) == {0, 1}
+        assert set(np.unique(np.asarray(img.convert("L"))).tolist()) == {0, 255}
+
+
+def test_cv2_reads_the_gif_as_three_channels_of_255(real: Path):
+    """The other trap: OpenCV (>= 4.7) decodes the palette GIF to BGR {0, 255}, not indices."""
+    bgr = cv2.imread(str(real / "train_masks" / f"{CAR}_01_mask.gif"))
+    assert bgr is not None and bgr.shape == (1280, 1918, 3)
+    assert set(np.unique(bgr).tolist()) == {0, 255}
+    np.testing.assert_array_equal(bgr[..., 0] // 255, read_mask(real / "train_masks" / f"{CAR}_01_mask.gif"))
+
+
+def test_read_mask_agrees_with_the_palette_indices(real: Path):
+    path = real / "train_masks" / f"{CAR}_03_mask.gif"
+    with Image.open(path) as img:
+        np.testing.assert_array_equal(read_mask(path), np.asarray(img))
+
+
+def test_read_image_is_rgb(real: Path):
+    path = real / "train" / f"{CAR}_01.jpg"
+    image = read_image(path)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image.shape == (1280, 1918, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, bgr[..., ::-1])
+    # one pixel where the channels differ, so a BGR image cannot pass by symmetry
+    ys, xs = np.nonzero((bgr[..., 0].astype(int) - bgr[..., 2]) > 20)
+    y, x = ys[0], xs[0]
+    assert tuple(image[y, x]) == tuple(bgr[y, x, ::-1])
+    assert image[y, x, 2] > image[y, x, 0] + 20
+
+
+def test_read_image_test_photo(real: Path):
+    photos = sorted((real / "test").glob("*.jpg"))
+    assert photos
+    assert read_image(photos[0]).shape == (1280, 1918, 3)
+
+
+def test_png_mask_thresholds_at_127(tmp_path: Path):
+    probs = np.array([[0, 127, 128, 255], [1, 126, 200, 130], [0, 0, 0, 0]], dtype=np.uint8)
+    path = tmp_path / "m.png"
+    assert cv2.imwrite(str(path), probs)
+    mask = read_mask(path)
+    assert mask.dtype == np.uint8 and mask.shape == (3, 4)
+    np.testing.assert_array_equal(mask, (probs > 127).astype(np.uint8))
+
+
+def test_truncated_jpeg_raises_naming_the_file(real: Path, tmp_path: Path):
+    data = (real / "train" / f"{CAR}_02.jpg").read_bytes()
+    cut = tmp_path / f"{CAR}_02.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CarvanaError, match=str(cut).replace(".", r"\.")):
+        read_image(cut)
+
+
+def test_missing_and_unreadable_photo_raise(tmp_path: Path):
+    with pytest.raises(CarvanaError, match="nothere.jpg"):
+        read_image(tmp_path / "nothere.jpg")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(CarvanaError, match="junk.png"):
+        read_image(junk)
+
+
+def test_missing_mask_raises(tmp_path: Path):
+    with pytest.raises(CarvanaError, match="nothere_mask.gif"):
+        read_mask(tmp_path / "nothere_mask.gif")
+
+
+def test_write_mask_gif_round_trip(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    mask = (rng.random((64, 96)) > 0.5).astype(np.uint8)
+    mask[0, 0], mask[-1, -1] = 1, 0
+    path = tmp_path / "car_01_mask.gif"
+    write_mask_gif(path, mask)
+    back = read_mask(path)
+    assert back.shape == (64, 96) and back.dtype == np.uint8
+    np.testing.assert_array_equal(back, mask)
+    with Image.open(path) as img:  # Carvana's format: palette indices 0/1, white car on black
+        assert img.mode == "P"
+        assert set(np.unique(np.asarray(img.convert("L"))).tolist()) == {0, 255}
+    assert [p.name for p in tmp_path.iterdir()] == ["car_01_mask.gif"]
+
+
+def test_atomic_path_renames_on_success(tmp_path: Path):
+    target = tmp_path / "out.txt"
+    with atomic_path(target) as tmp:
+        assert tmp != target and tmp.parent == tmp_path
+        tmp.write_text("new")
+        assert not target.exists()
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_path_keeps_the_old_file_when_the_block_raises(tmp_path: Path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -1,0 +1,118 @@
+"""Input modes: pad 1918 -> 1920 and back, resize and back, random crops; masks stay {0, 1}; bad sizes refused."""
+
+import numpy as np
+import pytest
+import torch
+
+from carvana import CarvanaError
+from carvana.transforms import input_mode, padded_size, restore, train_transform
+
+NO_AUGMENT = {"hflip": 0.0, "affine": 0.0, "shift_limit": 0.0625, "scale_limit": 0.1, "color": 0.0}
+FULL_AUGMENT = {"hflip": 1.0, "affine": 1.0, "shift_limit": 0.0625, "scale_limit": 0.1, "color": 1.0}
+
+
+def photo(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random HxWx3 uint8 photo and an HxW {0,1} mask with a filled ellipse-ish blob."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    y, x = np.mgrid[:height, :width]
+    mask = (((y - height / 2) / (height / 3)) ** 2 + ((x - width / 2) / (width / 3)) ** 2 < 1).astype(np.uint8)
+    return image, mask
+
+
+def test_padded_size():
+    assert padded_size(1280, 1918) == (1280, 1920)
+    assert padded_size(64, 96) == (64, 96)
+    assert padded_size(65, 1) == (96, 32)
+
+
+def test_pad_round_trip_at_full_carvana_size():
+    image, mask = photo(1280, 1918)
+    out = train_transform(None, None, NO_AUGMENT)(image=image, mask=mask)
+    assert out["image"].shape == (1280, 1920, 3)
+    assert out["mask"].shape == (1280, 1920)
+    # padded at the bottom and the right with zeros: the photo sits unchanged at [:1280, :1918]
+    np.testing.assert_array_equal(out["image"][:1280, :1918], image)
+    np.testing.assert_array_equal(out["mask"][:1280, :1918], mask)
+    assert not out["image"][:, 1918:].any() and not out["mask"][:, 1918:].any()
+    # the way back: a Bx1xHxW tensor of the padded size is cropped to the photo (non-square: no swapped axes)
+    padded = torch.from_numpy(out["image"]).permute(2, 0, 1)[None].float()
+    back = restore(padded, (1280, 1918), resized=False)
+    assert back.shape == (1, 3, 1280, 1918)
+    np.testing.assert_array_equal(back[0].permute(1, 2, 0).numpy().astype(np.uint8), image)
+    mask_back = restore(torch.from_numpy(out["mask"])[None, None].float(), (1280, 1918), resized=False)
+    np.testing.assert_array_equal(mask_back[0, 0].numpy().astype(np.uint8), mask)
+
+
+def test_pad_non_divisible_small_photo():
+    image, mask = photo(50, 90)
+    out = train_transform(None, None, NO_AUGMENT)(image=image, mask=mask)
+    assert out["image"].shape == (64, 96, 3)
+    np.testing.assert_array_equal(out["image"][:50, :90], image)
+
+
+def test_resize_mode_shapes_and_restore():
+    image, mask = photo(1280, 1918)
+    out = train_transform(None, [320, 480], NO_AUGMENT)(image=image, mask=mask)
+    assert out["image"].shape == (320, 480, 3)
+    assert out["mask"].shape == (320, 480)
+    assert set(np.unique(out["mask"]).tolist()) == {0, 1}
+    logits = torch.randn(2, 1, 320, 480)
+    back = restore(logits, (1280, 1918), resized=True)
+    assert back.shape == (2, 1, 1280, 1918)
+    # bilinear upsampling of a constant stays constant; an axis mix-up would fail the shape above
+    assert torch.allclose(restore(torch.full((1, 1, 320, 480), 0.7), (1280, 1918), resized=True), torch.tensor(0.7))
+    # the mask's resize keeps the car where it was (mean fraction preserved)
+    assert abs(out["mask"].mean() - mask.mean()) < 0.01
+
+
+def test_crop_mode_output_size():
+    image, mask = photo(1280, 1918)
+    transform = train_transform([1024, 1024], None, FULL_AUGMENT)
+    for _ in range(3):
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (1024, 1024, 3)
+        assert out["mask"].shape == (1024, 1024)
+    small, small_mask = photo(64, 96)
+    out = train_transform([64, 64], None, NO_AUGMENT)(image=small, mask=small_mask)
+    assert out["image"].shape == (64, 64, 3)
+
+
+def test_crop_mode_non_square_crop():
+    image, mask = photo(1280, 1918)
+    out = train_transform([256, 512], None, NO_AUGMENT)(image=image, mask=mask)
+    assert out["image"].shape == (256, 512, 3)
+    assert out["mask"].shape == (256, 512)
+
+
+@pytest.mark.parametrize("crop_size,input_size", [(None, [320, 480]), ([64, 64], None), (None, None)])
+def test_masks_stay_binary_after_augmentation(crop_size, input_size):
+    image, mask = photo(128, 192)
+    transform = train_transform(crop_size, input_size, FULL_AUGMENT)
+    for _ in range(5):
+        out = transform(image=image, mask=mask)
+        assert out["mask"].dtype == np.uint8
+        assert set(np.unique(out["mask"]).tolist()) <= {0, 1}
+        assert out["image"].dtype == np.uint8
+
+
+def test_input_mode_names():
+    assert input_mode(None, None) == "pad"
+    assert input_mode([1024, 1024], None) == "crop"
+    assert input_mode(None, [640, 960]) == "resize"
+
+
+def test_input_mode_refuses_both_sizes():
+    with pytest.raises(CarvanaError, match="crop_size.*input_size"):
+        input_mode([1024, 1024], [640, 960])
+    with pytest.raises(CarvanaError):
+        train_transform([1024, 1024], [640, 960], NO_AUGMENT)
+
+
+@pytest.mark.parametrize(
+    "crop_size,input_size,key",
+    [([1000, 1024], None, "data.crop_size"), (None, [640, 950], "data.input_size"), (None, [640], "data.input_size")],
+)
+def test_input_mode_refuses_sizes_not_divisible_by_32(crop_size, input_size, key):
+    with pytest.raises(CarvanaError, match=f"{key}.*32"):
+        input_mode(crop_size, input_size)
