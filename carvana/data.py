@@ -55,14 +55,23 @@ def find_masks(images: list[Path], mask_dir: str | Path) -> list[Path]:
 
 
 def check_sizes(images: list[Path], masks: list[Path]) -> None:
-    """Compare every photo's size with its mask's from the file headers, before a long run starts."""
+    """Compare every photo's size with its mask's from the file headers, and check JPEG ends, before a long run."""
     for image, mask in zip(images, masks):
+        if image.suffix.lower() in (".jpg", ".jpeg") and not jpeg_complete(image):
+            raise CarvanaError(f"photo {image} is truncated (no JPEG end marker): download it again or remove it")
         with Image.open(image) as img, Image.open(mask) as msk:
             if img.size != msk.size:
                 raise CarvanaError(
                     f"photo {image} is {img.size[0]}x{img.size[1]} but its mask {mask} is "
                     f"{msk.size[0]}x{msk.size[1]}: photo and mask must have the same size"
                 )
+
+
+def jpeg_complete(path: Path) -> bool:
+    """Whether a JPEG file ends with its end-of-image marker (cheap: reads the last bytes only)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        return f.read().rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 class CarvanaDataset(Dataset):

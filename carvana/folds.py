@@ -20,6 +20,9 @@ def make_folds(metadata: pd.DataFrame, n_folds: int = 5, seed: int = 80, stratif
     if stratify:
         if stratify not in train.columns:
             raise CarvanaError(f"metadata has no column '{stratify}' to stratify by: use one of {list(train.columns)}")
+        if (train[stratify].value_counts() < n_folds).all():
+            raise CarvanaError(f"every '{stratify}' class has fewer than {n_folds} cars: stratify by another "
+                               f"column, or none (--stratify none)")
         splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(train, train[stratify])
     else:
         splits = KFold(n_folds, shuffle=True, random_state=seed).split(train)

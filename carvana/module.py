@@ -56,7 +56,7 @@ class SegModule(pl.LightningModule):
                  crop_size: list[int] | None = None, bce_weight: float = 0.2, dice_weight: float = 0.8,
                  lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
                  plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
-                 threshold: float = 0.5, data: dict | None = None):
+                 threshold: float = 0.5, bn_recalibration_batches: int = 0, data: dict | None = None):
         super().__init__()
         # `data` (root, folds, fold, photo size) is provenance only: predict.py takes its defaults from it
         self.save_hyperparameters()
@@ -65,7 +65,7 @@ class SegModule(pl.LightningModule):
             raise CarvanaError(f"unknown model.arch '{arch}': choose one of {', '.join(ARCHITECTURES)}")
         if scheduler not in SCHEDULERS:
             raise CarvanaError(f"unknown optim.scheduler '{scheduler}': choose one of {', '.join(SCHEDULERS)}")
-        local = encoder_weights not in (None, "imagenet") and Path(str(encoder_weights)).suffix != ""
+        local = encoder_weights not in (None, "imagenet")
         self.net = ARCHITECTURES[arch](encoder_name=encoder_name, encoder_weights=None if local else encoder_weights,
                                        decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=1)
         if local:
@@ -123,6 +123,29 @@ class SegModule(pl.LightningModule):
         self.log("val_dice", self.val_dice, prog_bar=True, batch_size=n)
         self.log("val_soft_dice", self.val_soft_dice, batch_size=n)
 
+    def on_validation_epoch_start(self) -> None:
+        """Re-estimate BatchNorm statistics on a few training batches before validating (precise BN).
+
+        Early in training from scratch the running averages trail the fast-moving weights: evaluated with them, a
+        net that segments well in train mode can predict nothing at all. Cheap next to an epoch of training.
+        """
+        if self.hparams.bn_recalibration_batches <= 0 or self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        norms = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the batches below
+        self.train()
+        with torch.no_grad():
+            for i, batch in enumerate(self.trainer.train_dataloader):
+                if i >= self.hparams.bn_recalibration_batches:
+                    break
+                self(batch["image"].to(self.device))
+        self.eval()
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+
     def on_train_epoch_start(self) -> None:
         frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
         self.net.encoder.requires_grad_(not frozen)
@@ -147,20 +170,31 @@ class SegModule(pl.LightningModule):
 
     def load_weights(self, path: str) -> None:
         """Fine-tune from another checkpoint's weights only (model.init_from); optimizer and step start afresh."""
-        self.load_state_dict(read_checkpoint(path)["state_dict"])
+        ckpt = read_checkpoint(path, key="model.init_from")
+        theirs = ckpt["hyper_parameters"]
+        for key in ("arch", "encoder_name", "decoder_channels", "in_channels"):
+            if key in theirs and list(np_flat(theirs[key])) != list(np_flat(self.hparams[key])):
+                raise CarvanaError(f"model.init_from={path} has {key}={theirs[key]}, this run {self.hparams[key]}: "
+                                   f"choose a checkpoint of the same network")
+        self.load_state_dict(ckpt["state_dict"])
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def np_flat(value: object) -> tuple:
+    """A hyperparameter as a tuple, so [256, 128] and (256, 128) compare equal."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     """A checkpoint of this project (a dict with SegModule hyperparameters); anything else is a CarvanaError."""
     path = Path(path)
     if not path.is_file():
-        raise CarvanaError(f"checkpoint {path} does not exist")
+        raise CarvanaError(f"{key}={path}: no checkpoint at this path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise CarvanaError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+        raise CarvanaError(f"{key}={path} is not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or "encoder_name" not in ckpt.get("hyper_parameters", {}):
-        raise CarvanaError(f"{path} is not a checkpoint of this project (no SegModule hyperparameters)")
+        raise CarvanaError(f"{key}={path} is not a checkpoint of this project (no SegModule hyperparameters)")
     return ckpt
 
 

@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from carvana import CarvanaError
 from carvana.data import CarvanaDataModule
 from carvana.folds import write_folds
-from carvana.module import SegModule
+from carvana.module import SegModule, read_checkpoint
 
 
 def ensure_synthetic(data: DictConfig) -> None:
@@ -85,6 +85,7 @@ def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegMod
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr,
         plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
         freeze_encoder_epochs=cfg.model.freeze_encoder_epochs, threshold=cfg.model.threshold,
+        bn_recalibration_batches=cfg.model.bn_recalibration_batches,
         data={"root": str(cfg.data.root), "folds": str(cfg.data.folds), "fold": cfg.fold, "image_dir": cfg.data.image_dir,
               "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size},
     )
@@ -108,8 +109,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     """Train one fold; return (best val_dice, best checkpoint path, whether this process is rank 0)."""
     pl.seed_everything(cfg.seed, workers=True)
     ensure_synthetic(cfg.data)
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise CarvanaError(f"ckpt_path={cfg.ckpt_path} does not exist: give the last.ckpt of the run to resume")
+    if cfg.ckpt_path:
+        read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # a missing or foreign file fails here, in one line
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.image_size)
     out_dir = Path(out_dir)

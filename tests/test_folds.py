@@ -89,11 +89,6 @@ def test_bad_stratify_column(metadata: pd.DataFrame):
         make_folds(metadata, stratify="nosuchcolumn")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="folds.py make_folds: when every stratify class has fewer cars than folds, sklearn's StratifiedKFold "
-    "raises ValueError (a traceback from python -m carvana.folds), not CarvanaError",
-)
 def test_stratify_classes_smaller_than_the_folds(metadata: pd.DataFrame):
     small = metadata[metadata["train"].astype(str).str.upper() == "TRUE"].head(8).copy()
     small["stratifeature"] = ["a", "a", "b", "b", "c", "c", "d", "d"]

@@ -186,11 +186,6 @@ def test_missing_encoder_weights_file(tmp_path: Path):
         SegModule(encoder_weights=str(tmp_path / "nothere.pth"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="module.py: encoder_weights without a file suffix (or a typo of 'imagenet') is "
-    "passed to smp, which raises KeyError instead of CarvanaError",
-)
 def test_missing_encoder_weights_path_without_suffix(tmp_path: Path):
     with pytest.raises(CarvanaError, match="weights"):
         SegModule(encoder_weights=str(tmp_path / "encoder_weights"))

@@ -290,21 +290,8 @@ BAD_INPUTS = [
     _missing_ckpt_path,
     _missing_folds_file,
     _car_not_in_folds,
-    pytest.param(
-        _ckpt_path_not_a_checkpoint,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="training.py train(): ckpt_path is only checked to exist; Lightning's torch.load then raises "
-            "UnpicklingError with a traceback",
-        ),
-    ),
-    pytest.param(
-        _init_from_another_model,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="module.py load_weights(): load_state_dict's RuntimeError (missing keys) escapes with a traceback",
-        ),
-    ),
+    _ckpt_path_not_a_checkpoint,
+    _init_from_another_model,
 ]
 
 
@@ -346,11 +333,6 @@ def test_bad_input_in_a_real_process(carvana_root: Path, tmp_path: Path):
     assert not (out / "checkpoints").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.py: photos are not checked for truncation before training; read_image's CarvanaError comes from a "
-    "DataLoader worker mid-epoch, wrapped in 'Caught CarvanaError in DataLoader worker... Original Traceback'",
-)
 def test_truncated_photo_is_found_before_training(carvana_root: Path, tmp_path: Path):
     copy = shutil.copytree(carvana_root, tmp_path / "data")
     folds = pd.read_csv(copy / "folds.csv", dtype={"id": str})
