@@ -83,7 +83,7 @@ def best_rate(run: Callable[[int], object], n: int, repeats: int = 2) -> float:
     return n / min(times)
 
 
-def time_paths(n: int, probs: list[np.ndarray]) -> tuple[float, float, float]:
+def time_paths(n: int, probs: list[np.ndarray]) -> tuple[float, float, float, float]:
     """Masks/s of the seed's way, submit's PNG path and the streaming path on n PNGs in a temporary folder."""
     names = [f"{i // 16:012x}_{i % 16 + 1:02d}.jpg" for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,10 +101,13 @@ def time_paths(n: int, probs: list[np.ndarray]) -> tuple[float, float, float]:
             lambda i: make_submission(sample, tmp / f"png{i}.csv.gz", masks_dir=str(masks), height=H, width=W), n
         )
         stream = best_rate(lambda i: stream_submit(probs, names, sample, tmp / f"rle{i}", tmp / f"rle{i}.csv.gz"), n)
+        # submit.py's own share of the streaming path: the shards exist (predict.py wrote them), merge them
+        merge = best_rate(lambda i: make_submission(sample, tmp / f"merge{i}.csv.gz", rle_dir=str(tmp / "rle0"),
+                                                    height=H, width=W), n)
         expected = pd.read_csv(tmp / "seed0.csv.gz", keep_default_na=False)
         for out in ("png0", "rle0"):
             assert expected.equals(pd.read_csv(tmp / f"{out}.csv.gz", keep_default_na=False)), f"{out} differs"
-    return seed, png, stream
+    return seed, png, stream, merge
 
 
 def ms_per_call(fn: Callable[[np.ndarray], object], mask: np.ndarray) -> float:
@@ -114,7 +117,7 @@ def ms_per_call(fn: Callable[[np.ndarray], object], mask: np.ndarray) -> float:
 
 def main(n: int) -> None:
     probs = [synthetic_probs(seed) for seed in range(min(n, DISTINCT))]
-    seed, png, stream = time_paths(n, probs)
+    seed, png, stream, merge = time_paths(n, probs)
     masks = [p > 127 for p in probs]
     rle_ms = np.mean([ms_per_call(rle_encode, mask) for mask in masks])
     floor_ms = np.mean([ms_per_call(np.count_nonzero, mask) for mask in masks])
@@ -122,6 +125,7 @@ def main(n: int) -> None:
     print(f"seed way (ThreadPool cv2.imread, naive RLE, pandas): {seed:8.1f} masks/s")
     print(f"submit png path (processes, vectorised RLE):        {png:8.1f} masks/s")
     print(f"stream path (encode + shard row, then merge):       {stream:8.1f} masks/s")
+    print(f"stream, submit.py's part only (merge shards):        {merge:8.1f} masks/s  merge_vs_seed={merge / seed:.1f}")
     print(f"rle_encode {rle_ms:.3f} ms/mask, np.count_nonzero {floor_ms:.3f} ms/mask")
     print(f"png_vs_seed={png / seed:.2f} stream_vs_seed={stream / seed:.2f} rle_vs_floor={rle_ms / floor_ms:.2f}")
 
