@@ -191,7 +191,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
         raise CarvanaError(f"{key}={path}: no checkpoint at this path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+    except Exception as err:  # noqa: BLE001 -- torch raises many types for a file that is not a checkpoint
         raise CarvanaError(f"{key}={path} is not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or "encoder_name" not in ckpt.get("hyper_parameters", {}):
         raise CarvanaError(f"{key}={path} is not a checkpoint of this project (no SegModule hyperparameters)")

@@ -1,6 +1,7 @@
 """Full-resolution masks for a folder of photos: checkpoint ensembles, TTA, a writer that never holds them all."""
 
 import glob
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
@@ -160,16 +162,27 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
     if bad or not write:
         raise CarvanaError(f"write={list(write)}: choose png, rle or [png, rle]")
     models = [load_module(p) for p in ckpts]
-    size = models[0].hparams.data.get("image_size") if models[0].hparams.get("data") else None
     todo = [p for p in images if p.name not in written_names(output_dir, write, images)]
     if not todo:
         return 0, [], True
-    size = tuple(size) if size else read_image(todo[0]).shape[:2]
+    # the photos set the size (masks come out at the photo's size, whatever the model was trained at); one size
+    # per run, as batches need it: the most common one, from the file headers
+    sizes = pd.Series([photo_size(p) for p in todo])
+    size = sizes.mode()[0]
     loader = DataLoader(PhotoDataset(todo, size), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
     trainer.predict(Ensemble(models, tta), dataloaders=loader, return_predictions=False)
-    return len(todo), writer.errors, trainer.is_global_zero
+    return len(todo) - len(writer.errors), writer.errors, trainer.is_global_zero
+
+
+def photo_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header; an unreadable file gives (0, 0) and is reported when predicted."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except OSError:
+        return 0, 0
 
 
 def run(cfg: dict) -> tuple[str, int]:
@@ -209,5 +222,5 @@ def run(cfg: dict) -> tuple[str, int]:
         table.to_csv(table_path, index=False)
         line += f" val_dice={table.dice.mean():.4f} dice_table={table_path}"
     for error in errors:
-        print(f"error: {error}", flush=True)
+        print(f"error: {error}", file=sys.stderr, flush=True)
     return line, 1 if errors else 0

@@ -3,19 +3,23 @@
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import (EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar,
-                                         TQDMProgressBar)
+from pytorch_lightning.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from carvana import CarvanaError
 from carvana.data import CarvanaDataModule
 from carvana.folds import write_folds
 from carvana.module import SegModule, read_checkpoint

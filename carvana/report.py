@@ -1,0 +1,232 @@
+"""Out-of-fold report: per-photo, per-car and per-angle Dice, a threshold sweep and a gallery of the worst photos.
+
+    python -m carvana.report oof_dir=predictions/oof [data_root=data/carvana] [masks_dir=...] [images_dir=...]
+                             [out_dir=...] [threshold=0.5] [worst=12] [workers=4]
+"""
+
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+from PIL import Image
+
+from carvana import CarvanaError
+from carvana.data import IMAGE_SUFFIXES, MASK_PATTERNS, car_id
+from carvana.io import atomic_path, read_image, read_mask, read_probs
+
+DEFAULTS = {
+    "oof_dir": None,  # predict.py predict_on_val=true output_dir: <photo stem>.png probabilities 0..255
+    "data_root": "data/synthetic",  # conf/config.yaml's default data; real data: data_root=data/carvana
+    "masks_dir": None,  # null = <data_root>/train_masks
+    "images_dir": None,  # null = <data_root>/train (only the worst photos are read)
+    "out_dir": None,  # null = <oof_dir>/report
+    "threshold": 0.5,  # car where probability > threshold, as predict.py's Dice table
+    "worst": 12,  # photos in worst.png (0: no gallery)
+    "workers": 4,  # threads decoding PNG/GIF pairs (the decoders release the GIL)
+}
+THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)  # 0.05 .. 0.95
+PREDICTION_NAME = re.compile(r"^.+_\d+$")  # <car>_<NN>: anything else in oof_dir (a report, a csv) is not a photo
+FP_COLOUR = (255, 0, 0)  # RGB red: car predicted where there is none
+FN_COLOUR = (0, 0, 255)  # RGB blue: car the prediction missed
+TILE_WIDTH, COLUMNS = 384, 4  # a 1918x1280 photo becomes a 384x256 tile
+
+
+def find_predictions(oof_dir: Path) -> list[Path]:
+    """The `<car>_<NN>.png` predictions of `oof_dir`, sorted; a missing directory or none in it is a CarvanaError."""
+    if not oof_dir.is_dir():
+        raise CarvanaError(f"oof_dir={oof_dir} does not exist: point it at predict.py's predict_on_val output_dir")
+    preds = sorted(p for p in oof_dir.glob("*.png") if PREDICTION_NAME.match(p.stem))
+    if not preds:
+        raise CarvanaError(f"oof_dir={oof_dir} holds no <car>_<NN>.png predictions: run predict.py predict_on_val=true")
+    return preds
+
+
+def find_truths(preds: list[Path], masks_dir: Path) -> list[Path]:
+    """The ground-truth mask of each prediction in `masks_dir`, with its size checked from the file headers."""
+    if not masks_dir.is_dir():
+        raise CarvanaError(f"masks_dir={masks_dir} does not exist: set masks_dir= or data_root=")
+    truths = [next((masks_dir / p.format(pred.stem) for p in MASK_PATTERNS
+                    if (masks_dir / p.format(pred.stem)).exists()), None) for pred in preds]
+    missing = [pred.name for pred, truth in zip(preds, truths) if truth is None]
+    if missing:
+        raise CarvanaError(f"{len(missing)} prediction(s) have no mask in {masks_dir} (expected "
+                           f"{MASK_PATTERNS[0].format('<name>')}), first: {', '.join(missing[:5])}; check masks_dir=")
+    for pred, truth in zip(preds, truths):
+        if image_size(pred) != image_size(truth):
+            raise CarvanaError(f"prediction {pred} is {'x'.join(map(str, image_size(pred)))} but its mask {truth} is "
+                               f"{'x'.join(map(str, image_size(truth)))}: predict at the photos' full size")
+    return truths
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError as err:
+        raise CarvanaError(f"{path} is not a readable image ({err}): replace or remove it") from None
+
+
+def histogram(pred_path: Path, truth_path: Path) -> np.ndarray:
+    """2x256 int64 pixel counts by predicted value 0..255: row 0 background pixels, row 1 car pixels."""
+    probs, truth = read_probs(pred_path), read_mask(truth_path)
+    assert probs.shape == truth.shape, (pred_path, probs.shape, truth.shape)
+    every = cv2.calcHist([probs], [0], None, [256], [0, 256]).ravel()
+    car = cv2.calcHist([probs], [0], truth, [256], [0, 256]).ravel()
+    return np.stack([every - car, car]).astype(np.int64)  # float32 counts are exact below 2**24 pixels
+
+
+def dice_curve(hists: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Nx2x256 histograms -> NxT Dice of `probs > t * 255` per photo and threshold; two empty masks give 1."""
+    # tail[..., k]: pixels with value >= k, i.e. predicted car by every threshold with k-1 <= t * 255 < k
+    tail = np.concatenate([np.cumsum(hists[..., ::-1], axis=-1)[..., ::-1], np.zeros((*hists.shape[:2], 1), int)], -1)
+    first = np.array([(np.arange(256) <= t * 255).sum() for t in thresholds])  # smallest value above t * 255
+    tp, fp = tail[:, 1, first], tail[:, 0, first]
+    fn = hists[:, 1].sum(-1, keepdims=True) - tp
+    total = 2 * tp + fp + fn
+    return np.where(total > 0, 2 * tp / np.maximum(total, 1), 1.0)
+
+
+def tables(preds: list[Path], hists: np.ndarray, threshold: float) -> dict[str, pd.DataFrame]:
+    """per_image, per_car, per_angle (hardest first) and thresholds tables from the photos' histograms."""
+    per_image = pd.DataFrame({
+        "image": [f"{p.stem}.jpg" for p in preds],
+        "car": [car_id(p) for p in preds],
+        "angle": [int(p.stem.rsplit("_", 1)[1]) for p in preds],
+        "dice": dice_curve(hists, np.array([threshold]))[:, 0],
+    })
+
+    def mean_by(key: str) -> pd.DataFrame:
+        table = per_image.groupby(key).dice.agg(["mean", "size"]).rename(columns={"mean": "dice", "size": "n"})
+        return table.reset_index().sort_values(["dice", key], kind="stable").reset_index(drop=True)
+
+    sweep = pd.DataFrame({"threshold": THRESHOLDS, "dice": dice_curve(hists, THRESHOLDS).mean(0)})
+    return {"per_image": per_image, "per_car": mean_by("car"), "per_angle": mean_by("angle"), "thresholds": sweep}
+
+
+def draw_errors(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 RGB photo, HxW {0,1} pred and truth -> size=(h, w) RGB tile, FP pixels red, FN pixels blue."""
+    h, w = size
+    tile = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    for error, colour in ((pred > truth, FP_COLOUR), (truth > pred, FN_COLOUR)):
+        # any error pixel under a tile pixel colours it: a one-pixel edge error stays visible at 1/5 scale
+        shrunk = cv2.resize(error.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
+        tile[shrunk] = colour
+    return tile
+
+
+def label(tile: np.ndarray, lines: list[str]) -> None:
+    """Write `lines` white on a darkened band at the top of an RGB tile, and frame the tile (in place)."""
+    band = tile[: 8 + 18 * len(lines)]
+    band[:] = band // 3  # Carvana's studio background is near white: white text needs a dark band
+    for i, text in enumerate(lines):
+        cv2.putText(tile, text, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.rectangle(tile, (0, 0), (tile.shape[1] - 1, tile.shape[0] - 1), (64, 64, 64), 1)
+
+
+def find_photo(images_dir: Path, stem: str) -> Path:
+    """The photo `<stem>.jpg` (or another image suffix) in `images_dir`."""
+    found = [images_dir / f"{stem}{s}" for s in IMAGE_SUFFIXES if (images_dir / f"{stem}{s}").exists()]
+    if not found:
+        raise CarvanaError(f"photo {stem}.jpg is not in images_dir={images_dir}: set images_dir= or worst=0")
+    return found[0]
+
+
+def gallery(worst: pd.DataFrame, files: dict[str, tuple[Path, Path]], images_dir: Path, threshold: float
+            ) -> np.ndarray:
+    """Rows (image, dice) and their (prediction, mask) files -> RGB gallery of error tiles, COLUMNS wide."""
+    width, height = image_size(files[worst.image.iloc[0]][1])
+    size = (round(TILE_WIDTH * height / width), TILE_WIDTH)
+    columns = min(COLUMNS, len(worst))
+    rows = -(-len(worst) // columns)
+    board = np.zeros((rows * size[0], columns * size[1], 3), np.uint8)
+    for i, (name, dice) in enumerate(zip(worst.image, worst.dice)):
+        pred_path, truth_path = files[name]
+        image, truth = read_image(find_photo(images_dir, Path(name).stem)), read_mask(truth_path)
+        if image.shape[:2] != truth.shape:
+            raise CarvanaError(f"photo {name} in {images_dir} is {image.shape[1]}x{image.shape[0]} but its mask is "
+                               f"{truth.shape[1]}x{truth.shape[0]}: images_dir= is not the masks' photos")
+        tile = draw_errors(image, (read_probs(pred_path) > threshold * 255).astype(np.uint8), truth, size)
+        label(tile, [name, f"dice {dice:.4f}"])
+        r, c = divmod(i, columns)
+        board[r * size[0]:(r + 1) * size[0], c * size[1]:(c + 1) * size[1]] = tile
+    return board
+
+
+def write_report(oof_dir: str, out_dir: str, masks_dir: str, images_dir: str, threshold: float = 0.5,
+                 worst: int = 12, workers: int = 4) -> dict[str, pd.DataFrame]:
+    """Write per_image/per_car/per_angle/thresholds.csv and worst.png into out_dir -> the tables."""
+    if not 0 <= threshold < 1:
+        raise CarvanaError(f"threshold={threshold}: choose a probability in [0, 1)")
+    if worst < 0:
+        raise CarvanaError(f"worst={worst}: choose a number of photos >= 0")
+    preds = find_predictions(Path(oof_dir))
+    truths = find_truths(preds, Path(masks_dir))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        hists = np.stack(list(pool.map(histogram, preds, truths)))
+    result = tables(preds, hists, threshold)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in result.items():
+        with atomic_path(out / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    if worst:
+        rows = result["per_image"].sort_values(["dice", "image"], kind="stable").head(worst)
+        files = dict(zip(result["per_image"].image, zip(preds, truths)))
+        board = gallery(rows, files, Path(images_dir), threshold)
+        with atomic_path(out / "worst.png") as tmp:
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(board, cv2.COLOR_RGB2BGR)):
+                raise CarvanaError(f"cannot write {out / 'worst.png'}: check the directory is writable")
+    return result
+
+
+def parse_args(argv: list[str]) -> dict:
+    """`key=value` words -> DEFAULTS with the paths resolved; an unknown key or a word without '=' is a CarvanaError."""
+    bad = [word for word in argv if "=" not in word]
+    if bad:
+        raise CarvanaError(f"'{bad[0]}' is not key=value: use e.g. oof_dir=predictions/oof")
+    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise CarvanaError(f"unknown key '{unknown[0]}': choose from {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **given}
+    if not cfg["oof_dir"]:
+        raise CarvanaError("oof_dir= is required: the out-of-fold predictions of predict.py predict_on_val=true")
+    root = Path(cfg.pop("data_root"))
+    cfg["masks_dir"] = cfg["masks_dir"] or str(root / "train_masks")
+    cfg["images_dir"] = cfg["images_dir"] or str(root / "train")
+    cfg["out_dir"] = cfg["out_dir"] or str(Path(cfg["oof_dir"]) / "report")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse key=value words, write the report, print its summary; expected errors: one line, exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    try:
+        cfg = parse_args(argv)
+        result = write_report(**cfg)
+    except CarvanaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    per_image, sweep, angles = result["per_image"], result["thresholds"], result["per_angle"]
+    best = sweep.loc[sweep.dice.idxmax()]
+    print(f"images={len(per_image)} cars={per_image.car.nunique()} mean_dice={per_image.dice.mean():.5f} "
+          f"threshold={cfg['threshold']}")
+    print(f"best_threshold={best.threshold:.2f} mean_dice={best.dice:.5f}")
+    print("hardest_angles=" + " ".join(f"{a:02d}:{d:.5f}" for a, d in zip(angles.angle[:3], angles.dice[:3])))
+    if cfg["worst"]:
+        print(f"worst.png: {min(cfg['worst'], len(per_image))} lowest-Dice photos, red = false positive, "
+              "blue = false negative")
+    print(cfg["out_dir"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
