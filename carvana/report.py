@@ -1,7 +1,7 @@
 """Out-of-fold report: per-photo, per-car and per-angle Dice, a threshold sweep and a gallery of the worst photos.
 
-    python -m carvana.report oof_dir=predictions/oof [data_root=data/carvana] [masks_dir=...] [images_dir=...]
-                             [out_dir=...] [threshold=0.5] [worst=12] [workers=4]
+python -m carvana.report oof_dir=predictions/oof [data_root=data/carvana] [masks_dir=...] [images_dir=...]
+                         [out_dir=...] [threshold=0.5] [worst=12] [workers=4]
 """
 
 import re
@@ -50,16 +50,21 @@ def find_truths(preds: list[Path], masks_dir: Path) -> list[Path]:
     """The ground-truth mask of each prediction in `masks_dir`, with its size checked from the file headers."""
     if not masks_dir.is_dir():
         raise CarvanaError(f"masks_dir={masks_dir} does not exist: set masks_dir= or data_root=")
-    truths = [next((masks_dir / p.format(pred.stem) for p in MASK_PATTERNS
-                    if (masks_dir / p.format(pred.stem)).exists()), None) for pred in preds]
+    truths = [
+        next((m for p in MASK_PATTERNS if (m := masks_dir / p.format(pred.stem)).exists()), None) for pred in preds
+    ]
     missing = [pred.name for pred, truth in zip(preds, truths) if truth is None]
     if missing:
-        raise CarvanaError(f"{len(missing)} prediction(s) have no mask in {masks_dir} (expected "
-                           f"{MASK_PATTERNS[0].format('<name>')}), first: {', '.join(missing[:5])}; check masks_dir=")
+        raise CarvanaError(
+            f"{len(missing)} prediction(s) have no mask in {masks_dir} (expected "
+            f"{MASK_PATTERNS[0].format('<name>')}), first: {', '.join(missing[:5])}; check masks_dir="
+        )
     for pred, truth in zip(preds, truths):
         if image_size(pred) != image_size(truth):
-            raise CarvanaError(f"prediction {pred} is {'x'.join(map(str, image_size(pred)))} but its mask {truth} is "
-                               f"{'x'.join(map(str, image_size(truth)))}: predict at the photos' full size")
+            raise CarvanaError(
+                f"prediction {pred} is {'x'.join(map(str, image_size(pred)))} but its mask {truth} is "
+                f"{'x'.join(map(str, image_size(truth)))}: predict at the photos' full size"
+            )
     return truths
 
 
@@ -75,7 +80,7 @@ def image_size(path: Path) -> tuple[int, int]:
 def histogram(pred_path: Path, truth_path: Path) -> np.ndarray:
     """2x256 int64 pixel counts by predicted value 0..255: row 0 background pixels, row 1 car pixels."""
     probs, truth = read_probs(pred_path), read_mask(truth_path)
-    assert probs.shape == truth.shape, (pred_path, probs.shape, truth.shape)
+    assert probs.shape == truth.shape and probs.size < 2**24, (pred_path, probs.shape, truth.shape)
     every = cv2.calcHist([probs], [0], None, [256], [0, 256]).ravel()
     car = cv2.calcHist([probs], [0], truth, [256], [0, 256]).ravel()
     return np.stack([every - car, car]).astype(np.int64)  # float32 counts are exact below 2**24 pixels
@@ -94,12 +99,14 @@ def dice_curve(hists: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 def tables(preds: list[Path], hists: np.ndarray, threshold: float) -> dict[str, pd.DataFrame]:
     """per_image, per_car, per_angle (hardest first) and thresholds tables from the photos' histograms."""
-    per_image = pd.DataFrame({
-        "image": [f"{p.stem}.jpg" for p in preds],
-        "car": [car_id(p) for p in preds],
-        "angle": [int(p.stem.rsplit("_", 1)[1]) for p in preds],
-        "dice": dice_curve(hists, np.array([threshold]))[:, 0],
-    })
+    per_image = pd.DataFrame(
+        {
+            "image": [f"{p.stem}.jpg" for p in preds],
+            "car": [car_id(p) for p in preds],
+            "angle": [int(p.stem.rsplit("_", 1)[1]) for p in preds],
+            "dice": dice_curve(hists, np.array([threshold]))[:, 0],
+        }
+    )
 
     def mean_by(key: str) -> pd.DataFrame:
         table = per_image.groupby(key).dice.agg(["mean", "size"]).rename(columns={"mean": "dice", "size": "n"})
@@ -131,35 +138,45 @@ def label(tile: np.ndarray, lines: list[str]) -> None:
 
 def find_photo(images_dir: Path, stem: str) -> Path:
     """The photo `<stem>.jpg` (or another image suffix) in `images_dir`."""
+    if not images_dir.is_dir():
+        raise CarvanaError(f"images_dir={images_dir} does not exist: set images_dir= or data_root=, or worst=0")
     found = [images_dir / f"{stem}{s}" for s in IMAGE_SUFFIXES if (images_dir / f"{stem}{s}").exists()]
     if not found:
         raise CarvanaError(f"photo {stem}.jpg is not in images_dir={images_dir}: set images_dir= or worst=0")
     return found[0]
 
 
-def gallery(worst: pd.DataFrame, files: dict[str, tuple[Path, Path]], images_dir: Path, threshold: float
-            ) -> np.ndarray:
-    """Rows (image, dice) and their (prediction, mask) files -> RGB gallery of error tiles, COLUMNS wide."""
+def gallery(worst: pd.DataFrame, files: dict[str, tuple[Path, Path, Path]], threshold: float) -> np.ndarray:
+    """Rows (image, dice) and their (prediction, mask, photo) files -> RGB gallery of error tiles, COLUMNS wide."""
     width, height = image_size(files[worst.image.iloc[0]][1])
     size = (round(TILE_WIDTH * height / width), TILE_WIDTH)
     columns = min(COLUMNS, len(worst))
     rows = -(-len(worst) // columns)
     board = np.zeros((rows * size[0], columns * size[1], 3), np.uint8)
     for i, (name, dice) in enumerate(zip(worst.image, worst.dice)):
-        pred_path, truth_path = files[name]
-        image, truth = read_image(find_photo(images_dir, Path(name).stem)), read_mask(truth_path)
+        pred_path, truth_path, photo_path = files[name]
+        image, truth = read_image(photo_path), read_mask(truth_path)
         if image.shape[:2] != truth.shape:
-            raise CarvanaError(f"photo {name} in {images_dir} is {image.shape[1]}x{image.shape[0]} but its mask is "
-                               f"{truth.shape[1]}x{truth.shape[0]}: images_dir= is not the masks' photos")
+            raise CarvanaError(
+                f"photo {photo_path} is {image.shape[1]}x{image.shape[0]} but its mask is "
+                f"{truth.shape[1]}x{truth.shape[0]}: images_dir= is not the masks' photos"
+            )
         tile = draw_errors(image, (read_probs(pred_path) > threshold * 255).astype(np.uint8), truth, size)
         label(tile, [name, f"dice {dice:.4f}"])
         r, c = divmod(i, columns)
-        board[r * size[0]:(r + 1) * size[0], c * size[1]:(c + 1) * size[1]] = tile
+        board[r * size[0] : (r + 1) * size[0], c * size[1] : (c + 1) * size[1]] = tile
     return board
 
 
-def write_report(oof_dir: str, out_dir: str, masks_dir: str, images_dir: str, threshold: float = 0.5,
-                 worst: int = 12, workers: int = 4) -> dict[str, pd.DataFrame]:
+def write_report(
+    oof_dir: str,
+    out_dir: str,
+    masks_dir: str,
+    images_dir: str,
+    threshold: float = 0.5,
+    worst: int = 12,
+    workers: int = 4,
+) -> dict[str, pd.DataFrame]:
     """Write per_image/per_car/per_angle/thresholds.csv and worst.png into out_dir -> the tables."""
     if not 0 <= threshold < 1:
         raise CarvanaError(f"threshold={threshold}: choose a probability in [0, 1)")
@@ -167,6 +184,8 @@ def write_report(oof_dir: str, out_dir: str, masks_dir: str, images_dir: str, th
         raise CarvanaError(f"worst={worst}: choose a number of photos >= 0")
     preds = find_predictions(Path(oof_dir))
     truths = find_truths(preds, Path(masks_dir))
+    # any photo may be among the worst: check them all before the long pass
+    photos = [find_photo(Path(images_dir), p.stem) for p in preds] if worst else []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         hists = np.stack(list(pool.map(histogram, preds, truths)))
     result = tables(preds, hists, threshold)
@@ -177,8 +196,8 @@ def write_report(oof_dir: str, out_dir: str, masks_dir: str, images_dir: str, th
             table.to_csv(tmp, index=False)
     if worst:
         rows = result["per_image"].sort_values(["dice", "image"], kind="stable").head(worst)
-        files = dict(zip(result["per_image"].image, zip(preds, truths)))
-        board = gallery(rows, files, Path(images_dir), threshold)
+        files = dict(zip(result["per_image"].image, zip(preds, truths, photos)))
+        board = gallery(rows, files, threshold)
         with atomic_path(out / "worst.png") as tmp:
             if not cv2.imwrite(str(tmp), cv2.cvtColor(board, cv2.COLOR_RGB2BGR)):
                 raise CarvanaError(f"cannot write {out / 'worst.png'}: check the directory is writable")
@@ -195,6 +214,9 @@ def parse_args(argv: list[str]) -> dict:
     if unknown:
         raise CarvanaError(f"unknown key '{unknown[0]}': choose from {', '.join(DEFAULTS)}")
     cfg = {**DEFAULTS, **given}
+    for key, kind in (("threshold", (int, float)), ("worst", int), ("workers", int)):
+        if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
+            raise CarvanaError(f"{key}={cfg[key]} is not {'an integer' if kind is int else 'a number'}")
     if not cfg["oof_dir"]:
         raise CarvanaError("oof_dir= is required: the out-of-fold predictions of predict.py predict_on_val=true")
     root = Path(cfg.pop("data_root"))
@@ -218,13 +240,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     per_image, sweep, angles = result["per_image"], result["thresholds"], result["per_angle"]
     best = sweep.loc[sweep.dice.idxmax()]
-    print(f"images={len(per_image)} cars={per_image.car.nunique()} mean_dice={per_image.dice.mean():.5f} "
-          f"threshold={cfg['threshold']}")
+    print(
+        f"images={len(per_image)} cars={per_image.car.nunique()} mean_dice={per_image.dice.mean():.5f} "
+        f"threshold={cfg['threshold']}"
+    )
     print(f"best_threshold={best.threshold:.2f} mean_dice={best.dice:.5f}")
     print("hardest_angles=" + " ".join(f"{a:02d}:{d:.5f}" for a, d in zip(angles.angle[:3], angles.dice[:3])))
     if cfg["worst"]:
-        print(f"worst.png: {min(cfg['worst'], len(per_image))} lowest-Dice photos, red = false positive, "
-              "blue = false negative")
+        print(
+            f"worst.png: {min(cfg['worst'], len(per_image))} lowest-Dice photos, red = false positive, "
+            "blue = false negative"
+        )
     print(cfg["out_dir"], flush=True)
 
 
