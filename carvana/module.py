@@ -8,9 +8,9 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
 
 from carvana import CarvanaError
+from carvana.losses import border_dice, build_loss
 from carvana.transforms import padded_size, restore
 
 ARCHITECTURES = {"unet": smp.Unet}
@@ -53,7 +53,7 @@ class SegModule(pl.LightningModule):
     def __init__(self, encoder_name: str = "mobilenet_v2", encoder_weights: str | None = None, arch: str = "unet",
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), in_channels: int = 3,
                  preprocessing: dict | None = None, input_size: list[int] | None = None,
-                 crop_size: list[int] | None = None, bce_weight: float = 0.2, dice_weight: float = 0.8,
+                 crop_size: list[int] | None = None, loss: dict | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
                  plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
                  threshold: float = 0.5, bn_recalibration_batches: int = 0, data: dict | None = None):
@@ -75,8 +75,9 @@ class SegModule(pl.LightningModule):
         self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.bgr = pre["input_space"] == "BGR"
-        self.bce, self.dice = SoftBCEWithLogitsLoss(), DiceLoss(mode="binary", from_logits=True)
+        self.criterion = build_loss(**(loss or {"name": "bce_dice", "bce_weight": 0.2, "dice_weight": 0.8}))
         self.val_dice, self.val_soft_dice = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
+        self.val_border_dice = torchmetrics.MeanMetric()
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW RGB photos in 0..255 (uint8 or float) -> the encoder's input (channel order, mean, std)."""
@@ -104,7 +105,8 @@ class SegModule(pl.LightningModule):
         return restore(self(x), size, resized=self.hparams.input_size is not None)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.hparams.bce_weight * self.bce(logits, mask) + self.hparams.dice_weight * self.dice(logits, mask)
+        """Bx1xHxW logits and {0,1} masks -> the configured loss (conf/loss/, default 0.2 BCE + 0.8 Dice)."""
+        return self.criterion(logits, mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"])
@@ -118,10 +120,12 @@ class SegModule(pl.LightningModule):
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))
         self.val_soft_dice.update(dice_per_image(probs, batch["mask"]))
+        self.val_border_dice.update(border_dice(pred, batch["mask"]))
         n = len(batch["image"])
         self.log("val_loss", self.loss(logits, batch["mask"]), sync_dist=True, batch_size=n)
         self.log("val_dice", self.val_dice, prog_bar=True, batch_size=n)
         self.log("val_soft_dice", self.val_soft_dice, batch_size=n)
+        self.log("val_border_dice", self.val_border_dice, batch_size=n)
 
     def on_validation_epoch_start(self) -> None:
         """Re-estimate BatchNorm statistics on a few training batches before validating (precise BN).

@@ -85,7 +85,7 @@ def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegMod
         arch=cfg.model.arch, encoder_name=cfg.model.encoder_name, encoder_weights=cfg.model.encoder_weights,
         decoder_channels=list(cfg.model.decoder_channels), preprocessing=OmegaConf.to_container(cfg.preprocessing),
         input_size=_list(cfg.data.input_size), crop_size=_list(cfg.data.crop_size),
-        bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight,
+        loss=OmegaConf.to_container(cfg.loss),
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr,
         plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
         freeze_encoder_epochs=cfg.model.freeze_encoder_epochs, threshold=cfg.model.threshold,

@@ -125,7 +125,7 @@ def test_loss_weights_and_empty_masks():
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 1, 4, 6, generator=gen)
     mask = (torch.rand(2, 1, 4, 6, generator=gen) > 0.5).float()
-    only_bce = SegModule(encoder_weights=None, bce_weight=1.0, dice_weight=0.0)
+    only_bce = SegModule(encoder_weights=None, loss={"name": "bce_dice", "bce_weight": 1.0, "dice_weight": 0.0})
     torch.testing.assert_close(only_bce.loss(logits, mask), F.binary_cross_entropy_with_logits(logits, mask))
     empty = torch.zeros_like(mask)
     torch.testing.assert_close(only_bce.loss(logits, empty), hand_loss(logits, empty, 1.0, 0.0))
