@@ -11,7 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from carvana import CarvanaError
-from carvana.io import read_image, read_mask
+from carvana.io import read_image, read_mask, read_probs
+from carvana.pseudo import select_pseudo
 from carvana.transforms import input_mode, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -81,8 +82,11 @@ class CarvanaDataset(Dataset):
     both stay at full size and the model resizes or pads on the device (SegModule.predict_full).
     """
 
-    def __init__(self, images: list[Path], masks: list[Path] | None = None, transform: A.Compose | None = None):
+    def __init__(self, images: list[Path], masks: list[Path] | None = None, transform: A.Compose | None = None,
+                 stacked: list[list[Path]] | None = None):
         self.images, self.masks, self.transform = images, masks, transform
+        # second stage: per photo, the probability masks other models predicted for it, as extra input channels
+        self.stacked = stacked
 
     def __len__(self) -> int:
         return len(self.images)
@@ -93,13 +97,40 @@ class CarvanaDataset(Dataset):
         mask = None if self.masks is None else read_mask(self.masks[index])
         if mask is not None and mask.shape != image.shape[:2]:
             raise CarvanaError(f"mask {self.masks[index]} is {mask.shape[::-1]}, photo is {image.shape[1::-1]}")
+        extra = [read_stacked(p, image.shape[:2]) for p in self.stacked[index]] if self.stacked else []
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
-            image, mask = out["image"], out.get("mask")
+            # extra channels follow the geometry (as masks, nearest) but not the colour augmentations
+            targets = {"image": image, **({"mask": mask} if mask is not None else {}), **({"masks": extra} if extra
+                                                                                        else {})}
+            out = self.transform(**targets)
+            image, mask, extra = out["image"], out.get("mask"), list(out.get("masks", []))
+        if extra:
+            image = np.dstack([image, *extra])
         item["image"] = _to_tensor(image)
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
         return item
+
+
+def read_stacked(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A stacked-channel probability mask (HxW uint8) of the photo's size."""
+    probs = read_probs(path)
+    if probs.shape != size:
+        raise CarvanaError(f"stacked mask {path} is {probs.shape[1]}x{probs.shape[0]}, its photo {size[1]}x{size[0]}")
+    return probs
+
+
+def find_stacked(images: list[Path], dirs: list[str | Path]) -> list[list[Path]]:
+    """For each photo, its `<stem>.png` in every stacked directory; a missing one is reported with the count."""
+    stacked, missing = [], []
+    for image in images:
+        paths = [Path(d) / f"{image.stem}.png" for d in dirs]
+        missing += [p for p in paths if not p.exists()]
+        stacked.append(paths)
+    if missing:
+        raise CarvanaError(f"{len(missing)} stacked mask(s) missing (data.stacked_dirs), first: {missing[0]}; predict "
+                           f"them with predict.py (predict_on_val=true for training photos) or drop that directory")
+    return stacked
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -123,12 +154,14 @@ class CarvanaDataModule(pl.LightningDataModule):
     def __init__(self, root: str, folds: str, fold: int, image_dir: str = "train", train_mask_dir: str = "train_masks",
                  val_mask_dir: str = "train_masks", crop_size: list[int] | None = None,
                  input_size: list[int] | None = None, batch_size: int = 4, num_workers: int = 2,
-                 augment: dict | None = None):
+                 augment: dict | None = None, stacked_dirs: list[str] | None = None, pseudo: dict | None = None,
+                 seed: int = 0):
         super().__init__()
         self.root, self.folds, self.fold = Path(root), folds, fold
         self.image_dir, self.train_mask_dir, self.val_mask_dir = image_dir, train_mask_dir, val_mask_dir
         self.crop_size, self.input_size = crop_size, input_size
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment or {}
+        self.stacked_dirs, self.pseudo, self.seed = list(stacked_dirs or []), pseudo or {}, seed
         self.train_set = self.val_set = None
 
     def split(self) -> tuple[list[Path], list[Path]]:
@@ -153,12 +186,18 @@ class CarvanaDataModule(pl.LightningDataModule):
         train, val = self.split()
         train_masks = find_masks(train, self.root / self.train_mask_dir)
         val_masks = find_masks(val, self.root / self.val_mask_dir)
+        if self.pseudo.get("dir"):
+            # test photos labelled by an earlier prediction join the training set only; validation stays real
+            pseudo_images, pseudo_masks = select_pseudo(self.root / self.pseudo.get("image_dir", "test"),
+                                                        self.pseudo, len(train), self.seed)
+            train, train_masks = train + pseudo_images, train_masks + pseudo_masks
         check_sizes(train + val, train_masks + val_masks)
         self.image_size = list(Image.open(val[0]).size[::-1]) if val else None
+        stacked = self.stacked_dirs and find_stacked(train + val, self.stacked_dirs)
         self.train_set = CarvanaDataset(train, train_masks, train_transform(self.crop_size, self.input_size,
-                                                                           self.augment))
+                                                                           self.augment), stacked and stacked[:len(train)])
         # validation at full size: the metric is Kaggle's at 1918x1280, whatever the input mode
-        self.val_set = CarvanaDataset(val, val_masks)
+        self.val_set = CarvanaDataset(val, val_masks, stacked=stacked and stacked[len(train):])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -11,9 +11,10 @@ import torchmetrics
 
 from carvana import CarvanaError
 from carvana.losses import border_dice, build_loss
+from carvana.simple_unet import SimpleUnet
 from carvana.transforms import padded_size, restore
 
-ARCHITECTURES = {"unet": smp.Unet}
+ARCHITECTURES = {"unet": smp.Unet, "simple_unet": SimpleUnet}
 SCHEDULERS = ("cosine", "plateau", "cyclic", "none")
 
 
@@ -24,6 +25,17 @@ def check_encoder(name: str) -> None:
     if name not in smp.encoders.get_encoder_names():
         raise CarvanaError(f"unknown encoder '{name}' (model.encoder_name): use encoder=resnet50 or encoder=mobilenet, "
                            f"an smp encoder ({', '.join(smp.encoders.get_encoder_names()[:8])}, ...) or tu-<timm name>")
+
+
+def encoder_layers_until(encoder: torch.nn.Module, last: str | None) -> list[torch.nn.Module]:
+    """The encoder's top-level layers from the first up to `last` included (model.freeze_encoder_until)."""
+    if last is None:
+        return []
+    names = [name for name, _ in encoder.named_children()]
+    if last not in names:
+        raise CarvanaError(f"model.freeze_encoder_until={last} is not a layer of this encoder: one of {', '.join(names)}")
+    children = list(encoder.children())
+    return children[: names.index(last) + 1]
 
 
 def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
@@ -56,20 +68,26 @@ class SegModule(pl.LightningModule):
                  crop_size: list[int] | None = None, loss: dict | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
                  plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
+                 freeze_encoder_until: str | None = None,
                  threshold: float = 0.5, bn_recalibration_batches: int = 0, data: dict | None = None):
         super().__init__()
         # `data` (root, folds, fold, photo size) is provenance only: predict.py takes its defaults from it
         self.save_hyperparameters()
-        check_encoder(encoder_name)
         if arch not in ARCHITECTURES:
             raise CarvanaError(f"unknown model.arch '{arch}': choose one of {', '.join(ARCHITECTURES)}")
+        if arch != "simple_unet":
+            check_encoder(encoder_name)
         if scheduler not in SCHEDULERS:
             raise CarvanaError(f"unknown optim.scheduler '{scheduler}': choose one of {', '.join(SCHEDULERS)}")
         local = encoder_weights not in (None, "imagenet")
-        self.net = ARCHITECTURES[arch](encoder_name=encoder_name, encoder_weights=None if local else encoder_weights,
-                                       decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=1)
-        if local:
-            load_encoder_weights(self.net.encoder, encoder_weights)
+        if arch == "simple_unet":  # the seed's from-scratch second stage: no encoder to pretrain
+            self.net = SimpleUnet(in_channels=in_channels, classes=1)
+        else:
+            self.net = ARCHITECTURES[arch](encoder_name=encoder_name, encoder_weights=None if local else encoder_weights,
+                                           decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=1)
+            if local:
+                load_encoder_weights(self.net.encoder, encoder_weights)
+        self.frozen_layers = encoder_layers_until(self.net.encoder, freeze_encoder_until)
         pre = preprocessing or {"name": "imagenet", "input_space": "RGB", "mean": [123.675, 116.28, 103.53],
                                 "std": [58.395, 57.12, 57.375]}
         self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -80,11 +98,14 @@ class SegModule(pl.LightningModule):
         self.val_border_dice = torchmetrics.MeanMetric()
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW RGB photos in 0..255 (uint8 or float) -> the encoder's input (channel order, mean, std)."""
+        """Bx(3+k)xHxW RGB photos (+ k stacked masks) in 0..255 -> the encoder's input (channel order, mean, std)."""
         x = image.float()
+        rgb, extra = x[:, :3], x[:, 3:]
         if self.bgr:
-            x = x.flip(1)
-        return (x - self.mean) / self.std
+            rgb = rgb.flip(1)
+        rgb = (rgb - self.mean) / self.std
+        # stacked probability masks: 0..255 -> [-1, 1]
+        return torch.cat([rgb, extra / 127.5 - 1], 1) if extra.shape[1] else rgb
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW uint8 RGB photos (H, W divisible by 32) -> Bx1xHxW logits."""
@@ -153,6 +174,8 @@ class SegModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
         self.net.encoder.requires_grad_(not frozen)
+        for layer in self.frozen_layers:  # model.freeze_encoder_until: frozen for the whole run
+            layer.requires_grad_(False)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

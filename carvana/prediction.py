@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
-from carvana.data import CarvanaDataset, car_id
+from carvana.data import CarvanaDataset, car_id, find_stacked, read_stacked
 from carvana.io import read_image, read_mask, read_probs, write_probs_png
 from carvana.module import SegModule, dice_per_image, load_module
 from carvana.rle import rle_encode
@@ -39,20 +39,23 @@ def find_checkpoints(ckpt: str | list[str]) -> list[Path]:
 class PhotoDataset(CarvanaDataset):
     """Full-size photos for prediction; an unreadable photo or one of another size is reported, not fatal."""
 
-    def __init__(self, images: list[Path], size: tuple[int, int]):
-        super().__init__(images)
+    def __init__(self, images: list[Path], size: tuple[int, int], stacked: list[list[Path]] | None = None):
+        super().__init__(images, stacked=stacked)
         self.size = size
 
     def __getitem__(self, index: int) -> dict:
         path, error = self.images[index], ""
+        channels = 3 + (len(self.stacked[index]) if self.stacked else 0)
         try:
             image = read_image(path)
             if image.shape[:2] != self.size:
                 error = f"photo {path} is {image.shape[1]}x{image.shape[0]}, the others {self.size[1]}x{self.size[0]}"
+            elif self.stacked:
+                image = np.dstack([image, *(read_stacked(p, self.size) for p in self.stacked[index])])
         except CarvanaError as err:
             error = str(err)
         if error:
-            image = np.zeros((*self.size, 3), np.uint8)
+            image = np.zeros((*self.size, channels), np.uint8)
         return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "name": path.name, "error": error}
 
 
@@ -169,7 +172,13 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
     # per run, as batches need it: the most common one, from the file headers
     sizes = pd.Series([photo_size(p) for p in todo])
     size = sizes.mode()[0]
-    loader = DataLoader(PhotoDataset(todo, size), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    stacked_dirs = {tuple(m.hparams.get("data", {}).get("stacked_dirs") or []) for m in models}
+    if len(stacked_dirs) > 1:
+        raise CarvanaError(f"the checkpoints were trained on different data.stacked_dirs ({sorted(stacked_dirs)}): "
+                           f"ensemble checkpoints of one stage only")
+    dirs = list(stacked_dirs.pop())
+    stacked = find_stacked(todo, dirs) if dirs else None
+    loader = DataLoader(PhotoDataset(todo, size, stacked), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
     trainer.predict(Ensemble(models, tta), dataloaders=loader, return_predictions=False)

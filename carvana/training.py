@@ -83,15 +83,18 @@ def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegMod
     """The SegModule of a config: plain values only, so its checkpoint rebuilds it without the config."""
     module = SegModule(
         arch=cfg.model.arch, encoder_name=cfg.model.encoder_name, encoder_weights=cfg.model.encoder_weights,
-        decoder_channels=list(cfg.model.decoder_channels), preprocessing=OmegaConf.to_container(cfg.preprocessing),
+        decoder_channels=list(cfg.model.decoder_channels), in_channels=3 + len(cfg.data.stacked_dirs or []),
+        preprocessing=OmegaConf.to_container(cfg.preprocessing),
         input_size=_list(cfg.data.input_size), crop_size=_list(cfg.data.crop_size),
         loss=OmegaConf.to_container(cfg.loss),
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr,
         plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
-        freeze_encoder_epochs=cfg.model.freeze_encoder_epochs, threshold=cfg.model.threshold,
+        freeze_encoder_epochs=cfg.model.freeze_encoder_epochs, freeze_encoder_until=cfg.model.freeze_encoder_until,
+        threshold=cfg.model.threshold,
         bn_recalibration_batches=cfg.model.bn_recalibration_batches,
         data={"root": str(cfg.data.root), "folds": str(cfg.data.folds), "fold": cfg.fold, "image_dir": cfg.data.image_dir,
-              "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size},
+              "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size,
+              "stacked_dirs": [str(d) for d in cfg.data.stacked_dirs or []]},
     )
     if cfg.model.init_from:
         module.load_weights(cfg.model.init_from)
@@ -104,6 +107,7 @@ def build_datamodule(cfg: DictConfig) -> CarvanaDataModule:
         root=d.root, folds=d.folds, fold=cfg.fold, image_dir=d.image_dir, train_mask_dir=d.train_mask_dir,
         val_mask_dir=d.val_mask_dir, crop_size=_list(d.crop_size), input_size=_list(d.input_size),
         batch_size=d.batch_size, num_workers=d.num_workers, augment=OmegaConf.to_container(d.augment),
+        stacked_dirs=list(d.stacked_dirs or []), pseudo=OmegaConf.to_container(d.pseudo), seed=cfg.seed,
     )
     dm.setup()  # every input check runs now, before the Trainer starts other processes
     return dm

@@ -1,0 +1,44 @@
+"""Pseudo-labels: test photos labelled by an earlier prediction (PNG probabilities), for the training set only."""
+
+from pathlib import Path
+
+import numpy as np
+
+from carvana import CarvanaError
+from carvana.io import read_probs
+
+# a pixel is confident when its probability is this far from 0.5 (below 0.1 or above 0.9)
+CONFIDENT_MARGIN = 0.4
+
+
+def confidence(probs: np.ndarray) -> float:
+    """The share of pixels of an HxW uint8 probability mask far from 0.5 -> 0..1."""
+    return float(np.mean(np.abs(probs.astype(np.float32) / 255 - 0.5) >= CONFIDENT_MARGIN))
+
+
+def select_pseudo(image_dir: Path, pseudo: dict, n_train: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """Photos of `image_dir` with a mask in pseudo['dir'], confident enough, as many as pseudo['ratio'] asks.
+
+    ratio is the share of pseudo-labelled photos in the resulting training set; min_confidence drops photos whose
+    share of confident pixels is lower. The masks are read as labels thresholded at 0.5 (read_mask).
+    """
+    mask_dir, ratio = Path(pseudo["dir"]), float(pseudo.get("ratio", 0.5))
+    if not mask_dir.is_dir():
+        raise CarvanaError(f"data.pseudo.dir={mask_dir} does not exist: predict the test photos with predict.py first")
+    if not 0 < ratio < 1:
+        raise CarvanaError(f"data.pseudo.ratio={ratio} must be between 0 and 1 (the share of pseudo-labelled photos)")
+    masks = sorted(mask_dir.glob("*.png"))
+    if not masks:
+        raise CarvanaError(f"data.pseudo.dir={mask_dir} holds no .png masks")
+    images = [image_dir / f"{m.stem}.jpg" for m in masks]
+    missing = [p for p in images if not p.exists()]
+    if missing:
+        raise CarvanaError(f"{len(missing)} pseudo-label mask(s) of {mask_dir} have no photo in {image_dir} "
+                           f"(first: {missing[0].name}): set data.pseudo.image_dir")
+    min_confidence = float(pseudo.get("min_confidence", 0.0))
+    if min_confidence > 0:
+        keep = [i for i, m in enumerate(masks) if confidence(read_probs(m)) >= min_confidence]
+        images, masks = [images[i] for i in keep], [masks[i] for i in keep]
+    wanted = min(len(images), round(ratio / (1 - ratio) * n_train))
+    chosen = sorted(np.random.default_rng(seed).choice(len(images), size=wanted, replace=False))
+    return [images[i] for i in chosen], [masks[i] for i in chosen]

@@ -1,0 +1,116 @@
+"""The seed's recipes end to end on the tiny synthetic set: stacked second stage, pseudo-labels, experiments."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from carvana import CarvanaError
+from carvana.module import SegModule, read_checkpoint
+from tests.conftest import REPO, TINY_SIZE, result_of, run_train, train_args
+
+
+def run_predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "predict.py", "trainer.enable_progress_bar=false", "num_workers=0", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def first_stage(trained_run: dict, carvana_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first stage's masks of every training and test photo in one folder (as stacked_dirs / pseudo_dir want)."""
+    out = tmp_path_factory.mktemp("stage1") / "masks"
+    for photos in ("train", "test"):
+        proc = run_predict(f"ckpt={trained_run['ckpt']}", f"input_dir={carvana_root / photos}", f"output_dir={out}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def last_step(run: Path) -> int:
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    return int(metrics["step"].max())
+
+
+@pytest.mark.slow
+def test_stacked_second_stage_trains_and_predicts(carvana_root: Path, first_stage: Path, tmp_path: Path):
+    run = tmp_path / "stage2"
+    _, ckpt = result_of(run_train(train_args(carvana_root, run, "encoder=simple_unet",
+                                             f"data.stacked_dirs=[{first_stage}]")))
+    hparams = read_checkpoint(ckpt)["hyper_parameters"]
+    assert hparams["in_channels"] == 4 and hparams["arch"] == "simple_unet"
+    assert hparams["data"]["stacked_dirs"] == [str(first_stage)]
+    out = tmp_path / "pred"
+    proc = run_predict(f"ckpt={ckpt}", f"input_dir={carvana_root / 'test'}", f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(out.glob("*.png"))
+    assert len(written) == len(list((carvana_root / "test").glob("*.jpg")))
+    assert cv2.imread(str(written[0]), cv2.IMREAD_UNCHANGED).shape == TINY_SIZE
+
+
+def test_stacked_mask_missing_is_one_line(carvana_root: Path, first_stage: Path, tmp_path: Path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    pngs = sorted(first_stage.glob("*.png"))
+    missing = next(p.name for p in pngs if (carvana_root / "train" / f"{p.stem}.jpg").exists())
+    for png in pngs:
+        if png.name != missing:
+            (partial / png.name).write_bytes(png.read_bytes())
+    proc = run_train(train_args(carvana_root, tmp_path / "run", "encoder=simple_unet", f"data.stacked_dirs=[{partial}]"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert missing in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_pseudo_labels_join_training_only(carvana_root: Path, first_stage: Path, tmp_path: Path):
+    plain = tmp_path / "plain"
+    result_of(run_train(train_args(carvana_root, plain)))
+    pseudo = tmp_path / "pseudo"
+    dice, _ = result_of(run_train(train_args(carvana_root, pseudo, f"data.pseudo.dir={first_stage}",
+                                             "data.pseudo.ratio=0.5")))
+    n_test = len(list((carvana_root / "test").glob("*.jpg")))
+    n_train = len(list((carvana_root / "train").glob("*.jpg"))) - 16  # fold 0 holds one of the 3 cars
+    # ratio 0.5: as many pseudo-labelled photos as real ones, capped by the test photos there are
+    assert last_step(pseudo) - last_step(plain) == -(-(n_train + min(n_test, n_train)) // 4) - n_train // 4
+    assert 0 <= dice <= 1
+
+
+def test_pseudo_mask_of_wrong_size_is_one_line(carvana_root: Path, first_stage: Path, tmp_path: Path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pngs = sorted(first_stage.glob("*.png"))
+    for png in pngs:
+        (bad / png.name).write_bytes(png.read_bytes())
+    test_png = next(p for p in sorted(bad.glob("*.png")) if (carvana_root / "test" / f"{p.stem}.jpg").exists())
+    cv2.imwrite(str(test_png), np.zeros((32, 48), np.uint8))
+    proc = run_train(train_args(carvana_root, tmp_path / "run", f"data.pseudo.dir={bad}", "data.pseudo.ratio=0.9"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert test_png.name in proc.stderr
+
+
+@pytest.mark.parametrize("experiment", ["resnet50", "mobilenet", "stacked", "pseudo"])
+def test_experiment_configs_compose(experiment: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"])
+    assert cfg.seed == 80 and cfg.trainer.accelerator == "gpu" and list(cfg.data.crop_size) == [1024, 1024]
+    expected = {"resnet50": ("resnet50", "caffe"), "mobilenet": ("mobilenet_v2", "tf"),
+                "stacked": ("simple_unet", "imagenet"), "pseudo": ("resnet50", "caffe")}[experiment]
+    assert (cfg.model.encoder_name, cfg.preprocessing.name) == expected
+    if experiment in ("stacked", "pseudo"):  # the folders to read are required, not guessed
+        key = "data.stacked_dirs" if experiment == "stacked" else "data.pseudo.dir"
+        assert OmegaConf.is_missing(cfg, key)
+
+
+def test_freeze_encoder_until_a_layer():
+    module = SegModule(encoder_name="resnet18", freeze_encoder_until="layer2")
+    module.on_train_epoch_start()  # epoch 0, no freeze_encoder_epochs: only the layers up to layer2 stay frozen
+    encoder = module.net.encoder
+    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
+    assert not any(name.startswith(("conv1", "bn1", "layer1", "layer2")) for name in trainable)
+    assert {name for name, _ in encoder.named_parameters() if name.startswith(("layer3", "layer4"))} <= trainable
+    with pytest.raises(CarvanaError, match="layer9"):
+        SegModule(encoder_name="resnet18", freeze_encoder_until="layer9")
