@@ -1,0 +1,206 @@
+"""Prediction throughput: predict.py's whole pipeline against the model's forward pass alone, on 1918x1280 photos.
+
+    .venv/bin/python bench/predict_throughput.py [--photos 16] [--batch-size 4] [--num-workers 2] [--writer-threads 4]
+
+1. e2e: photos/s of carvana.prediction.predict(...) (what predict.py runs: DataLoader workers reading the JPEGs,
+   the Lightning predict loop, resize to the network's input and back to 1918x1280, the PNG writer in threads) on N
+   photos, from the call to its return, so the per-run costs (checkpoint load, Trainer, worker start) count too.
+2. forward: photos/s of Ensemble.probs on the same photos already decoded and batched in memory (on the device),
+   the same checkpoint, batch size and torch threads: the most the pipeline could reach.
+Both are run once untimed first (warm-up), then timed in alternation, ROUNDS times; the best of each counts.
+3. JPEG decoding and PNG writing alone (one thread), as a share of the forward time: on a CPU device the data
+   workers and writer threads take this from the model's cores; on a GPU they only need to keep up.
+4. rle_share: the time rle_encode takes over the masks the e2e run wrote (PNG > 127.5) as a share of the e2e time,
+   i.e. what write=rle adds to the pipeline when its threads cannot hide it.
+
+The model is a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights (the speed does
+not depend on them). Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated
+synthetic car when they are absent. The last line is `e2e_vs_forward=<ratio>`.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from carvana.data import list_images
+from carvana.io import read_image, read_probs, write_probs_png
+from carvana.module import SegModule, load_module
+from carvana.prediction import Ensemble, predict
+from carvana.rle import rle_encode
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_TEST = ROOT.parent / "shared" / "data" / "real" / "test"
+INPUT_SIZE = [320, 480]  # the synthetic demo's network input: conf/data/synthetic.yaml
+ROUNDS = 3  # timed rounds of each, alternating; the best counts (other processes may share the CPU)
+
+
+def find_photos(tmp: Path, count: int) -> tuple[list[Path], str]:
+    """`count` 1918x1280 photos under tmp/photos with distinct names: the real test photos cycled, else synthetic."""
+    source, directory = "real", REAL_TEST
+    if not directory.is_dir():
+        from carvana.synthetic import make_dataset
+
+        directory = make_dataset(tmp / "synthetic", train_cars=1, test_cars=1, size=(1280, 1918), seed=0) / "test"
+        source = "synthetic"
+    originals = list_images(directory)
+    (tmp / "photos").mkdir()
+    photos = []
+    for i in range(count):
+        photo = tmp / "photos" / f"bench{i // 16:04d}_{i % 16 + 1:02d}.jpg"
+        shutil.copyfile(originals[i % len(originals)], photo)
+        photos.append(photo)
+    return photos, f"{source} ({len(originals)} distinct)"
+
+
+def make_checkpoint(path: Path) -> Path:
+    """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters), random weights."""
+    torch.manual_seed(0)  # the same masks, hence the same RLE work, in every run
+    module = SegModule(
+        encoder_name="mobilenet_v2", encoder_weights=None, input_size=INPUT_SIZE, data={"image_size": [1280, 1918]}
+    )
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def time_e2e(photos: list[Path], ckpt: Path, out: Path, args: argparse.Namespace, trainer: dict) -> float:
+    """Seconds of one predict() call over the photos into an empty folder."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    count, errors, _ = predict(
+        photos,
+        [ckpt],
+        out,
+        trainer,
+        write=args.write.split(","),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        writer_threads=args.writer_threads,
+    )
+    seconds = time.perf_counter() - start
+    assert count == len(photos) and not errors, (count, errors)
+    return seconds
+
+
+def time_forward(ensemble: Ensemble, batches: list[torch.Tensor], device: torch.device) -> float:
+    """Seconds of Ensemble.probs over batches already in memory, as Lightning's predict loop runs it."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            ensemble.probs(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def side_seconds(out: Path, photos: list[Path]) -> tuple[float, float]:
+    """Seconds of the CPU work around the model, one thread: JPEG decoding of the photos, PNG writing of the masks."""
+    start = time.perf_counter()
+    for photo in photos:
+        read_image(photo)
+    decode = time.perf_counter() - start
+    masks = [read_probs(out / f"{p.stem}.png") for p in photos]
+    start = time.perf_counter()
+    for i, mask in enumerate(masks):
+        write_probs_png(out / f"again{i}.png", mask)
+    return decode, time.perf_counter() - start
+
+
+def rle_seconds(out: Path, photos: list[Path]) -> tuple[float, float]:
+    """(seconds of rle_encode over every written mask thresholded at 0.5, mean runs per mask)."""
+    masks = [read_probs(out / f"{p.stem}.png") > 127.5 for p in photos]
+    start = time.perf_counter()
+    rles = [rle_encode(mask) for mask in masks]
+    seconds = time.perf_counter() - start
+    return seconds, float(np.mean([len(rle.split()) / 2 for rle in rles]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading the JPEGs")
+    parser.add_argument("--writer-threads", type=int, default=4, help="threads compressing PNGs (and RLE)")
+    parser.add_argument("--write", default="png", help="png, rle or png,rle (predict.py's write=)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    trainer = {
+        "accelerator": "gpu" if cuda else "cpu",
+        "devices": 1,
+        "precision": 32,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        photos, source = find_photos(tmp, args.photos)
+        ckpt = make_checkpoint(tmp / "bench.ckpt")
+        ensemble = Ensemble([load_module(ckpt)]).to(device).eval()
+        images = torch.stack([torch.from_numpy(read_image(p).transpose(2, 0, 1).copy()) for p in photos]).to(device)
+        batches = list(images.split(args.batch_size))
+        print(
+            f"{len(photos)} photos 1918x1280 ({source}), device {device}, torch threads {torch.get_num_threads()}, "
+            f"batch {args.batch_size}, workers {args.num_workers}, writer threads {args.writer_threads}, "
+            f"write={args.write}, mobilenet_v2 U-Net at {INPUT_SIZE[0]}x{INPUT_SIZE[1]}; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+            flush=True,
+        )
+
+        # warm-up, untimed in the ratio; one batch each shows the per-run cost (checkpoint, Trainer, workers)
+        one_e2e = time_e2e(photos[: args.batch_size], ckpt, tmp / "warmup", args, trainer)
+        one_forward = time_forward(ensemble, batches[:1], device)
+        e2e, forward = [], []
+        for _ in range(ROUNDS):
+            e2e.append(time_e2e(photos, ckpt, tmp / "out", args, trainer))
+            forward.append(time_forward(ensemble, batches, device))
+        e2e_s, forward_s = min(e2e), min(forward)
+        rle_s, runs = rle_seconds(tmp / "out", photos)
+        decode_s, png_s = side_seconds(tmp / "out", photos)
+
+    n = len(photos)
+    print(f"e2e      {n / e2e_s:7.2f} photos/s  ({e2e_s:.2f} s; rounds {', '.join(f'{s:.2f}' for s in e2e)})")
+    print(
+        f"forward  {n / forward_s:7.2f} photos/s  ({forward_s:.2f} s; rounds {', '.join(f'{s:.2f}' for s in forward)})"
+    )
+    once = max(0.0, one_e2e - one_forward)
+    print(
+        f"per-run cost: predict() on one batch {one_e2e:.2f} s, its forward {one_forward:.2f} s: {once:.2f} s once "
+        f"per run (checkpoint load, Trainer, worker start); without it e2e_vs_forward would be "
+        f"{forward_s / max(e2e_s - once, forward_s / 10):.3f}; load average now {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"around the model, one thread: JPEG decode {1000 * decode_s / n:.0f} ms/photo, PNG write "
+        f"{1000 * png_s / n:.0f} ms/photo = {100 * (decode_s + png_s) / forward_s:.1f}% of the forward time "
+        f"(on a CPU they take cores from the model)"
+    )
+    print(
+        f"rle_encode {1000 * rle_s / n:.1f} ms/mask ({runs:.0f} runs/mask), {100 * rle_s / e2e_s:.1f}% of the e2e time"
+    )
+    print(f"rle_share={100 * rle_s / e2e_s:.1f}%")
+    print(f"e2e_vs_forward={forward_s / e2e_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()
