@@ -5,6 +5,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from carvana import CarvanaError
 
@@ -15,7 +16,7 @@ def main(cfg: DictConfig) -> float:
 
     try:
         val_dice, ckpt, rank_zero = train(cfg, HydraConfig.get().runtime.output_dir)
-    except CarvanaError as err:
+    except (CarvanaError, MissingMandatoryValue) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if rank_zero:

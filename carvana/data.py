@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -11,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from carvana import CarvanaError
+from carvana.crops import bbox_for, crop, read_bboxes
 from carvana.io import read_image, read_mask, read_probs
 from carvana.pseudo import select_pseudo
 from carvana.transforms import input_mode, train_transform
@@ -83,10 +85,14 @@ class CarvanaDataset(Dataset):
     """
 
     def __init__(self, images: list[Path], masks: list[Path] | None = None, transform: A.Compose | None = None,
-                 stacked: list[list[Path]] | None = None):
+                 stacked: list[list[Path]] | None = None, bboxes: dict | None = None,
+                 input_size: list[int] | None = None):
         self.images, self.masks, self.transform = images, masks, transform
         # second stage: per photo, the probability masks other models predicted for it, as extra input channels
         self.stacked = stacked
+        # car crops (data.bboxes): the model sees each photo's box; without a transform the box is resized to
+        # input_size here, as boxes differ in size, and the mask stays full size for the metric
+        self.bboxes, self.input_size = bboxes, input_size
 
     def __len__(self) -> int:
         return len(self.images)
@@ -98,6 +104,16 @@ class CarvanaDataset(Dataset):
         if mask is not None and mask.shape != image.shape[:2]:
             raise CarvanaError(f"mask {self.masks[index]} is {mask.shape[::-1]}, photo is {image.shape[1::-1]}")
         extra = [read_stacked(p, image.shape[:2]) for p in self.stacked[index]] if self.stacked else []
+        if self.bboxes is not None:
+            bbox = bbox_for(self.bboxes, self.images[index].name, "data.bboxes")
+            image, extra = crop(image, bbox), [crop(e, bbox) for e in extra]
+            item["bbox"] = torch.tensor(bbox)
+            if self.transform is not None and mask is not None:
+                mask = crop(mask, bbox)
+            elif self.transform is None:
+                size = tuple(self.input_size[::-1])
+                image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+                extra = [cv2.resize(np.ascontiguousarray(e), size, interpolation=cv2.INTER_AREA) for e in extra]
         if self.transform is not None:
             # extra channels follow the geometry (as masks, nearest) but not the colour augmentations
             targets = {"image": image, **({"mask": mask} if mask is not None else {}), **({"masks": extra} if extra
@@ -133,6 +149,18 @@ def find_stacked(images: list[Path], dirs: list[str | Path]) -> list[list[Path]]
     return stacked
 
 
+def load_boxes(path: str | Path, images: list[Path], input_size: list[int] | None) -> dict:
+    """The car boxes of data.bboxes, checked to cover every photo before training starts."""
+    if input_size is None:
+        raise CarvanaError("data.bboxes needs data.input_size=[h, w]: car crops differ in size and are resized to it")
+    boxes = read_bboxes(path)
+    missing = [p.name for p in images if p.name not in boxes]
+    if missing:
+        raise CarvanaError(f"bboxes.csv {path} has no row for {len(missing)} photo(s), first: {missing[0]}: rewrite "
+                           f"it with python -m carvana.crops on predictions that include them")
+    return boxes
+
+
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
@@ -155,13 +183,14 @@ class CarvanaDataModule(pl.LightningDataModule):
                  val_mask_dir: str = "train_masks", crop_size: list[int] | None = None,
                  input_size: list[int] | None = None, batch_size: int = 4, num_workers: int = 2,
                  augment: dict | None = None, stacked_dirs: list[str] | None = None, pseudo: dict | None = None,
-                 seed: int = 0):
+                 bboxes: str | None = None, seed: int = 0):
         super().__init__()
         self.root, self.folds, self.fold = Path(root), folds, fold
         self.image_dir, self.train_mask_dir, self.val_mask_dir = image_dir, train_mask_dir, val_mask_dir
         self.crop_size, self.input_size = crop_size, input_size
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment or {}
         self.stacked_dirs, self.pseudo, self.seed = list(stacked_dirs or []), pseudo or {}, seed
+        self.bboxes = bboxes
         self.train_set = self.val_set = None
 
     def split(self) -> tuple[list[Path], list[Path]]:
@@ -194,10 +223,13 @@ class CarvanaDataModule(pl.LightningDataModule):
         check_sizes(train + val, train_masks + val_masks)
         self.image_size = list(Image.open(val[0]).size[::-1]) if val else None
         stacked = self.stacked_dirs and find_stacked(train + val, self.stacked_dirs)
+        boxes = self.bboxes and load_boxes(self.bboxes, train + val, self.input_size)
         self.train_set = CarvanaDataset(train, train_masks, train_transform(self.crop_size, self.input_size,
-                                                                           self.augment), stacked and stacked[:len(train)])
+                                                                           self.augment), stacked and stacked[:len(train)],
+                                        boxes or None)
         # validation at full size: the metric is Kaggle's at 1918x1280, whatever the input mode
-        self.val_set = CarvanaDataset(val, val_masks, stacked=stacked and stacked[len(train):])
+        self.val_set = CarvanaDataset(val, val_masks, stacked=stacked and stacked[len(train):], bboxes=boxes or None,
+                                      input_size=self.input_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -1,5 +1,6 @@
 """SegModule: a U-Net (smp) with its preprocessing, loss, metrics and optimizer, built from plain values."""
 
+import inspect
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,7 +13,7 @@ import torchmetrics
 from carvana import CarvanaError
 from carvana.losses import border_dice, build_loss
 from carvana.simple_unet import SimpleUnet
-from carvana.transforms import padded_size, restore
+from carvana.transforms import padded_size, paste_boxes, restore
 
 ARCHITECTURES = {"unet": smp.Unet, "simple_unet": SimpleUnet}
 SCHEDULERS = ("cosine", "plateau", "cyclic", "none")
@@ -136,7 +137,10 @@ class SegModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # the metric is computed at the photo's full size, as Kaggle scores it
-        logits = self.predict_full(batch["image"])
+        if "bbox" in batch:  # car crops: the model saw each box resized; paste its prediction back at full size
+            logits = paste_boxes(self(batch["image"]), batch["bbox"], batch["mask"].shape[-2:], fill=-20.0)
+        else:
+            logits = self.predict_full(batch["image"])
         probs = logits.sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))
@@ -229,6 +233,10 @@ def load_module(path: str | Path) -> SegModule:
     """Rebuild a trained SegModule from its checkpoint alone, without downloading pretrained weights."""
     ckpt = read_checkpoint(path)
     hparams = {**ckpt["hyper_parameters"], "encoder_weights": None}
+    unknown = set(hparams) - set(inspect.signature(SegModule.__init__).parameters)
+    if unknown:
+        raise CarvanaError(f"checkpoint {path} is from another version of carvana (hyperparameters "
+                           f"{', '.join(sorted(unknown))}): retrain it or load it with that version")
     module = SegModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()

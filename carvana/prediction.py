@@ -6,6 +6,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -15,11 +16,13 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
-from carvana.data import CarvanaDataset, car_id, find_stacked, read_stacked
+from carvana.crops import bbox_for, crop
+from carvana.data import CarvanaDataset, car_id, find_stacked, load_boxes, read_stacked
 from carvana.io import read_image, read_mask, read_probs, write_probs_png
 from carvana.module import SegModule, dice_per_image, load_module
 from carvana.rle import rle_encode
 from carvana.submission import SHARD_PATTERN, RleShardWriter
+from carvana.transforms import paste_boxes
 
 TTAS = ("none", "hflip")
 WRITES = ("png", "rle")
@@ -39,8 +42,9 @@ def find_checkpoints(ckpt: str | list[str]) -> list[Path]:
 class PhotoDataset(CarvanaDataset):
     """Full-size photos for prediction; an unreadable photo or one of another size is reported, not fatal."""
 
-    def __init__(self, images: list[Path], size: tuple[int, int], stacked: list[list[Path]] | None = None):
-        super().__init__(images, stacked=stacked)
+    def __init__(self, images: list[Path], size: tuple[int, int], stacked: list[list[Path]] | None = None,
+                 bboxes: dict | None = None, input_size: list[int] | None = None):
+        super().__init__(images, stacked=stacked, bboxes=bboxes, input_size=input_size)
         self.size = size
 
     def __getitem__(self, index: int) -> dict:
@@ -52,33 +56,52 @@ class PhotoDataset(CarvanaDataset):
                 error = f"photo {path} is {image.shape[1]}x{image.shape[0]}, the others {self.size[1]}x{self.size[0]}"
             elif self.stacked:
                 image = np.dstack([image, *(read_stacked(p, self.size) for p in self.stacked[index])])
+            if not error and self.bboxes is not None:
+                image, box = self.crop_box(image, path)
         except CarvanaError as err:
             error = str(err)
         if error:
-            image = np.zeros((*self.size, channels), np.uint8)
-        return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "name": path.name, "error": error}
+            shape = self.input_size if self.bboxes is not None else self.size
+            image, box = np.zeros((*shape, channels), np.uint8), (0, self.size[0], 0, self.size[1])
+        item = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "name": path.name, "error": error}
+        return {**item, "bbox": torch.tensor(box)} if self.bboxes is not None else item
+
+    def crop_box(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, tuple]:
+        """The photo's car box (data.bboxes), resized to the model's input size."""
+        box = bbox_for(self.bboxes, path.name, "data.bboxes")
+        resized = cv2.resize(np.ascontiguousarray(crop(image, box)), tuple(self.input_size[::-1]),
+                             interpolation=cv2.INTER_AREA)
+        return (resized if resized.ndim == 3 else resized[..., None]), box
 
 
 class Ensemble(pl.LightningModule):
     """Mean probability of several SegModules, each with optional horizontal-flip TTA -> BxHxW uint8 0..255."""
 
-    def __init__(self, models: list[SegModule], tta: str = "none"):
+    def __init__(self, models: list[SegModule], tta: str = "none", size: tuple[int, int] | None = None):
         super().__init__()
+        self.size = size  # the photos' (H, W): car-crop predictions are pasted back into it
         if tta not in TTAS:
             raise CarvanaError(f"unknown tta={tta}: choose one of {', '.join(TTAS)}")
         self.models, self.tta = torch.nn.ModuleList(models), tta
 
-    def probs(self, image: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW uint8 photos -> Bx1xHxW float probabilities averaged over models and TTA."""
+    def probs(self, image: torch.Tensor, bbox: torch.Tensor | None = None, size: tuple[int, int] | None = None
+              ) -> torch.Tensor:
+        """Bx3xHxW uint8 photos -> Bx1xHxW float probabilities averaged over models and TTA.
+
+        With car boxes (Bx4), `image` holds the boxes resized to the models' input: the mean is pasted into `size`.
+        """
+        run = (lambda m, x: m(x)) if bbox is not None else (lambda m, x: m.predict_full(x))
         total = torch.zeros((image.shape[0], 1, *image.shape[-2:]), device=image.device)
         for model in self.models:
-            total += model.predict_full(image).sigmoid()
+            total += run(model, image).sigmoid()
             if self.tta == "hflip":
-                total += model.predict_full(image.flip(-1)).sigmoid().flip(-1)
-        return total / (len(self.models) * (2 if self.tta == "hflip" else 1))
+                total += run(model, image.flip(-1)).sigmoid().flip(-1)
+        probs = total / (len(self.models) * (2 if self.tta == "hflip" else 1))
+        return probs if bbox is None else paste_boxes(probs, bbox, size, fill=0.0)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return (self.probs(batch["image"]) * 255).round().to(torch.uint8)[:, 0].cpu()
+        probs = self.probs(batch["image"], batch.get("bbox"), self.size)
+        return (probs * 255).round().to(torch.uint8)[:, 0].cpu()
 
 
 class MaskWriter(BasePredictionWriter):
@@ -91,7 +114,7 @@ class MaskWriter(BasePredictionWriter):
         self.pending: deque[Future] = deque()
         self.limit = 4 * max(1, threads)  # bounded: memory does not grow with the number of photos
         self.shard: RleShardWriter | None = None
-        self.errors: list[str] = []
+        self.errors: list[tuple[str, str]] = []  # (photo name, message) of photos that could not be predicted
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +126,7 @@ class MaskWriter(BasePredictionWriter):
                            ) -> None:
         for name, error, probs in zip(batch["name"], batch["error"], prediction.numpy()):
             if error:
-                self.errors.append(error)
+                self.errors.append((name, error))
                 continue
             self.pending.append(self.pool.submit(self._write_one, name, probs))
             while len(self.pending) > self.limit:
@@ -159,8 +182,8 @@ def dice_table(images: list[Path], pred_dir: Path, mask_dir: Path, threshold: fl
 
 def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwargs: dict, tta: str = "none",
             write: list[str] = ("png",), threshold: float = 0.5, batch_size: int = 4, num_workers: int = 2,
-            writer_threads: int = 4) -> tuple[int, list[str], bool]:
-    """Predict the photos not yet written -> (photos predicted now, errors of unreadable photos, is rank 0)."""
+            writer_threads: int = 4, bboxes: str | None = None) -> tuple[int, list[tuple[str, str]], bool]:
+    """Predict the photos not yet written -> (photos predicted now, (name, error) of failed photos, is rank 0)."""
     bad = [w for w in write if w not in WRITES]
     if bad or not write:
         raise CarvanaError(f"write={list(write)}: choose png, rle or [png, rle]")
@@ -178,11 +201,24 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
                            f"ensemble checkpoints of one stage only")
     dirs = list(stacked_dirs.pop())
     stacked = find_stacked(todo, dirs) if dirs else None
-    loader = DataLoader(PhotoDataset(todo, size, stacked), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    boxes, input_size = crop_settings(models, bboxes, todo)
+    loader = DataLoader(PhotoDataset(todo, size, stacked, boxes, input_size), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
-    trainer.predict(Ensemble(models, tta), dataloaders=loader, return_predictions=False)
+    trainer.predict(Ensemble(models, tta, size), dataloaders=loader, return_predictions=False)
     return len(todo) - len(writer.errors), writer.errors, trainer.is_global_zero
+
+
+def crop_settings(models: list[SegModule], bboxes: str | None, images: list[Path]) -> tuple[dict | None, list | None]:
+    """Car boxes for the photos (`bboxes`, else the checkpoints' data.bboxes) and the models' common input size."""
+    trained = {(m.hparams.get("data") or {}).get("bboxes") for m in models}
+    if bboxes is None and trained == {None}:
+        return None, None
+    sizes = {tuple(m.hparams.input_size or ()) for m in models}
+    if len(sizes) > 1 or (None in trained and len(trained) > 1):
+        raise CarvanaError("the checkpoints disagree on car crops (data.bboxes) or input size: ensemble alike ones")
+    path = bboxes or trained.pop()
+    return load_boxes(path, images, list(sizes.pop()) or None), list(models[0].hparams.input_size)
 
 
 def photo_size(path: Path) -> tuple[int, int]:
@@ -220,16 +256,18 @@ def run(cfg: dict) -> tuple[str, int]:
         images = list_images(cfg["input_dir"] or root / "test")
     count, errors, rank_zero = predict(
         images, ckpts, output_dir, cfg["trainer"], tta=cfg["tta"], write=write, threshold=cfg["threshold"],
-        batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], writer_threads=cfg["writer_threads"])
+        batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], writer_threads=cfg["writer_threads"],
+        bboxes=cfg["data"].get("bboxes"))
     if not rank_zero:
         return "", 0
     line = f"predicted={count} skipped={len(images) - count - len(errors)} output_dir={output_dir}"
     if cfg["predict_on_val"]:
-        table = dice_table([p for p in images if p.name not in {e for e in errors}], output_dir, mask_dir,
+        failed = {name for name, _ in errors}
+        table = dice_table([p for p in images if p.name not in failed], output_dir, mask_dir,
                            cfg["threshold"])
         table_path = output_dir / f"dice_fold{fold}.csv"
         table.to_csv(table_path, index=False)
         line += f" val_dice={table.dice.mean():.4f} dice_table={table_path}"
-    for error in errors:
+    for _, error in errors:
         print(f"error: {error}", file=sys.stderr, flush=True)
     return line, 1 if errors else 0

@@ -94,7 +94,8 @@ def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegMod
         bn_recalibration_batches=cfg.model.bn_recalibration_batches,
         data={"root": str(cfg.data.root), "folds": str(cfg.data.folds), "fold": cfg.fold, "image_dir": cfg.data.image_dir,
               "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size,
-              "stacked_dirs": [str(d) for d in cfg.data.stacked_dirs or []]},
+              "stacked_dirs": [str(d) for d in cfg.data.stacked_dirs or []],
+              "bboxes": None if cfg.data.bboxes is None else str(cfg.data.bboxes)},
     )
     if cfg.model.init_from:
         module.load_weights(cfg.model.init_from)
@@ -107,7 +108,8 @@ def build_datamodule(cfg: DictConfig) -> CarvanaDataModule:
         root=d.root, folds=d.folds, fold=cfg.fold, image_dir=d.image_dir, train_mask_dir=d.train_mask_dir,
         val_mask_dir=d.val_mask_dir, crop_size=_list(d.crop_size), input_size=_list(d.input_size),
         batch_size=d.batch_size, num_workers=d.num_workers, augment=OmegaConf.to_container(d.augment),
-        stacked_dirs=list(d.stacked_dirs or []), pseudo=OmegaConf.to_container(d.pseudo), seed=cfg.seed,
+        stacked_dirs=list(d.stacked_dirs or []), pseudo=OmegaConf.to_container(d.pseudo), bboxes=d.bboxes,
+        seed=cfg.seed,
     )
     dm.setup()  # every input check runs now, before the Trainer starts other processes
     return dm

@@ -65,3 +65,12 @@ def restore(logits: torch.Tensor, size: tuple[int, int], resized: bool) -> torch
     if resized:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits[..., : size[0], : size[1]]
+
+
+def paste_boxes(small: torch.Tensor, bboxes: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
+    """Bx1xhxw predictions of car crops -> Bx1xHxW: each resized (bilinear) into its box, `fill` outside it."""
+    out = torch.full((small.shape[0], small.shape[1], *size), fill, dtype=small.dtype, device=small.device)
+    for i, (y0, y1, x0, x1) in enumerate(bboxes.tolist()):
+        out[i, :, y0:y1, x0:x1] = F.interpolate(small[i : i + 1], size=(y1 - y0, x1 - x0), mode="bilinear",
+                                                align_corners=False)[0]
+    return out

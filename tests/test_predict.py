@@ -372,12 +372,6 @@ def test_predict_on_val_writes_the_dice_table_of_the_fold(ckpt_pad: Path, carvan
     assert table["dice"].nunique() > 1  # per photo, not one number copied
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prediction.py run(): the Dice table drops `p.name not in {e for e in errors}`, "
-    "but errors are messages, not photo names: the unreadable photo stays in the table, read_probs of "
-    "its missing PNG stops the run (exit 2), no table is written and the photo's own error is lost",
-)
 def test_predict_on_val_reports_an_unreadable_photo_and_scores_the_others(
     ckpt_pad: Path, carvana_root: Path, tmp_path: Path
 ):

@@ -8,11 +8,15 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from carvana import CarvanaError
+from carvana.crops import write_bboxes
 from carvana.module import SegModule, read_checkpoint
+from carvana.prediction import Ensemble, PhotoDataset
 from tests.conftest import REPO, TINY_SIZE, result_of, run_train, train_args
 
 
@@ -101,8 +105,10 @@ def test_experiment_configs_compose(experiment: str):
                 "stacked": ("simple_unet", "imagenet"), "pseudo": ("resnet50", "caffe")}[experiment]
     assert (cfg.model.encoder_name, cfg.preprocessing.name) == expected
     if experiment in ("stacked", "pseudo"):  # the folders to read are required, not guessed
-        key = "data.stacked_dirs" if experiment == "stacked" else "data.pseudo.dir"
+        key = "stacked_dirs" if experiment == "stacked" else "pseudo_dir"
         assert OmegaConf.is_missing(cfg, key)
+        with pytest.raises(MissingMandatoryValue):
+            _ = cfg.data.stacked_dirs if experiment == "stacked" else cfg.data.pseudo.dir
 
 
 def test_freeze_encoder_until_a_layer():
@@ -114,3 +120,47 @@ def test_freeze_encoder_until_a_layer():
     assert {name for name, _ in encoder.named_parameters() if name.startswith(("layer3", "layer4"))} <= trainable
     with pytest.raises(CarvanaError, match="layer9"):
         SegModule(encoder_name="resnet18", freeze_encoder_until="layer9")
+
+
+def test_car_crops_train_and_paste_back(carvana_root: Path, first_stage: Path, tmp_path: Path):
+    bboxes = tmp_path / "bboxes.csv"
+    table = write_bboxes(first_stage, bboxes, margin=4, multiple=16)
+    assert set(table.columns) == {"img", "y_start", "y_end", "x_start", "x_end"}
+    run = tmp_path / "crops"
+    _, ckpt = result_of(run_train(train_args(carvana_root, run, f"data.bboxes={bboxes}", "data.input_size=[32,64]")))
+    assert read_checkpoint(ckpt)["hyper_parameters"]["data"]["bboxes"] == str(bboxes)
+    out = tmp_path / "pred"
+    proc = run_predict(f"ckpt={ckpt}", f"input_dir={carvana_root / 'test'}", f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    boxes = table.set_index("img")
+    for png in sorted(out.glob("*.png")):
+        probs = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+        assert probs.shape == TINY_SIZE
+        y0, y1, x0, x1 = boxes.loc[f"{png.stem}.jpg"]
+        outside = probs.copy()
+        outside[y0:y1, x0:x1] = 0
+        assert not outside.any()  # pasted back: nothing outside the car's box
+
+
+def test_car_crop_without_its_row_is_one_line(carvana_root: Path, first_stage: Path, tmp_path: Path):
+    bboxes = tmp_path / "bboxes.csv"
+    table = write_bboxes(first_stage, bboxes, margin=4, multiple=16)
+    dropped = next(img for img in table.img if (carvana_root / "train" / img).exists())
+    table[table.img != dropped].to_csv(bboxes, index=False)
+    proc = run_train(train_args(carvana_root, tmp_path / "run", f"data.bboxes={bboxes}", "data.input_size=[32,64]"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert dropped in proc.stderr and str(bboxes) in proc.stderr
+
+
+def test_crop_predictions_paste_into_full_carvana_size(shared_data: Path):
+    photos = sorted((shared_data / "real" / "test").glob("*.jpg"))[:2]
+    box = (256, 1024, 320, 1600)
+    dataset = PhotoDataset(photos, (1280, 1918), bboxes={p.name: box for p in photos}, input_size=[64, 96])
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    assert batch["image"].shape == (2, 3, 64, 96)
+    ensemble = Ensemble([SegModule(input_size=[64, 96]).eval()], size=(1280, 1918))
+    with torch.no_grad():
+        probs = ensemble.probs(batch["image"], batch["bbox"], (1280, 1918))
+    assert probs.shape == (2, 1, 1280, 1918)
+    inside = probs[:, :, box[0]:box[1], box[2]:box[3]]
+    assert (inside > 0).all() and probs.sum() == inside.sum()
