@@ -24,17 +24,17 @@ def select_pseudo(image_dir: Path, pseudo: dict, n_train: int, seed: int) -> tup
     """
     mask_dir, ratio = Path(pseudo["dir"]), float(pseudo.get("ratio", 0.5))
     if not mask_dir.is_dir():
-        raise CarvanaError(f"data.pseudo.dir={mask_dir} does not exist: predict the test photos with predict.py first")
+        raise CarvanaError(f"data.pseudo_dir={mask_dir} does not exist: predict the test photos with predict.py first")
     if not 0 < ratio < 1:
-        raise CarvanaError(f"data.pseudo.ratio={ratio} must be between 0 and 1 (the share of pseudo-labelled photos)")
+        raise CarvanaError(f"data.pseudo_ratio={ratio} must be between 0 and 1 (the share of pseudo-labelled photos)")
     masks = sorted(mask_dir.glob("*.png"))
     if not masks:
-        raise CarvanaError(f"data.pseudo.dir={mask_dir} holds no .png masks")
+        raise CarvanaError(f"data.pseudo_dir={mask_dir} holds no .png masks")
     images = [image_dir / f"{m.stem}.jpg" for m in masks]
     missing = [p for p in images if not p.exists()]
     if missing:
         raise CarvanaError(f"{len(missing)} pseudo-label mask(s) of {mask_dir} have no photo in {image_dir} "
-                           f"(first: {missing[0].name}): set data.pseudo.image_dir")
+                           f"(first: {missing[0].name}): set data.pseudo_image_dir")
     min_confidence = float(pseudo.get("min_confidence", 0.0))
     if min_confidence > 0:
         keep = [i for i, m in enumerate(masks) if confidence(read_probs(m)) >= min_confidence]

@@ -108,7 +108,9 @@ def build_datamodule(cfg: DictConfig) -> CarvanaDataModule:
         root=d.root, folds=d.folds, fold=cfg.fold, image_dir=d.image_dir, train_mask_dir=d.train_mask_dir,
         val_mask_dir=d.val_mask_dir, crop_size=_list(d.crop_size), input_size=_list(d.input_size),
         batch_size=d.batch_size, num_workers=d.num_workers, augment=OmegaConf.to_container(d.augment),
-        stacked_dirs=list(d.stacked_dirs or []), pseudo=OmegaConf.to_container(d.pseudo), bboxes=d.bboxes,
+        stacked_dirs=list(d.stacked_dirs or []), bboxes=d.bboxes,
+        pseudo={"dir": d.pseudo_dir, "image_dir": d.pseudo_image_dir, "ratio": d.pseudo_ratio,
+                "min_confidence": d.pseudo_min_confidence},
         seed=cfg.seed,
     )
     dm.setup()  # every input check runs now, before the Trainer starts other processes

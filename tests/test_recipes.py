@@ -74,8 +74,8 @@ def test_pseudo_labels_join_training_only(carvana_root: Path, first_stage: Path,
     plain = tmp_path / "plain"
     result_of(run_train(train_args(carvana_root, plain)))
     pseudo = tmp_path / "pseudo"
-    dice, _ = result_of(run_train(train_args(carvana_root, pseudo, f"data.pseudo.dir={first_stage}",
-                                             "data.pseudo.ratio=0.5")))
+    dice, _ = result_of(run_train(train_args(carvana_root, pseudo, f"data.pseudo_dir={first_stage}",
+                                             "data.pseudo_ratio=0.5")))
     n_test = len(list((carvana_root / "test").glob("*.jpg")))
     n_train = len(list((carvana_root / "train").glob("*.jpg"))) - 16  # fold 0 holds one of the 3 cars
     # ratio 0.5: as many pseudo-labelled photos as real ones, capped by the test photos there are
@@ -91,7 +91,7 @@ def test_pseudo_mask_of_wrong_size_is_one_line(carvana_root: Path, first_stage: 
         (bad / png.name).write_bytes(png.read_bytes())
     test_png = next(p for p in sorted(bad.glob("*.png")) if (carvana_root / "test" / f"{p.stem}.jpg").exists())
     cv2.imwrite(str(test_png), np.zeros((32, 48), np.uint8))
-    proc = run_train(train_args(carvana_root, tmp_path / "run", f"data.pseudo.dir={bad}", "data.pseudo.ratio=0.9"))
+    proc = run_train(train_args(carvana_root, tmp_path / "run", f"data.pseudo_dir={bad}", "data.pseudo_ratio=0.9"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert test_png.name in proc.stderr
 
@@ -108,7 +108,7 @@ def test_experiment_configs_compose(experiment: str):
         key = "stacked_dirs" if experiment == "stacked" else "pseudo_dir"
         assert OmegaConf.is_missing(cfg, key)
         with pytest.raises(MissingMandatoryValue):
-            _ = cfg.data.stacked_dirs if experiment == "stacked" else cfg.data.pseudo.dir
+            _ = cfg.data.stacked_dirs if experiment == "stacked" else cfg.data.pseudo_dir
 
 
 def test_freeze_encoder_until_a_layer():
