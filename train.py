@@ -5,7 +5,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from carvana import CarvanaError
 
@@ -16,8 +16,11 @@ def main(cfg: DictConfig) -> float:
 
     try:
         val_dice, ckpt, rank_zero = train(cfg, HydraConfig.get().runtime.output_dir)
-    except (CarvanaError, MissingMandatoryValue) as err:
+    except CarvanaError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as err:  # a ??? an experiment requires
+        print(f"error: {str(err).splitlines()[0]}: give it on the command line", file=sys.stderr)
         sys.exit(2)
     if rank_zero:
         print(f"val_dice={val_dice:.4f} checkpoint={ckpt}", flush=True)

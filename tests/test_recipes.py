@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationToMissingValueError
 
 from carvana import CarvanaError
 from carvana.crops import write_bboxes
@@ -107,7 +107,7 @@ def test_experiment_configs_compose(experiment: str):
     if experiment in ("stacked", "pseudo"):  # the folders to read are required, not guessed
         key = "stacked_dirs" if experiment == "stacked" else "pseudo_dir"
         assert OmegaConf.is_missing(cfg, key)
-        with pytest.raises(MissingMandatoryValue):
+        with pytest.raises(InterpolationToMissingValueError):
             _ = cfg.data.stacked_dirs if experiment == "stacked" else cfg.data.pseudo_dir
 
 
@@ -164,3 +164,36 @@ def test_crop_predictions_paste_into_full_carvana_size(shared_data: Path):
     assert probs.shape == (2, 1, 1280, 1918)
     inside = probs[:, :, box[0]:box[1], box[2]:box[3]]
     assert (inside > 0).all() and probs.sum() == inside.sum()
+
+
+@pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
+def test_cyclic_lr_steps_per_batch(mode: str):
+    module = SegModule(scheduler="cyclic", cyclic={"base_lr": 1e-5, "max_lr": 1e-3, "step_size_up": 4, "mode": mode})
+    config = module.configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CyclicLR) and config["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(16):
+        lrs.append(config["optimizer"].param_groups[0]["lr"])
+        config["optimizer"].step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-5) and max(lrs[:8]) == pytest.approx(1e-3, rel=0.05 if mode == "exp_range" else 1e-6)
+    if mode == "triangular2":  # the second cycle peaks at half the first
+        assert max(lrs[8:]) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
+
+
+def test_inceptionresnetv2_encoder_builds_and_runs():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["encoder=inceptionresnetv2"])
+    module = SegModule(encoder_name=cfg.model.encoder_name, decoder_channels=list(cfg.model.decoder_channels),
+                       input_size=[64, 96]).eval()
+    with torch.no_grad():
+        logits = module.predict_full(torch.randint(0, 255, (1, 3, 70, 100), dtype=torch.uint8))
+    assert logits.shape == (1, 1, 70, 100)
+
+
+def test_experiment_without_its_required_key_is_one_line():
+    proc = subprocess.run([sys.executable, "train.py", "experiment=stacked", "trainer=cpu"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "stacked_dirs" in proc.stderr
