@@ -17,7 +17,7 @@ def confidence(probs: np.ndarray) -> float:
 
 
 def select_pseudo(image_dir: Path, pseudo: dict, n_train: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """Photos of `image_dir` with a mask in pseudo['dir'], confident enough, as many as pseudo['ratio'] asks.
+    """Photos of `image_dir` with a mask `<stem>.png` in pseudo['dir'], confident enough, as many as ratio asks.
 
     ratio is the share of pseudo-labelled photos in the resulting training set; min_confidence drops photos whose
     share of confident pixels is lower. The masks are read as labels thresholded at 0.5 (read_mask).
@@ -27,14 +27,12 @@ def select_pseudo(image_dir: Path, pseudo: dict, n_train: int, seed: int) -> tup
         raise CarvanaError(f"data.pseudo_dir={mask_dir} does not exist: predict the test photos with predict.py first")
     if not 0 < ratio < 1:
         raise CarvanaError(f"data.pseudo_ratio={ratio} must be between 0 and 1 (the share of pseudo-labelled photos)")
-    masks = sorted(mask_dir.glob("*.png"))
-    if not masks:
-        raise CarvanaError(f"data.pseudo_dir={mask_dir} holds no .png masks")
-    images = [image_dir / f"{m.stem}.jpg" for m in masks]
-    missing = [p for p in images if not p.exists()]
-    if missing:
-        raise CarvanaError(f"{len(missing)} pseudo-label mask(s) of {mask_dir} have no photo in {image_dir} "
-                           f"(first: {missing[0].name}): set data.pseudo_image_dir")
+    # the photos of image_dir that the prediction covers (a prediction folder may hold other photos' masks too)
+    images = [p for p in sorted(image_dir.glob("*.jpg")) if (mask_dir / f"{p.stem}.png").exists()]
+    if not images:
+        raise CarvanaError(f"data.pseudo_dir={mask_dir} holds no <photo>.png mask of the photos in {image_dir}: "
+                           f"predict them with predict.py, or set data.pseudo_image_dir")
+    masks = [mask_dir / f"{p.stem}.png" for p in images]
     min_confidence = float(pseudo.get("min_confidence", 0.0))
     if min_confidence > 0:
         keep = [i for i, m in enumerate(masks) if confidence(read_probs(m)) >= min_confidence]
