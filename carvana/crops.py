@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from carvana import CarvanaError
+from carvana.cli import parse_words
 from carvana.io import atomic_path, read_probs
 
 BBox = tuple[int, int, int, int]  # (y_start, y_end, x_start, x_end), ends exclusive
@@ -151,20 +151,11 @@ def paste(probs_crop: np.ndarray, bbox: BBox, size: tuple[int, int]) -> np.ndarr
 
 def parse_args(argv: list[str]) -> dict:
     """`key=value` words -> DEFAULTS overridden; an unknown key, a missing path or a word without '=' is refused."""
-    bad = [word for word in argv if "=" not in word]
-    if bad:
-        raise CarvanaError(f"'{bad[0]}' is not key=value: use e.g. pred_dir=predictions/test out=bboxes.csv")
-    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise CarvanaError(f"unknown key '{unknown[0]}': choose from {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **given}
+    cfg = parse_words(argv, DEFAULTS, "pred_dir=predictions/test out=bboxes.csv",
+                      {"threshold": (int, float), "margin": int, "multiple": int, "workers": int})
     for key in ("pred_dir", "out"):
         if not cfg[key]:
             raise CarvanaError(f"{key}= is required: python -m carvana.crops pred_dir=DIR out=bboxes.csv")
-    for key, kind in (("threshold", (int, float)), ("margin", int), ("multiple", int), ("workers", int)):
-        if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
-            raise CarvanaError(f"{key}={cfg[key]} is not {'an integer' if kind is int else 'a number'}")
     return cfg
 
 

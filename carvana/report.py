@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 from PIL import Image
 
 from carvana import CarvanaError
+from carvana.cli import parse_words
 from carvana.data import IMAGE_SUFFIXES, MASK_PATTERNS, car_id
 from carvana.io import atomic_path, read_image, read_mask, read_probs
 
@@ -206,17 +206,8 @@ def write_report(
 
 def parse_args(argv: list[str]) -> dict:
     """`key=value` words -> DEFAULTS with the paths resolved; an unknown key or a word without '=' is a CarvanaError."""
-    bad = [word for word in argv if "=" not in word]
-    if bad:
-        raise CarvanaError(f"'{bad[0]}' is not key=value: use e.g. oof_dir=predictions/oof")
-    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise CarvanaError(f"unknown key '{unknown[0]}': choose from {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **given}
-    for key, kind in (("threshold", (int, float)), ("worst", int), ("workers", int)):
-        if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
-            raise CarvanaError(f"{key}={cfg[key]} is not {'an integer' if kind is int else 'a number'}")
+    cfg = parse_words(argv, DEFAULTS, "oof_dir=predictions/oof",
+                      {"threshold": (int, float), "worst": int, "workers": int})
     if not cfg["oof_dir"]:
         raise CarvanaError("oof_dir= is required: the out-of-fold predictions of predict.py predict_on_val=true")
     root = Path(cfg.pop("data_root"))

@@ -1,0 +1,21 @@
+"""`key=value` command lines of the small tools (python -m carvana.crops / carvana.report)."""
+
+from omegaconf import OmegaConf
+
+from carvana import CarvanaError
+
+
+def parse_words(argv: list[str], defaults: dict, example: str, types: dict[str, type | tuple]) -> dict:
+    """`key=value` words over `defaults`; a word without '=', an unknown key or a value of the wrong type is refused."""
+    bad = [word for word in argv if "=" not in word]
+    if bad:
+        raise CarvanaError(f"'{bad[0]}' is not key=value: use e.g. {example}")
+    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise CarvanaError(f"unknown key '{unknown[0]}': choose from {', '.join(defaults)}")
+    cfg = {**defaults, **given}
+    for key, kind in types.items():
+        if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
+            raise CarvanaError(f"{key}={cfg[key]} is not {'an integer' if kind is int else 'a number'}")
+    return cfg
