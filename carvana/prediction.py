@@ -17,9 +17,18 @@ from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
 from carvana.crops import bbox_for, crop
-from carvana.data import CarvanaDataset, car_id, find_stacked, load_boxes, read_stacked
-from carvana.io import read_image, read_mask, read_probs, write_probs_png
-from carvana.module import SegModule, dice_per_image, load_module
+from carvana.data import (
+    CarvanaDataModule,
+    CarvanaDataset,
+    car_id,
+    find_masks,
+    find_stacked,
+    list_images,
+    load_boxes,
+    read_stacked,
+)
+from carvana.io import atomic_path, read_image, read_mask, read_probs, write_probs_png
+from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
 from carvana.rle import rle_encode
 from carvana.submission import SHARD_PATTERN, RleShardWriter
 from carvana.transforms import paste_boxes
@@ -233,15 +242,11 @@ def photo_size(path: Path) -> tuple[int, int]:
 def run(cfg: dict) -> tuple[str, int]:
     """predict.py's job from its plain config -> (summary line for rank 0, exit status); see conf/predict.yaml."""
     ckpts = find_checkpoints(cfg["ckpt"])
-    from carvana.module import read_checkpoint
-
     meta = read_checkpoint(ckpts[0])["hyper_parameters"].get("data") or {}
     root = Path(cfg["data"]["root"] or meta.get("root") or ".")
     write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
     output_dir = Path(cfg["output_dir"])
     if cfg["predict_on_val"]:
-        from carvana.data import CarvanaDataModule, find_masks
-
         if "png" not in write:
             raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
         fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
@@ -251,8 +256,6 @@ def run(cfg: dict) -> tuple[str, int]:
         mask_dir = root / meta.get("val_mask_dir", "train_masks")
         find_masks(images, mask_dir)  # every photo has its ground truth before the long run starts
     else:
-        from carvana.data import list_images
-
         images = list_images(cfg["input_dir"] or root / "test")
     count, errors, rank_zero = predict(
         images, ckpts, output_dir, cfg["trainer"], tta=cfg["tta"], write=write, threshold=cfg["threshold"],
@@ -266,7 +269,8 @@ def run(cfg: dict) -> tuple[str, int]:
         table = dice_table([p for p in images if p.name not in failed], output_dir, mask_dir,
                            cfg["threshold"])
         table_path = output_dir / f"dice_fold{fold}.csv"
-        table.to_csv(table_path, index=False)
+        with atomic_path(table_path) as tmp:
+            table.to_csv(tmp, index=False)
         line += f" val_dice={table.dice.mean():.4f} dice_table={table_path}"
     for _, error in errors:
         print(f"error: {error}", file=sys.stderr, flush=True)
