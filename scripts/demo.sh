@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RUN=outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)
+mkdir -p outputs/demo
 
 "$PY" train.py hydra.run.dir="$RUN" "$@" | tee "$RUN.train.log"
 CKPT=$(grep -o 'checkpoint=.*' "$RUN.train.log" | tail -1 | cut -d= -f2-)
