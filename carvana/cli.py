@@ -1,8 +1,14 @@
 """`key=value` command lines of the small tools (python -m carvana.crops / carvana.report)."""
 
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
 from omegaconf import OmegaConf
 
 from carvana import CarvanaError
+
+T = TypeVar("T")
 
 
 def parse_words(argv: list[str], defaults: dict, example: str, types: dict[str, type | tuple]) -> dict:
@@ -19,3 +25,15 @@ def parse_words(argv: list[str], defaults: dict, example: str, types: dict[str, 
         if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
             raise CarvanaError(f"{key}={cfg[key]} is not {'an integer' if kind is int else 'a number'}")
     return cfg
+
+
+def run_or_exit(argv: list[str], doc: str, work: Callable[[list[str]], T]) -> T:
+    """`-h` prints `doc` and exits 0; a CarvanaError of `work(argv)` prints one `error:` line and exits 2."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(doc.strip())
+        sys.exit(0)
+    try:
+        return work(argv)
+    except CarvanaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

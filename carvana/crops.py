@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from carvana import CarvanaError
-from carvana.cli import parse_words
+from carvana.cli import parse_words, run_or_exit
 from carvana.io import atomic_path, read_probs
 
 BBox = tuple[int, int, int, int]  # (y_start, y_end, x_start, x_end), ends exclusive
@@ -161,18 +161,12 @@ def parse_args(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse key=value words, write bboxes.csv, print a summary; expected errors: one line, exit status 2."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return
-    try:
-        cfg = parse_args(argv)
-        table = write_bboxes(
-            cfg["pred_dir"], cfg["out"], cfg["threshold"], cfg["margin"], cfg["multiple"], cfg["workers"]
-        )
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    def work(words: list[str]) -> tuple[dict, pd.DataFrame]:
+        cfg = parse_args(words)
+        return cfg, write_bboxes(cfg["pred_dir"], cfg["out"], cfg["threshold"], cfg["margin"], cfg["multiple"],
+                                 cfg["workers"])
+
+    cfg, table = run_or_exit(sys.argv[1:] if argv is None else argv, __doc__, work)
     heights, widths = table.y_end - table.y_start, table.x_end - table.x_start
     print(
         f"boxes={len(table)} mean_box={heights.mean():.0f}x{widths.mean():.0f} max_box={heights.max()}x{widths.max()}"

@@ -6,7 +6,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -16,7 +15,6 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
-from carvana.crops import bbox_for, crop
 from carvana.data import (
     CarvanaDataModule,
     CarvanaDataset,
@@ -25,9 +23,8 @@ from carvana.data import (
     find_stacked,
     list_images,
     load_boxes,
-    read_stacked,
 )
-from carvana.io import atomic_path, read_image, read_mask, read_probs, write_probs_png
+from carvana.io import atomic_path, read_mask, read_probs, write_probs_png
 from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
 from carvana.rle import rle_encode
 from carvana.submission import SHARD_PATTERN, RleShardWriter
@@ -57,30 +54,22 @@ class PhotoDataset(CarvanaDataset):
         self.size = size
 
     def __getitem__(self, index: int) -> dict:
-        path, error = self.images[index], ""
-        channels = 3 + (len(self.stacked[index]) if self.stacked else 0)
+        path = self.images[index]
         try:
-            image = read_image(path)
-            if image.shape[:2] != self.size:
-                error = f"photo {path} is {image.shape[1]}x{image.shape[0]}, the others {self.size[1]}x{self.size[0]}"
-            elif self.stacked:
-                image = np.dstack([image, *(read_stacked(p, self.size) for p in self.stacked[index])])
-            if not error and self.bboxes is not None:
-                image, box = self.crop_box(image, path)
+            item, error = super().__getitem__(index), ""
+            height, width = item["size"].tolist()
+            if (height, width) != self.size:
+                raise CarvanaError(f"photo {path} is {width}x{height}, the others {self.size[1]}x{self.size[0]}")
         except CarvanaError as err:
-            error = str(err)
-        if error:
-            shape = self.input_size if self.bboxes is not None else self.size
-            image, box = np.zeros((*shape, channels), np.uint8), (0, self.size[0], 0, self.size[1])
-        item = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "name": path.name, "error": error}
-        return {**item, "bbox": torch.tensor(box)} if self.bboxes is not None else item
+            item, error = self.placeholder(index), str(err)
+        return {**item, "name": path.name, "error": error}
 
-    def crop_box(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, tuple]:
-        """The photo's car box (data.bboxes), resized to the model's input size."""
-        box = bbox_for(self.bboxes, path.name, "data.bboxes")
-        resized = cv2.resize(np.ascontiguousarray(crop(image, box)), tuple(self.input_size[::-1]),
-                             interpolation=cv2.INTER_AREA)
-        return (resized if resized.ndim == 3 else resized[..., None]), box
+    def placeholder(self, index: int) -> dict:
+        """A black item of the batch's shapes for a photo that could not be read (it is skipped when written)."""
+        channels = 3 + (len(self.stacked[index]) if self.stacked else 0)
+        shape = self.input_size if self.bboxes is not None else self.size
+        item = {"image": torch.zeros((channels, *shape), dtype=torch.uint8), "size": torch.tensor(self.size)}
+        return {**item, "bbox": torch.tensor((0, self.size[0], 0, self.size[1]))} if self.bboxes is not None else item
 
 
 class Ensemble(pl.LightningModule):

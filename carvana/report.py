@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from carvana import CarvanaError
-from carvana.cli import parse_words
+from carvana.cli import parse_words, run_or_exit
 from carvana.data import IMAGE_SUFFIXES, MASK_PATTERNS, car_id
 from carvana.io import atomic_path, read_image, read_mask, read_probs
 
@@ -219,16 +219,11 @@ def parse_args(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse key=value words, write the report, print its summary; expected errors: one line, exit status 2."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return
-    try:
-        cfg = parse_args(argv)
-        result = write_report(**cfg)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    def work(words: list[str]) -> tuple[dict, dict]:
+        cfg = parse_args(words)
+        return cfg, write_report(**cfg)
+
+    cfg, result = run_or_exit(sys.argv[1:] if argv is None else argv, __doc__, work)
     per_image, sweep, angles = result["per_image"], result["thresholds"], result["per_angle"]
     best = sweep.loc[sweep.dice.idxmax()]
     print(

@@ -76,3 +76,9 @@ def trained_run(carvana_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     proc = run_train(train_args(carvana_root, out))
     dice, ckpt = result_of(proc)
     return {"out": out, "proc": proc, "dice": dice, "ckpt": ckpt}
+
+
+def run_module(module: str, *words: str) -> subprocess.CompletedProcess:
+    """python -m MODULE WORDS in the repository, as a user runs the small tools."""
+    return subprocess.run([sys.executable, "-m", module, *words], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)

@@ -1,7 +1,5 @@
 """Car crops: largest-component boxes, margin and multiple-of-32 rounding, clipping, crop/paste, bboxes.csv, CLI."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +9,8 @@ import pytest
 from carvana import CarvanaError
 from carvana.crops import bbox_for, car_bbox, crop, main, paste, read_bboxes, write_bboxes
 from carvana.io import read_mask, write_probs_png
+from tests.conftest import run_module
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = (1280, 1918)
 
 
@@ -178,14 +176,7 @@ def test_cli_writes_bboxes(tmp_path: Path, capsys: pytest.CaptureFixture):
 
 
 def test_cli_error_exits_2_in_one_line(tmp_path: Path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "carvana.crops", f"pred_dir={tmp_path / 'nope'}", "out=b.csv"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_module("carvana.crops", f"pred_dir={tmp_path / 'nope'}", "out=b.csv")
     assert proc.returncode == 2
     expected = f"error: pred_dir {tmp_path / 'nope'} is not a directory: give the first stage's PNG predictions"
     assert proc.stderr.strip().splitlines() == [expected]

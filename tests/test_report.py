@@ -1,7 +1,5 @@
 """The out-of-fold report: Dice tables against hand and brute-force computations, the gallery, bad inputs."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -11,8 +9,8 @@ import pytest
 
 from carvana.io import write_image, write_mask_gif, write_probs_png
 from carvana.report import FN_COLOUR, FP_COLOUR, THRESHOLDS, draw_errors, main, write_report
+from tests.conftest import run_module
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = (32, 48)  # h, w: non-square, so a transposed axis cannot pass
 PHOTOS = [("aaaa00000001", 1), ("aaaa00000001", 2), ("aaaa00000001", 3), ("bbbb00000002", 1), ("bbbb00000002", 16)]
 
@@ -144,14 +142,7 @@ def test_draw_errors_colours() -> None:
 
 
 def test_missing_oof_dir_exits_2_without_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "carvana.report", f"oof_dir={tmp_path / 'nope'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_module("carvana.report", f"oof_dir={tmp_path / 'nope'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: oof_dir=")
     assert "Traceback" not in proc.stderr + proc.stdout
