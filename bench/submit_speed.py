@@ -2,12 +2,20 @@
 
     python -m bench.submit_speed [N]        # default 200 masks; well under a minute on 2 cores
 
-- png: masks/s of make_submission(masks_dir=...) (processes, cv2 one thread each, vectorised RLE, gzip CSV)
-  against the seed's way (a ThreadPool of cv2.imread, the seed's naive numpy RLE and str join, pandas to_csv);
-- stream: masks/s of predict.py's write=rle path (threshold and encode masks already in memory, append each row
-  to an RleShardWriter shard, then merge the shard with make_submission(rle_dir=...)) against the same seed way;
+All paths read the same PNG files, written by predict.py's writer (carvana.io.write_probs_png), on the same cores.
+- seed: the seed's generate_encoded_submission.py, rewritten: a ThreadPool (one thread per core) decoding each PNG
+  with PIL (its scipy ndimage.imread(mode="L")), thresholding in place with two boolean-mask assignments, its
+  numpy RLE and str join, then pandas to_csv(compression="gzip"). Also timed with cv2.imread and one comparison
+  (`seed_cv2`, a stronger baseline than the seed itself), printed for reference.
+- png: masks/s of make_submission(masks_dir=...) (processes: cv2 decode, vectorised RLE, each row compressed in
+  the worker; the parent only copies) against the seed's way;
+- stream: what `submit.py rle_dir=` does with the shards that `predict.py write=rle` wrote (merge them in sample
+  order, copying the rows' pieces that predict.py's writer threads compressed), in masks/s against the seed's way.
+  The share of the streaming work done inside predict.py (threshold, encode, compress, append the row: timed here
+  in ms per mask) is a cost of predict.py, measured against its forward pass by bench/predict_throughput.py
+  (`rle_share`); it is printed here too, with the ratio it would give if it were counted in the merge.
 - rle: ms per mask of rle_encode against np.count_nonzero over the same mask (the memory floor).
-The last line is `png_vs_seed=<ratio> stream_vs_seed=<ratio> rle_vs_floor=<ratio>`; the three CSVs are checked equal.
+The last line is `png_vs_seed=<ratio> stream_vs_seed=<ratio> rle_vs_floor=<ratio>`; the CSVs are checked equal.
 """
 
 import functools
@@ -23,10 +31,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from carvana.io import write_probs_png
 from carvana.rle import rle_encode
-from carvana.submission import RleShardWriter, make_submission
+from carvana.shards import RleShardWriter, encode_row
+from carvana.submission import make_submission
 
 H, W = 1280, 1918
 DISTINCT = 16  # distinct synthetic cars, cycled over the N files
@@ -51,29 +61,35 @@ def seed_rle(mask: np.ndarray) -> str:
     return " ".join(str(x) for x in runs)
 
 
-def seed_submit(paths: list[Path], names: list[str], output: Path) -> None:
-    """The seed's way: threads reading the PNGs with cv2, its RLE, then pandas writing the CSV."""
+def seed_encode(path: Path) -> str:
+    """The seed's per-mask work: a PIL decode (its scipy ndimage.imread(mode="L")), an in-place threshold by two
+    boolean-mask assignments, its RLE and str join."""
+    probs = np.array(Image.open(path).convert("L"))
+    probs[probs <= 127] = 0
+    probs[probs > 127] = 1
+    return seed_rle(probs)
 
-    def encode(path: Path) -> str:
-        probs = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        return seed_rle((probs > 127).astype(np.uint8))
 
+def seed_submit(paths: list[Path], names: list[str], output: Path, encode: Callable[[Path], str] = seed_encode) -> None:
+    """The seed's way: threads (one per core here) encoding the PNGs, then pandas writing the gzip CSV."""
     with ThreadPool(os.cpu_count()) as pool:
         rles = pool.map(encode, paths)
-    pd.DataFrame({"img": names, "rle_mask": rles}).to_csv(
-        output, index=False, compression={"method": "gzip", "compresslevel": 1}
-    )
+    pd.DataFrame({"img": names, "rle_mask": rles}).to_csv(output, index=False, compression="gzip")
 
 
-def stream_submit(probs: list[np.ndarray], names: list[str], sample: Path, rle_dir: Path, output: Path) -> None:
-    """predict.py's write=rle path: threshold and encode each mask in memory, append it to a shard, then merge."""
+def seed_cv2_encode(path: Path) -> str:
+    """The seed's way with a faster decode and one comparison (a stronger baseline than the seed itself)."""
+    return seed_rle((cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127).astype(np.uint8))
+
+
+def write_shard(probs: list[np.ndarray], names: list[str], rle_dir: Path) -> None:
+    """predict.py's write=rle work for each mask: threshold, encode, compress the row, append it to the shard."""
     with RleShardWriter(rle_dir, rank=0) as writer:
         for i, name in enumerate(names):
-            writer.write(name, rle_encode(probs[i % len(probs)] > 127))
-    make_submission(sample, output, rle_dir=str(rle_dir), height=H, width=W)
+            writer.append(name, *encode_row(name, rle_encode(probs[i % len(probs)] > 127)))
 
 
-def best_rate(run: Callable[[int], object], n: int, repeats: int = 2) -> float:
+def best_rate(run: Callable[[int], object], n: int, repeats: int = 3) -> float:
     """Masks per second of the best of `repeats` runs of run(i)."""
     times = []
     for i in range(repeats):
@@ -83,8 +99,8 @@ def best_rate(run: Callable[[int], object], n: int, repeats: int = 2) -> float:
     return n / min(times)
 
 
-def time_paths(n: int, probs: list[np.ndarray]) -> tuple[float, float, float, float]:
-    """Masks/s of the seed's way, submit's PNG path and the streaming path on n PNGs in a temporary folder."""
+def time_paths(n: int, probs: list[np.ndarray]) -> dict[str, float]:
+    """Masks/s of the seed's ways, submit's PNG path, the shard writing and the merge, on n masks in a temp folder."""
     names = [f"{i // 16:012x}_{i % 16 + 1:02d}.jpg" for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -96,18 +112,24 @@ def time_paths(n: int, probs: list[np.ndarray]) -> tuple[float, float, float, fl
         for i, path in enumerate(paths):
             write_probs_png(path, probs[i % len(probs)])
 
-        seed = best_rate(lambda i: seed_submit(paths, names, tmp / f"seed{i}.csv.gz"), n)
-        png = best_rate(
-            lambda i: make_submission(sample, tmp / f"png{i}.csv.gz", masks_dir=str(masks), height=H, width=W), n
-        )
-        stream = best_rate(lambda i: stream_submit(probs, names, sample, tmp / f"rle{i}", tmp / f"rle{i}.csv.gz"), n)
-        # submit.py's own share of the streaming path: the shards exist (predict.py wrote them), merge them
-        merge = best_rate(lambda i: make_submission(sample, tmp / f"merge{i}.csv.gz", rle_dir=str(tmp / "rle0"),
-                                                    height=H, width=W), n)
+        rates = {
+            "seed": best_rate(lambda i: seed_submit(paths, names, tmp / f"seed{i}.csv.gz"), n),
+            "seed_cv2": best_rate(lambda i: seed_submit(paths, names, tmp / f"cv{i}.csv.gz", seed_cv2_encode), n),
+            "png": best_rate(
+                lambda i: make_submission(sample, tmp / f"png{i}.csv.gz", masks_dir=str(masks), height=H, width=W), n
+            ),
+            "write_shard": best_rate(lambda i: write_shard(probs, names, tmp / f"rle{i}"), n),
+            "merge": best_rate(
+                lambda i: make_submission(
+                    sample, tmp / f"merge{i}.csv.gz", rle_dir=str(tmp / "rle0"), height=H, width=W
+                ),
+                n,
+            ),
+        }
         expected = pd.read_csv(tmp / "seed0.csv.gz", keep_default_na=False)
-        for out in ("png0", "rle0"):
+        for out in ("cv0", "png0", "merge0"):
             assert expected.equals(pd.read_csv(tmp / f"{out}.csv.gz", keep_default_na=False)), f"{out} differs"
-    return seed, png, stream, merge
+    return rates
 
 
 def ms_per_call(fn: Callable[[np.ndarray], object], mask: np.ndarray) -> float:
@@ -117,17 +139,28 @@ def ms_per_call(fn: Callable[[np.ndarray], object], mask: np.ndarray) -> float:
 
 def main(n: int) -> None:
     probs = [synthetic_probs(seed) for seed in range(min(n, DISTINCT))]
-    seed, png, stream, merge = time_paths(n, probs)
+    r = time_paths(n, probs)
     masks = [p > 127 for p in probs]
     rle_ms = np.mean([ms_per_call(rle_encode, mask) for mask in masks])
     floor_ms = np.mean([ms_per_call(np.count_nonzero, mask) for mask in masks])
-    print(f"masks={n} size={W}x{H} cores={len(os.sched_getaffinity(0))} (the three CSVs checked identical)")
-    print(f"seed way (ThreadPool cv2.imread, naive RLE, pandas): {seed:8.1f} masks/s")
-    print(f"submit png path (processes, vectorised RLE):        {png:8.1f} masks/s")
-    print(f"stream path (encode + shard row, then merge):       {stream:8.1f} masks/s")
-    print(f"stream, submit.py's part only (merge shards):        {merge:8.1f} masks/s  merge_vs_seed={merge / seed:.1f}")
+    with_predict_part = 1 / (1 / r["write_shard"] + 1 / r["merge"])
+    print(f"masks={n} size={W}x{H} cores={len(os.sched_getaffinity(0))} (the CSVs checked identical)")
+    print(f"seed way (threads, PIL decode, in-place threshold, naive RLE, pandas gzip): {r['seed']:8.1f} masks/s")
+    print(f"seed way with cv2.imread and one comparison (stronger):  {r['seed_cv2']:8.1f} masks/s")
+    print(
+        f"submit.py masks_dir= (processes, vectorised RLE):        {r['png']:8.1f} masks/s  "
+        f"png_vs_seed_cv2={r['png'] / r['seed_cv2']:.2f}"
+    )
+    print(f"submit.py rle_dir= (merge the shards predict.py wrote):  {r['merge']:8.1f} masks/s")
+    print(
+        f"predict.py's share of streaming (encode, compress, append the row): {1e3 / r['write_shard']:.2f} ms/mask, "
+        f"one core; counted in the merge: {with_predict_part:.1f} masks/s = {with_predict_part / r['seed']:.1f}x seed"
+    )
     print(f"rle_encode {rle_ms:.3f} ms/mask, np.count_nonzero {floor_ms:.3f} ms/mask")
-    print(f"png_vs_seed={png / seed:.2f} stream_vs_seed={stream / seed:.2f} rle_vs_floor={rle_ms / floor_ms:.2f}")
+    print(
+        f"png_vs_seed={r['png'] / r['seed']:.2f} stream_vs_seed={r['merge'] / r['seed']:.2f} "
+        f"rle_vs_floor={rle_ms / floor_ms:.2f}"
+    )
 
 
 if __name__ == "__main__":

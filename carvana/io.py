@@ -15,6 +15,10 @@ from carvana import CarvanaError
 cv2.setNumThreads(1)
 
 _JPEG_END = b"\xff\xd9"
+# probability PNGs are written 100,064 times and read once: no per-row filter search and zlib level 1. On a
+# 1918x1280 mask that is 4 ms to write and 1.8 ms to read instead of 16 and 4 (libpng's adaptive filters), for
+# files ~15% larger (~80 KB)
+_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
 @contextlib.contextmanager
@@ -81,8 +85,7 @@ def write_probs_png(path: str | os.PathLike, probs: np.ndarray) -> None:
     """Write HxW uint8 probabilities (0..255) as an 8-bit PNG."""
     assert probs.dtype == np.uint8 and probs.ndim == 2, (probs.dtype, probs.shape)
     with atomic_path(path) as tmp:
-        # fast compression: these files are written 100,064 times and read once
-        if not cv2.imwrite(str(tmp), probs, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        if not cv2.imwrite(str(tmp), probs, _PNG_FAST):
             raise CarvanaError(f"cannot write {path}: check the directory exists and is writable")
 
 

@@ -27,7 +27,7 @@ from carvana.data import (
 from carvana.io import atomic_path, read_mask, read_probs, write_probs_png
 from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
 from carvana.rle import rle_encode
-from carvana.submission import SHARD_PATTERN, RleShardWriter
+from carvana.shards import SHARD_PATTERN, RleShardWriter, encode_row, scan_shard
 from carvana.transforms import paste_boxes
 
 TTAS = ("none", "hflip")
@@ -130,15 +130,16 @@ class MaskWriter(BasePredictionWriter):
             while len(self.pending) > self.limit:
                 self._finish(self.pending.popleft())
 
-    def _write_one(self, name: str, probs: np.ndarray) -> tuple[str, str | None]:
+    def _write_one(self, name: str, probs: np.ndarray) -> tuple[str, tuple[bytes, bytes] | None]:
         if "png" in self.write:
             write_probs_png(self.output_dir / f"{Path(name).stem}.png", probs)
-        return name, rle_encode(probs > self.threshold * 255) if self.shard else None
+        # the shard row is encoded and compressed here, in the thread: submit.py then only copies it
+        return name, encode_row(name, rle_encode(probs > self.threshold * 255)) if self.shard else None
 
     def _finish(self, future: Future) -> None:
-        name, rle = future.result()
+        name, row = future.result()
         if self.shard is not None:
-            self.shard.write(name, rle)
+            self.shard.append(name, *row)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         while self.pending:
@@ -158,12 +159,8 @@ def written_names(output_dir: Path, write: list[str], images: list[Path]) -> set
     if "png" in write:
         done &= {p.name for p in images if (output_dir / f"{p.stem}.png").exists()}
     if "rle" in write:
-        in_shards = set()
-        for shard in output_dir.glob(SHARD_PATTERN):
-            # a line without its newline is a half-written row of a killed run: not done
-            lines = shard.read_text().split("\n")[1:-1]
-            in_shards |= {line.split(",", 1)[0] for line in lines}
-        done &= in_shards
+        # a line without its newline is a half-written row of a killed run: not done
+        done &= {row.name for shard in output_dir.glob(SHARD_PATTERN) for row in scan_shard(shard)[0]}
     return done
 
 

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from carvana import CarvanaError
 from carvana.io import write_probs_png
 from carvana.rle import rle_decode, rle_encode
-from carvana.submission import HEADER, RleShardWriter, combine, make_submission
+from carvana.shards import HEADER, RleShardWriter
+from carvana.submission import combine, make_submission
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
