@@ -1,20 +1,22 @@
 """Prediction throughput: predict.py's whole pipeline against the model's forward pass alone, on 1918x1280 photos.
 
-    .venv/bin/python bench/predict_throughput.py [--photos 16] [--batch-size 4] [--num-workers 2] [--writer-threads 4]
+    .venv/bin/python bench/predict_throughput.py [--photos 64] [--batch-size 4] [--num-workers 2] [--writer-threads 4]
+                                                 [--ckpt PATH]
 
 1. e2e: photos/s of carvana.prediction.predict(...) (what predict.py runs: DataLoader workers reading the JPEGs,
    the Lightning predict loop, resize to the network's input and back to 1918x1280, the PNG writer in threads) on N
    photos, from the call to its return, so the per-run costs (checkpoint load, Trainer, worker start) count too.
-2. forward: photos/s of Ensemble.probs on the same photos already decoded and batched in memory (on the device),
-   the same checkpoint, batch size and torch threads: the most the pipeline could reach.
+2. forward: photos/s of Ensemble.probs on the same photos already in memory as the loader gives them (decoded and
+   resized to the network's input by PhotoDataset, batched, on the device), up to the full-size probabilities; the
+   same checkpoint, batch size and torch threads: the most the pipeline could reach.
 Both are run once untimed first (warm-up), then timed in alternation, ROUNDS times; the best of each counts.
 3. JPEG decoding and PNG writing alone (one thread), as a share of the forward time: on a CPU device the data
    workers and writer threads take this from the model's cores; on a GPU they only need to keep up.
 4. rle_share: the time rle_encode takes over the masks the e2e run wrote (PNG > 127.5) as a share of the e2e time,
    i.e. what write=rle adds to the pipeline when its threads cannot hide it.
 
-The model is a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights (the speed does
-not depend on them). Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated
+The model is a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights: the forward's
+speed does not depend on them, but their noisy masks make the PNG writer's work ~2x a trained model's (--ckpt). Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated
 synthetic car when they are absent. The last line is `e2e_vs_forward=<ratio>`.
 """
 
@@ -34,12 +36,13 @@ import torch
 from carvana.data import list_images
 from carvana.io import read_image, read_probs, write_probs_png
 from carvana.module import SegModule, load_module
-from carvana.prediction import Ensemble, predict
+from carvana.prediction import Ensemble, PhotoDataset, predict
 from carvana.rle import rle_encode
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TEST = ROOT.parent / "shared" / "data" / "real" / "test"
 INPUT_SIZE = [320, 480]  # the synthetic demo's network input: conf/data/synthetic.yaml
+SIZE = (1280, 1918)  # Kaggle's photos, (height, width)
 ROUNDS = 3  # timed rounds of each, alternating; the best counts (other processes may share the CPU)
 
 
@@ -102,7 +105,7 @@ def time_forward(ensemble: Ensemble, batches: list[torch.Tensor], device: torch.
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in batches:
-            ensemble.probs(batch)
+            ensemble.probs(batch, size=SIZE)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -132,7 +135,9 @@ def rle_seconds(out: Path, photos: list[Path]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--photos", type=int, default=64, help="photos per run: a run's fixed cost is spread over them")
+    parser.add_argument("--ckpt", type=Path, default=None, help="a trained checkpoint at input 320x480 (default: "
+                        "random weights, whose noisy masks cost the PNG writer more than a trained model's)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading the JPEGs")
     parser.add_argument("--writer-threads", type=int, default=4, help="threads compressing PNGs (and RLE)")
@@ -156,14 +161,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         photos, source = find_photos(tmp, args.photos)
-        ckpt = make_checkpoint(tmp / "bench.ckpt")
+        ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt")
         ensemble = Ensemble([load_module(ckpt)]).to(device).eval()
-        images = torch.stack([torch.from_numpy(read_image(p).transpose(2, 0, 1).copy()) for p in photos]).to(device)
+        dataset = PhotoDataset(photos, SIZE, input_size=INPUT_SIZE)
+        images = torch.stack([dataset[i]["image"] for i in range(len(photos))]).to(device)
         batches = list(images.split(args.batch_size))
         print(
             f"{len(photos)} photos 1918x1280 ({source}), device {device}, torch threads {torch.get_num_threads()}, "
             f"batch {args.batch_size}, workers {args.num_workers}, writer threads {args.writer_threads}, "
-            f"write={args.write}, mobilenet_v2 U-Net at {INPUT_SIZE[0]}x{INPUT_SIZE[1]}; "
+            f"write={args.write}, mobilenet_v2 U-Net at {INPUT_SIZE[0]}x{INPUT_SIZE[1]} ({args.ckpt or 'random weights'}); "
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
             flush=True,
         )

@@ -80,8 +80,10 @@ def jpeg_complete(path: Path) -> bool:
 class CarvanaDataset(Dataset):
     """Photos as 3xHxW uint8 tensors with, when masks are given, 1xHxW float masks in {0, 1}.
 
-    With a transform (training), photo and mask are transformed together; without one (validation, prediction)
-    both stay at full size and the model resizes or pads on the device (SegModule.predict_full).
+    With a transform (training), photo and mask are transformed together. Without one (validation, prediction) the
+    mask stays at full size for the metric, and the photo (or its car box) is resized here to `input_size` when it is
+    set, as training's A.Resize does it (cv2 area, uint8): 16x fewer bytes through the workers and onto the device
+    than the full photo. Else it stays at full size and the model pads it on the device (SegModule.predict_full).
     """
 
     def __init__(self, images: list[Path], masks: list[Path] | None = None, transform: A.Compose | None = None,
@@ -90,8 +92,7 @@ class CarvanaDataset(Dataset):
         self.images, self.masks, self.transform = images, masks, transform
         # second stage: per photo, the probability masks other models predicted for it, as extra input channels
         self.stacked = stacked
-        # car crops (data.bboxes): the model sees each photo's box; without a transform the box is resized to
-        # input_size here, as boxes differ in size, and the mask stays full size for the metric
+        # car crops (data.bboxes): the model sees each photo's box (resized to input_size without a transform)
         self.bboxes, self.input_size = bboxes, input_size
 
     def __len__(self) -> int:
@@ -110,10 +111,10 @@ class CarvanaDataset(Dataset):
             item["bbox"] = torch.tensor(bbox)
             if self.transform is not None and mask is not None:
                 mask = crop(mask, bbox)
-            elif self.transform is None:
-                size = tuple(self.input_size[::-1])
-                image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
-                extra = [cv2.resize(np.ascontiguousarray(e), size, interpolation=cv2.INTER_AREA) for e in extra]
+        if self.transform is None and self.input_size is not None:
+            size = tuple(self.input_size[::-1])
+            image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+            extra = [cv2.resize(np.ascontiguousarray(e), size, interpolation=cv2.INTER_AREA) for e in extra]
         if self.transform is not None:
             # extra channels follow the geometry (as masks, nearest) but not the colour augmentations
             targets = {"image": image, **({"mask": mask} if mask is not None else {}), **({"masks": extra} if extra

@@ -112,14 +112,18 @@ class SegModule(pl.LightningModule):
         """Bx3xHxW uint8 RGB photos (H, W divisible by 32) -> Bx1xHxW logits."""
         return self.net(self.normalize(image))
 
-    def predict_full(self, image: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW uint8 photos at full size -> Bx1xHxW logits at full size, whatever the model's input size.
+    def predict_full(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Bx3xHxW uint8 photos -> Bx1xHxW logits at the photos' full size `size`, whatever the model's input size.
 
-        One path for validation and prediction: resize (area) or pad to 32, run, then upsample or crop back.
+        One path for validation and prediction: resize (area) or pad to 32, run, then upsample or crop back. `image`
+        is the photos at full size, or already resized to input_size by the loader (CarvanaDataset): then `size`
+        says the full size (default: the image's own).
         """
-        size = image.shape[-2:]
+        size = tuple(image.shape[-2:] if size is None else size)
         if self.hparams.input_size is not None:
-            x = F.interpolate(image.float(), size=tuple(self.hparams.input_size), mode="area")
+            x = image.float()
+            if x.shape[-2:] != tuple(self.hparams.input_size):
+                x = F.interpolate(x, size=tuple(self.hparams.input_size), mode="area")
         else:
             height, width = padded_size(*size)
             # pad at the bottom and the right with black, as the training transform does
@@ -140,7 +144,7 @@ class SegModule(pl.LightningModule):
         if "bbox" in batch:  # car crops: the model saw each box resized; paste its prediction back at full size
             logits = paste_boxes(self(batch["image"]), batch["bbox"], batch["mask"].shape[-2:], fill=-20.0)
         else:
-            logits = self.predict_full(batch["image"])
+            logits = self.predict_full(batch["image"], batch["mask"].shape[-2:])
         probs = logits.sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))

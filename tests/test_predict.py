@@ -21,7 +21,7 @@ from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_
 
 from carvana.data import car_id
 from carvana.io import read_image, read_mask, read_probs, write_image, write_probs_png
-from carvana.module import dice_per_image, load_module
+from carvana.module import SegModule, dice_per_image, load_module
 from carvana.rle import rle_decode
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
@@ -108,14 +108,26 @@ def photo_tensor(path: Path) -> torch.Tensor:
     return torch.from_numpy(read_image(path).transpose(2, 0, 1).copy())[None]
 
 
+def loader_input(models: list[SegModule], photos: list[Path]) -> torch.Tensor:
+    """The photos as predict.py's loader gives them: resized as training does (cv2 area) when every model has the
+    same input_size, else at full size (each model then resizes on the device)."""
+    images = [read_image(p) for p in photos]
+    sizes = {tuple(m.hparams.input_size or ()) for m in models}
+    if len(sizes) == 1 and () not in sizes:
+        size = sizes.pop()[::-1]
+        images = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
+    return torch.stack([torch.from_numpy(image.transpose(2, 0, 1).copy()) for image in images])
+
+
 def expected_pngs(models: list, photos: list[Path], tta: bool) -> dict[str, np.ndarray]:
     """By hand: mean over models (and the flipped photo, flipped back) of sigmoid(predict_full) -> name: HxW uint8."""
-    x, probs = torch.cat([photo_tensor(p) for p in photos]), []
+    size, probs = read_image(photos[0]).shape[:2], []
+    x = loader_input(models, photos)
     with torch.no_grad():
         for model in models:
-            probs.append(model.predict_full(x).sigmoid())
+            probs.append(model.predict_full(x, size).sigmoid())
             if tta:
-                probs.append(model.predict_full(x.flip(-1)).sigmoid().flip(-1))
+                probs.append(model.predict_full(x.flip(-1), size).sigmoid().flip(-1))
     pngs = (torch.stack(probs).mean(0)[:, 0] * 255).round().to(torch.uint8).numpy()
     return {p.name: png for p, png in zip(photos, pngs)}
 

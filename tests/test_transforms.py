@@ -1,5 +1,6 @@
 """Input modes: pad 1918 -> 1920 and back, resize and back, random crops; masks stay {0, 1}; bad sizes refused."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -116,3 +117,19 @@ def test_input_mode_refuses_both_sizes():
 def test_input_mode_refuses_sizes_not_divisible_by_32(crop_size, input_size, key):
     with pytest.raises(CarvanaError, match=f"{key}.*32"):
         input_mode(crop_size, input_size)
+
+
+def test_validation_and_prediction_see_the_training_resize(tmp_path):
+    """Without a transform (validation, prediction) the loader resizes the photo exactly as training's A.Resize does,
+    and keeps the mask and the size at full resolution for the metric and the way back."""
+    from carvana.data import CarvanaDataset
+    from carvana.io import write_image, write_mask_gif
+
+    image, mask = photo(128, 190, seed=3)
+    write_image(tmp_path / "car_01.jpg", image)
+    write_mask_gif(tmp_path / "car_01_mask.gif", mask)
+    item = CarvanaDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"], input_size=[32, 64])[0]
+    trained = train_transform(None, [32, 64], NO_AUGMENT)(image=cv2.cvtColor(cv2.imread(str(tmp_path / "car_01.jpg")),
+                                                                             cv2.COLOR_BGR2RGB))["image"]
+    np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), trained)
+    assert item["mask"].shape == (1, 128, 190) and item["size"].tolist() == [128, 190]
