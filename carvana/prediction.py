@@ -24,7 +24,7 @@ from carvana.data import (
     list_images,
     load_boxes,
 )
-from carvana.io import atomic_path, read_mask, read_probs, write_probs_png
+from carvana.io import atomic_path, probs_cut, read_mask, read_probs, write_probs_png
 from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
 from carvana.rle import rle_encode
 from carvana.shards import SHARD_PATTERN, RleShardWriter, encode_row, scan_shard
@@ -112,7 +112,7 @@ class MaskWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int = 4):
         super().__init__(write_interval="batch")
-        self.output_dir, self.write, self.threshold = Path(output_dir), write, threshold
+        self.output_dir, self.write, self.cut = Path(output_dir), write, probs_cut(threshold)
         self.pool = ThreadPoolExecutor(max(1, threads))
         self.pending: deque[Future] = deque()
         self.limit = 4 * max(1, threads)  # bounded: memory does not grow with the number of photos
@@ -139,7 +139,7 @@ class MaskWriter(BasePredictionWriter):
         if "png" in self.write:
             write_probs_png(self.output_dir / f"{Path(name).stem}.png", probs)
         # the shard row is encoded and compressed here, in the thread: submit.py then only copies it
-        return name, encode_row(name, rle_encode(probs > self.threshold * 255)) if self.shard else None
+        return name, encode_row(name, rle_encode(probs > self.cut)) if self.shard else None
 
     def _finish(self, future: Future) -> None:
         name, row = future.result()
@@ -173,7 +173,7 @@ def dice_table(images: list[Path], pred_dir: Path, mask_dir: Path, threshold: fl
     """Per-photo Kaggle Dice of written predictions against ground-truth masks -> DataFrame[image, car, angle, dice]."""
     rows = []
     for path in images:
-        pred = torch.from_numpy(read_probs(pred_dir / f"{path.stem}.png") > threshold * 255).float()
+        pred = torch.from_numpy(read_probs(pred_dir / f"{path.stem}.png") > probs_cut(threshold)).float()
         truth = torch.from_numpy(read_mask(next(mask_dir.glob(f"{path.stem}_mask.*"), mask_dir / f"{path.stem}.png")))
         dice = float(dice_per_image(pred[None, None], truth.float()[None, None])[0])
         rows.append({"image": path.name, "car": car_id(path), "angle": int(path.stem.rsplit("_", 1)[1]), "dice": dice})
@@ -203,7 +203,9 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
     stacked = find_stacked(todo, dirs) if dirs else None
     boxes, input_size = crop_settings(models, bboxes, todo)
     sizes = {tuple(m.hparams.input_size or ()) for m in models}
-    if boxes is None and len(sizes) == 1 and () not in sizes:  # one input size: the loader resizes the photos
+    # one input size: the loader resizes the photos as training did. Models of different input sizes get the full
+    # photo and each resizes it on the device (torch's area mode: a mean 0.3 grey level from cv2's, 27 at most)
+    if boxes is None and len(sizes) == 1 and () not in sizes:
         input_size = list(sizes.pop())
     loader = DataLoader(PhotoDataset(todo, size, stacked, boxes, input_size), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     writer = MaskWriter(output_dir, list(write), threshold, writer_threads)

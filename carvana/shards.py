@@ -169,6 +169,7 @@ def _read_rows(
             files[path].seek(start)
             return files[path].read(length)
 
+        again = 0  # rows compressed here: no compressed copy in the .deflate file, or a stale one
         for name in names:
             place = found.get(name)
             if place is None:
@@ -183,11 +184,14 @@ def _read_rows(
                 if piece is not None and is_piece(piece):
                     _check_last_run(rle, size)  # the row is what predict.py wrote: only the size can be wrong
                 else:
-                    piece = None
+                    piece, again = None, again + 1
                     parse_rle(rle.decode("ascii"), size)
             except (ValueError, UnicodeDecodeError) as err:
                 raise CarvanaError(f"{place.shard} at byte {place.row.start}: {err}") from None
             yield row, piece
+        if again:
+            print(f"rle_dir: {again} rows had no up-to-date compressed copy in {PIECES_SUFFIX} files (edited or older "
+                  "shards): checked in full and compressed now", file=sys.stderr)
 
 
 def _check_last_run(rle: bytes, size: int) -> None:

@@ -16,7 +16,7 @@ from rich.progress import track
 
 from carvana import CarvanaError
 from carvana.gzrows import GzipRows, deflate_row
-from carvana.io import atomic_path, read_probs
+from carvana.io import atomic_path, probs_cut, read_probs
 from carvana.rle import rle_encode
 from carvana.shards import HEADER, first_few, shard_rows
 
@@ -90,7 +90,7 @@ def mask_filename(img: str) -> str:
 
 def combine(probs: Sequence[np.ndarray], threshold: float, strategy: str) -> np.ndarray:
     """HxW bool mask from K HxW uint8 probability maps (0..255): mean > threshold*255, or a strict majority vote."""
-    cut = math.floor(threshold * 255)  # for integers p: p > t exactly when p > floor(t)
+    cut = probs_cut(threshold)
     if len(probs) == 1:
         return probs[0] > cut
     if strategy == "average":

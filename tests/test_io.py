@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from carvana import CarvanaError
-from carvana.io import atomic_path, read_image, read_mask, write_mask_gif
+from carvana.io import atomic_path, probs_cut, read_image, read_mask, write_mask_gif
 
 CAR = "0cdf5b5d0ce1"
 
@@ -133,3 +133,9 @@ def test_atomic_path_keeps_the_old_file_when_the_block_raises(tmp_path: Path):
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 127 / 255, 0.9, 1.0])
+def test_probs_cut_is_the_float_threshold(threshold: float):
+    probs = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(probs > probs_cut(threshold), probs.astype(np.float64) > threshold * 255)

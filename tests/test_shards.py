@@ -49,7 +49,9 @@ def test_gzip_rows_mixes_pieces_and_rows_into_one_member(tmp_path: Path):
         subprocess.run(["gzip", "-t", str(out)], check=True)
 
 
-def test_a_row_with_its_piece_is_copied_not_compressed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_row_with_its_piece_is_copied_not_compressed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
     codes = rles(1)
     with RleShardWriter(tmp_path / "rle", 0) as writer:
         for name in NAMES:
@@ -68,9 +70,11 @@ def test_a_row_with_its_piece_is_copied_not_compressed_again(tmp_path: Path, mon
     table = merge("a.csv.gz")
     assert compressed == [f"{HEADER}\n".encode()]  # only the header: every row came with its piece
     assert table["rle_mask"].tolist() == [codes[name] for name in NAMES]
+    assert capsys.readouterr().err == ""
     (tmp_path / "rle" / f"rle-rank0{PIECES_SUFFIX}").unlink()  # shards without pieces: compressed at merge
     assert merge("b.csv.gz").equals(table)
     assert len(compressed) == 1 + len(NAMES)
+    assert f"{len(NAMES)} rows had no up-to-date compressed copy" in capsys.readouterr().err  # said, not silent
 
 
 def zlib_piece(row: bytes) -> bytes:
