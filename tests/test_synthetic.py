@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import CarvanaError, synthetic
+from carvana import CarvanaError, lowpoly, synthetic, turntable
 from carvana.io import read_image, read_mask
 from carvana.rle import rle_decode
 from carvana.synthetic import is_complete, make_dataset
@@ -125,18 +125,18 @@ def test_mask_covers_a_plausible_part_of_the_photo(tiny: Path) -> None:
 
 
 def test_thin_antenna_is_in_the_mask_and_the_shadow_is_not() -> None:
-    car = synthetic.sample_car("0" * 12, np.random.default_rng(0))
+    car = lowpoly.sample_car("0" * 12, np.random.default_rng(0))
 
     def side_view(antenna_px: int) -> tuple[np.ndarray, np.ndarray]:
         with_antenna = dataclasses.replace(car, antenna_px=antenna_px)
-        parts = synthetic.car_parts(with_antenna)
-        return synthetic.render_photo(with_antenna, parts, 5, synthetic.REF_SHAPE, np.random.default_rng(0))
+        parts = lowpoly.car_parts(with_antenna)
+        return turntable.render_photo(with_antenna, parts, 5, turntable.REF_SHAPE, np.random.default_rng(0))
 
     _, plain = side_view(0)
     image, mask = side_view(2)
     antenna = mask.astype(bool) & ~plain.astype(bool)
     assert antenna.sum() > 50 and antenna.sum(axis=1).max() <= 5  # a line 1-3 px thick, not a blob
-    studio = synthetic._studio(synthetic.REF_SHAPE).astype(int)
+    studio = turntable._studio(turntable.REF_SHAPE).astype(int)
     shadow = (studio.mean(axis=2) - image.astype(int).mean(axis=2) > 30) & (mask == 0)
     assert shadow.sum() > 1000  # the floor is darkened under the car, outside the mask
 
