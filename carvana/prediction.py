@@ -207,7 +207,8 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
     # photo and each resizes it on the device (torch's area mode: a mean 0.3 grey level from cv2's, 27 at most)
     if boxes is None and len(sizes) == 1 and () not in sizes:
         input_size = list(sizes.pop())
-    loader = DataLoader(PhotoDataset(todo, size, stacked, boxes, input_size), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = DataLoader(PhotoDataset(todo, size, stacked, boxes, input_size), batch_size=batch_size,
+                        num_workers=num_workers, shuffle=False, pin_memory=torch.cuda.is_available())
     writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
     trainer.predict(Ensemble(models, tta, size), dataloaders=loader, return_predictions=False)
