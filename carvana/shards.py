@@ -14,7 +14,7 @@ import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from typing_extensions import Self  # typing.Self from Python 3.11
 
@@ -161,7 +161,7 @@ def _read_rows(
     """(row, piece) of each name: the piece when its CRC matches the row, else None after checking the row in full."""
     size = shape[0] * shape[1]
     with contextlib.ExitStack() as stack:
-        files: dict[Path, object] = {}
+        files: dict[Path, BinaryIO] = {}
 
         def read(path: Path, start: int, length: int) -> bytes:
             if path not in files:
