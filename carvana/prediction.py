@@ -98,7 +98,7 @@ class Ensemble(pl.LightningModule):
             for flip in (False, True) if self.tta == "hflip" else (False,):
                 probs = run(model, image.flip(-1) if flip else image).sigmoid_()
                 probs = probs.flip(-1) if flip else probs
-                total = probs if total is None else total.add_(probs)
+                total = probs.float() if total is None else total.add_(probs)  # float32 sums under 16-mixed too
         total /= len(self.models) * (2 if self.tta == "hflip" else 1)
         return total if bbox is None else paste_boxes(total, bbox, size, fill=0.0)
 
