@@ -23,6 +23,7 @@ from carvana.data import car_id
 from carvana.io import read_image, read_mask, read_probs, write_image, write_probs_png
 from carvana.module import SegModule, dice_per_image, load_module
 from carvana.rle import rle_decode
+from carvana.submission import make_submission
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
 SUMMARY = re.compile(
@@ -352,6 +353,12 @@ def test_ddp_two_processes_write_each_photo_once(ckpt_pad: Path, carvana_root: P
         probs = read_probs(out / f"{Path(img).stem}.png")
         assert max_diff(probs, expected[img]) <= 1
         np.testing.assert_array_equal(rle_decode(rle, TINY_SIZE), probs > 127.5)
+    # both ranks' shards (and their compressed rows) merge into one gzip member, in the sample's order
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({"img": [p.name for p in reversed(photos)], "rle_mask": "1 1"}).to_csv(sample, index=False)
+    sub = make_submission(sample, tmp_path / "sub.csv.gz", rle_dir=out, height=TINY_SIZE[0], width=TINY_SIZE[1])
+    table = pd.read_csv(sub, keep_default_na=False)
+    assert table.values.tolist() == sorted(([img, rle] for _, img, rle in rows), reverse=True)
     assert not list(out.glob(".*"))  # no temporary files left
 
 
