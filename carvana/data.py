@@ -114,7 +114,8 @@ class CarvanaDataset(Dataset):
         if self.transform is None and self.input_size is not None:
             size = tuple(self.input_size[::-1])
             image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
-            extra = [cv2.resize(np.ascontiguousarray(e), size, interpolation=cv2.INTER_AREA) for e in extra]
+            # stacked channels as A.Resize treats them in training (`masks`: nearest)
+            extra = [cv2.resize(np.ascontiguousarray(e), size, interpolation=cv2.INTER_NEAREST) for e in extra]
         if self.transform is not None:
             # extra channels follow the geometry (as masks, nearest) but not the colour augmentations
             targets = {"image": image, **({"mask": mask} if mask is not None else {}), **({"masks": extra} if extra

@@ -3,8 +3,8 @@
 A shard is `rle-rank{r}.csv` (header `img,rle_mask`, one flushed row per photo, readable by any CSV tool) plus
 `rle-rank{r}.deflate`: the same rows compressed ahead by predict.py's writer threads (carvana.gzrows), one record
 (CRC-32 of the row, piece length, piece) per row, in the same order. Merging then copies pieces instead of
-compressing 100,064 rows. The CSV is the truth: a row whose record is missing or does not match its CRC is
-checked in full and compressed at merge time.
+compressing 100,064 rows. The CSV is the truth: a row whose record is missing, does not match its CRC or does not
+inflate back to the row is checked in full and compressed at merge time.
 """
 
 import contextlib
@@ -19,7 +19,7 @@ from typing import BinaryIO, NamedTuple
 from typing_extensions import Self  # typing.Self from Python 3.11
 
 from carvana import CarvanaError
-from carvana.gzrows import deflate_row, is_piece
+from carvana.gzrows import deflate_row, is_piece_of
 from carvana.rle import parse_rle
 
 HEADER = "img,rle_mask"
@@ -93,7 +93,12 @@ class RleShardWriter:
         self.append(img, *encode_row(img, rle))
 
     def append(self, img: str, row: bytes, piece: bytes) -> None:
-        """Append a row and its piece made by encode_row (in another thread, say); the row first, both flushed."""
+        """Append a row and its piece made by encode_row (in another thread, say); the row first, both flushed.
+
+        A photo already in this shard keeps its first row (write=[png,rle] predicts it again when its PNG is gone).
+        """
+        if img in self._done:
+            return
         self._file.write(row)
         self._file.flush()
         self._write_piece(row, piece)
@@ -181,7 +186,7 @@ def _read_rows(
             if place.piece is not None and zlib.crc32(row) == place.piece.crc:
                 piece = read(place.shard.with_suffix(PIECES_SUFFIX), place.piece.start, place.piece.length)
             try:
-                if piece is not None and is_piece(piece):
+                if piece is not None and is_piece_of(piece, row):
                     _check_last_run(rle, size)  # the row is what predict.py wrote: only the size can be wrong
                 else:
                     piece, again = None, again + 1

@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.progress import track
 
 from carvana import CarvanaError
-from carvana.gzrows import GzipRows, deflate_row
+from carvana.gzrows import GzipRows
 from carvana.io import atomic_path, probs_cut, read_probs
 from carvana.rle import rle_encode
-from carvana.shards import HEADER, first_few, shard_rows
+from carvana.shards import HEADER, encode_row, first_few, shard_rows
 
 STRATEGIES = ("average", "vote")
 
@@ -106,8 +106,7 @@ def encode_pngs(
     gives an empty RLE -- and the row's compressed piece: the worker processes compress, not the writer."""
     name, paths = task
     rle = rle_encode(combine([_read_sized(path, shape) for path in paths], threshold, strategy)) if paths else ""
-    row = f"{name},{rle}\n".encode()
-    return row, deflate_row(row)
+    return encode_row(name, rle)
 
 
 def png_rows(
@@ -118,7 +117,7 @@ def png_rows(
     fill_missing: bool,
     shape: tuple[int, int],
     workers: int,
-) -> Iterator[str]:
+) -> Iterator[tuple[bytes, bytes]]:
     """Check every photo has a PNG in every directory, then lazily yield their RLE rows in order, over processes."""
     if strategy not in STRATEGIES:
         raise CarvanaError(f"unknown strategy={strategy}: choose one of {', '.join(STRATEGIES)}")

@@ -1,6 +1,5 @@
 """Input modes: pad 1918 -> 1920 and back, resize and back, random crops; masks stay {0, 1}; bad sizes refused."""
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -123,13 +122,16 @@ def test_validation_and_prediction_see_the_training_resize(tmp_path):
     """Without a transform (validation, prediction) the loader resizes the photo exactly as training's A.Resize does,
     and keeps the mask and the size at full resolution for the metric and the way back."""
     from carvana.data import CarvanaDataset
-    from carvana.io import write_image, write_mask_gif
+    from carvana.io import read_image, write_image, write_mask_gif, write_probs_png
 
     image, mask = photo(128, 190, seed=3)
+    stacked = np.random.default_rng(4).integers(0, 256, (128, 190), dtype=np.uint8)  # a first stage's probabilities
     write_image(tmp_path / "car_01.jpg", image)
     write_mask_gif(tmp_path / "car_01_mask.gif", mask)
-    item = CarvanaDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"], input_size=[32, 64])[0]
-    trained = train_transform(None, [32, 64], NO_AUGMENT)(image=cv2.cvtColor(cv2.imread(str(tmp_path / "car_01.jpg")),
-                                                                             cv2.COLOR_BGR2RGB))["image"]
-    np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), trained)
+    write_probs_png(tmp_path / "car_01.png", stacked)
+    item = CarvanaDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"], stacked=[[tmp_path / "car_01.png"]],
+                          input_size=[32, 64])[0]
+    trained = train_transform(None, [32, 64], NO_AUGMENT)(image=read_image(tmp_path / "car_01.jpg"), masks=[stacked])
+    np.testing.assert_array_equal(item["image"][:3].permute(1, 2, 0).numpy(), trained["image"])
+    np.testing.assert_array_equal(item["image"][3].numpy(), trained["masks"][0])
     assert item["mask"].shape == (1, 128, 190) and item["size"].tolist() == [128, 190]
