@@ -2,9 +2,9 @@
 
 A shard is `rle-rank{r}.csv` (header `img,rle_mask`, one flushed row per photo, readable by any CSV tool) plus
 `rle-rank{r}.deflate`: the same rows compressed ahead by predict.py's writer threads (carvana.gzrows), one record
-(CRC-32 of the row, piece length, piece) per row, in the same order. Merging then copies pieces instead of
-compressing 100,064 rows. The CSV is the truth: a row whose record is missing, does not match its CRC or does not
-inflate back to the row is checked in full and compressed at merge time.
+(CRC-32 of the row and of the piece, piece length, piece) per row, in the same order. Merging then copies pieces instead of
+compressing 100,064 rows. The CSV is the truth: a row whose record is missing, or whose row or piece does not match
+the CRC-32 written with it (an edited row, a damaged piece), is checked in full and compressed at merge time.
 """
 
 import contextlib
@@ -19,13 +19,13 @@ from typing import BinaryIO, NamedTuple
 from typing_extensions import Self  # typing.Self from Python 3.11
 
 from carvana import CarvanaError
-from carvana.gzrows import deflate_row, is_piece_of
+from carvana.gzrows import deflate_row
 from carvana.rle import parse_rle
 
 HEADER = "img,rle_mask"
 SHARD_PATTERN = "rle-rank*.csv"
 PIECES_SUFFIX = ".deflate"
-_RECORD = struct.Struct(">II")  # CRC-32 of the row, length of its piece
+_RECORD = struct.Struct(">III")  # CRC-32 of the row, CRC-32 of its piece, length of the piece
 _SHOWN = 5  # names quoted in an error message
 
 
@@ -38,9 +38,10 @@ class Row(NamedTuple):
 
 
 class Piece(NamedTuple):
-    """A record of a .deflate file: CRC-32 of its row, byte offset and length of the piece."""
+    """A record of a .deflate file: CRC-32 of its row and of the piece, byte offset and length of the piece."""
 
     crc: int
+    piece_crc: int
     start: int
     length: int
 
@@ -105,7 +106,7 @@ class RleShardWriter:
         self._done.add(img)
 
     def _write_piece(self, row: bytes, piece: bytes) -> None:
-        self._pieces.write(_RECORD.pack(zlib.crc32(row), len(piece)) + piece)
+        self._pieces.write(_RECORD.pack(zlib.crc32(row), zlib.crc32(piece), len(piece)) + piece)
         self._pieces.flush()
 
     def close(self) -> None:
@@ -186,7 +187,7 @@ def _read_rows(
             if place.piece is not None and zlib.crc32(row) == place.piece.crc:
                 piece = read(place.shard.with_suffix(PIECES_SUFFIX), place.piece.start, place.piece.length)
             try:
-                if piece is not None and is_piece_of(piece, row):
+                if piece is not None and zlib.crc32(piece) == place.piece.piece_crc:  # not damaged since
                     _check_last_run(rle, size)  # the row is what predict.py wrote: only the size can be wrong
                 else:
                     piece, again = None, again + 1
@@ -238,10 +239,10 @@ def scan_pieces(path: Path, limit: int) -> tuple[list[Piece], int]:
     end = 0
     with open(path, "rb") as f:
         while len(pieces) < limit and end + _RECORD.size <= size:
-            crc, length = _RECORD.unpack(f.read(_RECORD.size))
+            crc, piece_crc, length = _RECORD.unpack(f.read(_RECORD.size))
             if end + _RECORD.size + length > size:  # killed while writing it
                 break
-            pieces.append(Piece(crc, end + _RECORD.size, length))
+            pieces.append(Piece(crc, piece_crc, end + _RECORD.size, length))
             end = f.seek(length, os.SEEK_CUR)
     return pieces, end
 

@@ -2,6 +2,7 @@
 
 import gzip
 import shutil
+import struct
 import subprocess
 import zlib
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_pieces_resume_after_a_kill_between_a_row_and_its_record(tmp_path: Path)
     with open(shard, "ab") as f:  # killed after the row of NAMES[3], before its record was complete
         f.write(f"{NAMES[3]},{codes[NAMES[3]]}\n".encode())
     with open(pieces, "ab") as f:
-        f.write(b"\x00\x00\x00\x01\x00\x00\x01\x00abc")  # a record header promising 256 bytes, and 3 of them
+        f.write(struct.pack(">III", 1, 2, 256) + b"abc")  # a record header promising 256 bytes, and 3 of them
     with RleShardWriter(tmp_path, 0) as writer:
         assert writer.done() == set(NAMES[:4])
         for name in NAMES[4:]:
@@ -104,8 +105,9 @@ def test_pieces_resume_after_a_kill_between_a_row_and_its_record(tmp_path: Path)
         for row, record in zip(rows, records):
             f.seek(record.start)
             text = data[row.start : row.start + row.length]
-            piece = zlib.decompressobj(wbits=-15).decompress(f.read(record.length))  # a piece has no final block
-            assert piece == text and record.crc == zlib.crc32(text)
+            raw = f.read(record.length)
+            piece = zlib.decompressobj(wbits=-15).decompress(raw)  # a piece has no final block
+            assert piece == text and record.crc == zlib.crc32(text) and record.piece_crc == zlib.crc32(raw)
 
 
 def test_a_row_edited_by_hand_is_checked_and_compressed_again(tmp_path: Path):
