@@ -17,8 +17,9 @@ Both are run once untimed first (warm-up), then timed in alternation, ROUNDS tim
    i.e. what write=rle adds to the pipeline when its threads cannot hide it.
 
 The model is a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights: the forward's
-speed does not depend on them, but their noisy masks make the PNG writer's work ~2x a trained model's (--ckpt). Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated
-synthetic car when they are absent. The last line is `e2e_vs_forward=<ratio>`.
+speed does not depend on them, but their noisy masks make the PNG writer's work ~1.5x a trained model's (--ckpt).
+Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated synthetic car when they are
+absent. The last line is `e2e_vs_forward=<ratio>`.
 """
 
 import argparse
@@ -177,7 +178,8 @@ def main() -> None:
         print(
             f"{len(photos)} photos 1918x1280 ({source}), device {device}, torch threads {torch.get_num_threads()}, "
             f"batch {args.batch_size}, workers {args.num_workers}, writer threads {args.writer_threads}, "
-            f"write={args.write}, mobilenet_v2 U-Net at {INPUT_SIZE[0]}x{INPUT_SIZE[1]} ({args.ckpt or 'random weights'}); "
+            f"write={args.write}, mobilenet_v2 U-Net at {INPUT_SIZE[0]}x{INPUT_SIZE[1]} "
+            f"({args.ckpt or 'random weights'}); "
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
             flush=True,
         )
@@ -211,7 +213,8 @@ def main() -> None:
         f"(on a CPU they take cores from the model)"
     )
     print(
-        f"threshold + rle_encode + row compression {1000 * rle_s / n:.1f} ms/mask ({runs:.0f} runs/mask), {100 * rle_s / e2e_s:.1f}% of the e2e time"
+        f"threshold + rle_encode + row compression {1000 * rle_s / n:.1f} ms/mask ({runs:.0f} runs/mask), "
+        f"{100 * rle_s / e2e_s:.1f}% of the e2e time"
     )
     print(f"rle_share={100 * rle_s / e2e_s:.1f}%")
     print(f"e2e_vs_forward={forward_s / e2e_s:.3f}")

@@ -28,7 +28,8 @@ def build_root(root: Path, holdout: list[int]) -> None:
         car, angle = photo.stem.rsplit("_", 1)
         new_car = HOLDOUT_CAR if int(angle) in holdout else car
         shutil.copy(photo, root / "train" / f"{new_car}_{angle}.jpg")
-        shutil.copy(REAL / "train_masks" / f"{photo.stem}_mask.gif", root / "train_masks" / f"{new_car}_{angle}_mask.gif")
+        mask = f"{photo.stem}_mask.gif"
+        shutil.copy(REAL / "train_masks" / mask, root / "train_masks" / f"{new_car}_{angle}_mask.gif")
         real_car = car
     (root / "folds.csv").write_text(f"id,fold\n{HOLDOUT_CAR},0\n{real_car},1\n")
 

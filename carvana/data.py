@@ -226,10 +226,9 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.image_size = list(Image.open(val[0]).size[::-1]) if val else None
         stacked = self.stacked_dirs and find_stacked(train + val, self.stacked_dirs)
         boxes = self.bboxes and load_boxes(self.bboxes, train + val, self.input_size)
-        self.train_set = CarvanaDataset(train, train_masks, train_transform(self.crop_size, self.input_size,
-                                                                           self.augment), stacked and stacked[:len(train)],
-                                        boxes or None)
-        # validation at full size: the metric is Kaggle's at 1918x1280, whatever the input mode
+        transform = train_transform(self.crop_size, self.input_size, self.augment)
+        self.train_set = CarvanaDataset(train, train_masks, transform, stacked and stacked[:len(train)], boxes or None)
+        # the metric is Kaggle's, at 1918x1280, whatever the input mode
         self.val_set = CarvanaDataset(val, val_masks, stacked=stacked and stacked[len(train):], bboxes=boxes or None,
                                       input_size=self.input_size)
 

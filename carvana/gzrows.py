@@ -4,7 +4,7 @@ Each row is compressed by a fresh raw-deflate stream ended with a sync flush: by
 reference to earlier rows. Such pieces laid end to end are one valid deflate stream, so whoever has spare time (the
 submit.py worker processes, or predict.py's writer threads while the model runs) can compress rows, and the file is
 then written at the speed of a copy: an empty final block, then the CRC-32 and length of all the rows.
-On Carvana's RLE rows (~7 KB) a piece costs ~70 us at level 1 and the file is ~2% larger than one stream.
+On Carvana-like RLE rows (~7 KB) a piece costs ~80 us at level 1, and the file is ~2% larger than one stream.
 """
 
 import io

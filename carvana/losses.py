@@ -45,7 +45,7 @@ def border_weights(mask: torch.Tensor, kernel: int = 11, border_weight: float = 
 
 
 def border_dice(probs: torch.Tensor, target: torch.Tensor, kernel: int = 11, eps: float = 1e-7) -> torch.Tensor:
-    """Dice inside the target's border band of Bx1xHxW probabilities (or {0,1} masks) -> B in [0, 1]; no band gives 1."""
+    """Dice inside the target's border band of Bx1xHxW probabilities (or {0,1} masks) -> B in [0, 1]; no band: 1."""
     band = border_band(target, kernel)
     probs, target = probs.float() * band, target.float() * band
     dims = tuple(range(1, probs.ndim))
@@ -148,7 +148,7 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_loss(name: str, **kwargs: float) -> nn.Module:
-    """The loss called `name` (a key of LOSSES) built with its keyword arguments, e.g. build_loss('border', kernel=11)."""
+    """The loss called `name` (a key of LOSSES) built with its keyword arguments: build_loss('border', kernel=11)."""
     if name not in LOSSES:
         raise CarvanaError(f"unknown loss '{name}' (loss.name): choose one of {', '.join(LOSSES)}")
     factory = LOSSES[name]

@@ -34,7 +34,9 @@ def encoder_layers_until(encoder: torch.nn.Module, last: str | None) -> list[tor
         return []
     names = [name for name, _ in encoder.named_children()]
     if last not in names:
-        raise CarvanaError(f"model.freeze_encoder_until={last} is not a layer of this encoder: one of {', '.join(names)}")
+        raise CarvanaError(
+            f"model.freeze_encoder_until={last} is not a layer of this encoder: one of {', '.join(names)}"
+        )
     children = list(encoder.children())
     return children[: names.index(last) + 1]
 
@@ -84,8 +86,10 @@ class SegModule(pl.LightningModule):
         if arch == "simple_unet":  # the seed's from-scratch second stage: no encoder to pretrain
             self.net = SimpleUnet(in_channels=in_channels, classes=1)
         else:
-            self.net = ARCHITECTURES[arch](encoder_name=encoder_name, encoder_weights=None if local else encoder_weights,
-                                           decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=1)
+            self.net = ARCHITECTURES[arch](
+                encoder_name=encoder_name, encoder_weights=None if local else encoder_weights,
+                decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=1,
+            )
             if local:
                 load_encoder_weights(self.net.encoder, encoder_weights)
         self.frozen_layers = encoder_layers_until(self.net.encoder, freeze_encoder_until)
@@ -136,7 +140,8 @@ class SegModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
+                 batch_size=len(batch["image"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -198,7 +203,8 @@ class SegModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=0.5, patience=hp.plateau_patience, min_lr=hp.min_lr)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_dice"}}
-        cyclic = {"base_lr": hp.min_lr, "max_lr": hp.lr, "step_size_up": 2000, "mode": "triangular", **(hp.cyclic or {})}
+        cyclic = {"base_lr": hp.min_lr, "max_lr": hp.lr, "step_size_up": 2000, "mode": "triangular",
+                  **(hp.cyclic or {})}
         # Adam has no momentum to cycle
         scheduler = torch.optim.lr_scheduler.CyclicLR(optimizer, **cyclic, cycle_momentum=False)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

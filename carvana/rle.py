@@ -24,7 +24,7 @@ def rle_encode(mask: np.ndarray) -> str:
 
 
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Decode Kaggle's RLE string (or NaN, pandas' empty cell) into an HxW uint8 mask in {0, 1}; bad runs: ValueError."""
+    """Decode Kaggle's RLE string (or NaN, pandas' empty cell) into an HxW uint8 {0, 1} mask; bad runs: ValueError."""
     h, w = shape
     starts, lengths = parse_rle(rle, h * w)
     # alternate gap and run lengths: gap, run, gap, run, ..., final gap; then repeat 0, 1, 0, 1, ..., 0 by them

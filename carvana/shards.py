@@ -2,9 +2,9 @@
 
 A shard is `rle-rank{r}.csv` (header `img,rle_mask`, one flushed row per photo, readable by any CSV tool) plus
 `rle-rank{r}.deflate`: the same rows compressed ahead by predict.py's writer threads (carvana.gzrows), one record
-(CRC-32 of the row and of the piece, piece length, piece) per row, in the same order. Merging then copies pieces instead of
-compressing 100,064 rows. The CSV is the truth: a row whose record is missing, or whose row or piece does not match
-the CRC-32 written with it (an edited row, a damaged piece), is checked in full and compressed at merge time.
+(CRC-32 of the row and of the piece, piece length, piece) per row, in the same order. Merging then copies pieces
+instead of compressing 100,064 rows. The CSV is the truth: a row whose record is missing, or whose row or piece does
+not match the CRC-32 written with it (an edited row, a damaged piece), is checked in full and compressed at merge time.
 """
 
 import contextlib
@@ -148,7 +148,8 @@ def shard_rows(
     extra = sorted(set(found) - set(names))
     if extra:
         raise CarvanaError(
-            f"{len(extra)} photos in rle_dir={rle_dir} are not in sample_csv, e.g. {first_few(extra)}: wrong sample_csv?"
+            f"{len(extra)} photos in rle_dir={rle_dir} are not in sample_csv, e.g. {first_few(extra)}: "
+            "wrong sample_csv?"
         )
     missing = [name for name in names if name not in found]
     if missing and not fill_missing:

@@ -102,7 +102,7 @@ def combine(probs: Sequence[np.ndarray], threshold: float, strategy: str) -> np.
 def encode_pngs(
     task: tuple[str, tuple[str, ...]], threshold: float, strategy: str, shape: tuple[int, int]
 ) -> tuple[bytes, bytes]:
-    """The row `img,rle\n` of task (img, PNG paths) -- its ensembled, thresholded masks; no paths (a filled gap)
+    """The row `img,rle` of task (img, PNG paths) -- its ensembled, thresholded masks; no paths (a filled gap)
     gives an empty RLE -- and the row's compressed piece: the worker processes compress, not the writer."""
     name, paths = task
     rle = rle_encode(combine([_read_sized(path, shape) for path in paths], threshold, strategy)) if paths else ""

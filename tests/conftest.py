@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Carvana files in ../shared/data, a tiny synthetic Carvana-layout set, one real training run."""
+"""Shared fixtures: the real Carvana files in ../shared/data, a tiny synthetic Carvana-layout set, one training run."""
 
 import re
 import subprocess

@@ -126,7 +126,7 @@ def test_border_band_is_the_hand_written_ring() -> None:
 
 def test_border_band_ignores_the_image_edge() -> None:
     left = np.zeros((4, 6))
-    left[:, :3] = 1  # the car touches the left, top and bottom edges: only the columns either side of x = 2.5 are border
+    left[:, :3] = 1  # the car touches the left, top and bottom edges: only the columns beside x = 2.5 are border
     expected = np.zeros((4, 6))
     expected[:, 2:4] = 1
     np.testing.assert_array_equal(border_band(as_tensor(left), kernel=3)[0, 0].numpy(), expected)

@@ -71,7 +71,8 @@ def test_stacked_mask_missing_is_one_line(carvana_root: Path, first_stage: Path,
     for png in pngs:
         if png.name != missing:
             (partial / png.name).write_bytes(png.read_bytes())
-    proc = run_train(train_args(carvana_root, tmp_path / "run", "encoder=simple_unet", f"data.stacked_dirs=[{partial}]"))
+    args = train_args(carvana_root, tmp_path / "run", "encoder=simple_unet", f"data.stacked_dirs=[{partial}]")
+    proc = run_train(args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert missing in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -186,7 +187,8 @@ def test_cyclic_lr_steps_per_batch(mode: str):
         lrs.append(config["optimizer"].param_groups[0]["lr"])
         config["optimizer"].step()
         scheduler.step()
-    assert lrs[0] == pytest.approx(1e-5) and max(lrs[:8]) == pytest.approx(1e-3, rel=0.05 if mode == "exp_range" else 1e-6)
+    peak = pytest.approx(1e-3, rel=0.05 if mode == "exp_range" else 1e-6)
+    assert lrs[0] == pytest.approx(1e-5) and max(lrs[:8]) == peak
     if mode == "triangular2":  # the second cycle peaks at half the first
         assert max(lrs[8:]) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
 

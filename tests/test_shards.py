@@ -1,4 +1,4 @@
-"""Rows compressed ahead (carvana.gzrows) and the RLE shards' .deflate records: one valid gzip member, resume, fallback."""
+"""Rows compressed ahead (carvana.gzrows) and the shards' .deflate records: one valid gzip member, resume, fallback."""
 
 import gzip
 import shutil
@@ -36,7 +36,8 @@ def one_member(data: bytes) -> bytes:
 
 def test_gzip_rows_mixes_pieces_and_rows_into_one_member(tmp_path: Path):
     rng = np.random.default_rng(0)
-    rows = [b"x" * int(n) + rng.integers(48, 58, int(n)).astype(np.uint8).tobytes() + b"\n" for n in (0, 3, 5000, 70000)]
+    sizes = (0, 3, 5000, 70000)
+    rows = [b"x" * n + rng.integers(48, 58, n).astype(np.uint8).tobytes() + b"\n" for n in sizes]
     out = tmp_path / "rows.csv.gz"
     with open(out, "wb") as f:
         writer = GzipRows(f)

@@ -129,8 +129,8 @@ def test_validation_and_prediction_see_the_training_resize(tmp_path):
     write_image(tmp_path / "car_01.jpg", image)
     write_mask_gif(tmp_path / "car_01_mask.gif", mask)
     write_probs_png(tmp_path / "car_01.png", stacked)
-    item = CarvanaDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"], stacked=[[tmp_path / "car_01.png"]],
-                          input_size=[32, 64])[0]
+    item = CarvanaDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"],
+                          stacked=[[tmp_path / "car_01.png"]], input_size=[32, 64])[0]
     trained = train_transform(None, [32, 64], NO_AUGMENT)(image=read_image(tmp_path / "car_01.jpg"), masks=[stacked])
     np.testing.assert_array_equal(item["image"][:3].permute(1, 2, 0).numpy(), trained["image"])
     np.testing.assert_array_equal(item["image"][3].numpy(), trained["masks"][0])
