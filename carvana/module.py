@@ -13,7 +13,7 @@ import torchmetrics
 from carvana import CarvanaError
 from carvana.losses import border_dice, build_loss
 from carvana.simple_unet import SimpleUnet
-from carvana.transforms import padded_size, paste_boxes, restore
+from carvana.transforms import padded_size, paste_boxes, resize_like_training, restore
 
 ARCHITECTURES = {"unet": smp.Unet, "simple_unet": SimpleUnet}
 SCHEDULERS = ("cosine", "plateau", "cyclic", "none")
@@ -119,15 +119,19 @@ class SegModule(pl.LightningModule):
     def predict_full(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Bx3xHxW uint8 photos -> Bx1xHxW logits at the photos' full size `size`, whatever the model's input size.
 
-        One path for validation and prediction: resize (area) or pad to 32, run, then upsample or crop back. `image`
-        is the photos at full size, or already resized to input_size by the loader (CarvanaDataset): then `size`
-        says the full size (default: the image's own).
+        One path for validation and prediction: resize (as training's A.Resize) or pad to 32, run, then upsample or
+        crop back. `image` is the photos at full size, or already resized to input_size by the loader
+        (CarvanaDataset): then `size` says the full size (default: the image's own).
         """
         size = tuple(image.shape[-2:] if size is None else size)
         if self.hparams.input_size is not None:
-            x = image.float()
-            if x.shape[-2:] != tuple(self.hparams.input_size):
-                x = F.interpolate(x, size=tuple(self.hparams.input_size), mode="area")
+            input_size = tuple(self.hparams.input_size)
+            if image.shape[-2:] == input_size:
+                x = image.float()
+            elif image.dtype == torch.uint8:  # exactly as training's A.Resize (an ensemble of several input sizes)
+                x = resize_like_training(image, input_size).float()
+            else:
+                x = F.interpolate(image.float(), size=input_size, mode="area")
         else:
             height, width = padded_size(*size)
             # pad at the bottom and the right with black, as the training transform does
@@ -231,7 +235,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     if not path.is_file():
         raise CarvanaError(f"{key}={path}: no checkpoint at this path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 -- torch raises many types for a file that is not a checkpoint
         raise CarvanaError(f"{key}={path} is not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or "encoder_name" not in ckpt.get("hyper_parameters", {}):

@@ -1,9 +1,11 @@
 """Albumentations pipelines for the three input modes (random crops, resize, full size padded) and the way back."""
 
 import math
+from functools import lru_cache
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -58,6 +60,92 @@ def train_transform(crop_size: list[int] | None, input_size: list[int] | None, a
     else:
         base = [_pad()]
     return A.Compose(base + augmentations(**augment))
+
+
+def resize_like_training(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """BxCxHxW uint8 photos (3 colours, then stacked masks) -> BxCxhxw exactly as training's A.Resize makes them:
+    cv2 INTER_AREA for the colours, nearest for the stacked masks.
+
+    On the CPU this is cv2 itself. On a GPU a downscale is computed there, with cv2's own weights and order of float
+    operations (bit-identical to cv2, tested), so the loader's processes need not resize; an upscale (where cv2
+    interpolates instead of averaging) goes through cv2 on the CPU.
+    """
+    height, width = image.shape[-2:]
+    if image.device.type != "cpu" and size[0] <= height and size[1] <= width:
+        return resize_on_device(image, size)
+    photos = image.permute(0, 2, 3, 1).cpu().numpy()
+    out = np.empty((*photos.shape[:1], *size, photos.shape[-1]), np.uint8)
+    for photo, dst in zip(photos, out):
+        dst[..., :3] = cv2.resize(np.ascontiguousarray(photo[..., :3]), size[::-1], interpolation=cv2.INTER_AREA)
+        for c in range(3, photo.shape[-1]):
+            dst[..., c] = cv2.resize(np.ascontiguousarray(photo[..., c]), size[::-1], interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(image.device)
+
+
+def resize_on_device(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """resize_like_training's downscale where the photos are (a GPU): area for the colours, nearest for the rest."""
+    colours = area_downscale(image[:, :3], size)
+    if image.shape[1] == 3:
+        return colours
+    rows, cols = (torch.as_tensor(_nearest_index(s, d), device=image.device) for s, d in zip(image.shape[-2:], size))
+    return torch.cat([colours, image[:, 3:].index_select(-2, rows).index_select(-1, cols)], 1)
+
+
+def area_downscale(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """BxCxHxW uint8 -> BxCxhxw uint8 (h <= H, w <= W) as cv2.resize(INTER_AREA) computes it, on any device.
+
+    cv2 sums each source row across (weights of each source pixel's coverage, in float32, source order), then those
+    row sums down (the same), and rounds half to even; a halving in both directions is its integer path instead,
+    (sum of 4 + 2) / 4. Each product and sum below is one float32 operation, in cv2's order: the same bits.
+    """
+    height, width = image.shape[-2:]
+    if (height, width) == (2 * size[0], 2 * size[1]):
+        x = image.int()
+        quad = x[..., ::2, ::2] + x[..., 1::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, 1::2]
+        return quad.add_(2).div_(4, rounding_mode="floor").to(torch.uint8)
+    x, device = image.float(), image.device
+    cols, col_weights = (t.to(device) for t in _area_weights(width, size[1]))
+    rows, row_weights = (t.to(device) for t in _area_weights(height, size[0]))
+    across = None
+    for k in range(cols.shape[1]):  # zero-weight padding adds +0.0: exact
+        term = x.index_select(-1, cols[:, k]).mul_(col_weights[:, k])
+        across = term if across is None else across.add_(term)
+    down = None
+    for k in range(rows.shape[1]):
+        term = across.index_select(-2, rows[:, k]).mul_(row_weights[:, k, None])
+        down = term if down is None else down.add_(term)
+    return down.round_().clamp_(0, 255).to(torch.uint8)
+
+
+@lru_cache(maxsize=16)
+def _area_weights(source: int, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cv2's computeResizeAreaTab: for each target index, its source indices (increasing) and float32 weights,
+    padded with zero weights to a common count -> (target x K indices, target x K weights)."""
+    scale = 1.0 / (target / source)  # cv2: 1 / inv_scale, in double
+    table = []
+    for t in range(target):
+        start = t * scale
+        end, cell = start + scale, min(scale, source - start)
+        first, last = math.ceil(start), min(math.floor(end), source - 1)
+        first = min(first, last)
+        entries = [(first - 1, (first - start) / cell)] if first - start > 1e-3 else []
+        entries += [(s, 1.0 / cell) for s in range(first, last)]
+        if end - last > 1e-3:
+            entries.append((last, min(end - last, 1.0, cell) / cell))
+        table.append(entries)
+    width = max(len(entries) for entries in table)
+    index = torch.zeros(target, width, dtype=torch.long)
+    weight = torch.zeros(target, width, dtype=torch.float32)
+    for t, entries in enumerate(table):
+        index[t, : len(entries)] = torch.tensor([s for s, _ in entries])
+        weight[t, : len(entries)] = torch.from_numpy(np.array([w for _, w in entries], np.float32))
+    return index, weight
+
+
+def _nearest_index(source: int, target: int) -> list[int]:
+    """cv2's INTER_NEAREST source index of each target index: floor(t * source / target), in cv2's doubles."""
+    scale = 1.0 / (target / source)
+    return [min(math.floor(t * scale), source - 1) for t in range(target)]
 
 
 def restore(logits: torch.Tensor, size: tuple[int, int], resized: bool) -> torch.Tensor:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,6 +156,20 @@ def test_predict_full_resizes_back():
     with torch.no_grad():
         logits = resized.predict_full(torch.randint(0, 256, (2, 3, 50, 90), dtype=torch.uint8))
     assert logits.shape == (2, 1, 50, 90)
+
+
+def test_predict_full_of_a_full_size_photo_equals_the_loader_resized_one():
+    """In an ensemble of several input sizes a model gets full-size photos and resizes them itself: it must see the
+    same input as training (and as the loader gives a lone model), so the same logits to the bit."""
+    import cv2
+
+    resized = SegModule(encoder_weights=None, input_size=[32, 64]).eval()
+    photos = np.random.default_rng(2).integers(0, 256, (2, 50, 90, 3), dtype=np.uint8)
+    small = np.stack([cv2.resize(p, (64, 32), interpolation=cv2.INTER_AREA) for p in photos])
+    with torch.no_grad():
+        full = resized.predict_full(torch.from_numpy(photos).permute(0, 3, 1, 2).contiguous())
+        loader = resized.predict_full(torch.from_numpy(small).permute(0, 3, 1, 2).contiguous(), (50, 90))
+    assert torch.equal(full, loader)
 
 
 def test_unknown_encoder():

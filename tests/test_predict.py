@@ -22,6 +22,7 @@ from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_
 from carvana.data import car_id
 from carvana.io import read_image, read_mask, read_probs, write_image, write_probs_png
 from carvana.module import SegModule, dice_per_image, load_module
+from carvana.prediction import default_workers, to_uint8
 from carvana.rle import rle_decode
 from carvana.submission import make_submission
 
@@ -187,6 +188,24 @@ def test_png_per_photo_named_like_it_full_size(png_run: tuple[Run, Path], carvan
         assert png.dtype == np.uint8 and png.shape == TINY_SIZE  # 8-bit grey, the photo's height x width
         assert max_diff(png, expected[photo.name]) <= 1
     assert len({(out / f"{p.stem}.png").read_bytes() for p in photos}) > 1  # one mask per photo, not one copied
+
+
+def test_to_uint8_rounds_like_torch_half_to_even():
+    torch.manual_seed(0)
+    probs = torch.rand(3, 1, 40, 56)
+    ties = torch.arange(0, 256, dtype=torch.float32).add_(0.5).div_(255)  # p * 255 lands on k + 0.5 (or next to it)
+    probs[0, 0, 0, : len(ties) // 5] = ties[: len(ties) // 5]
+    probs[1, 0, :2, :2] = torch.tensor([[0.0, 1.0], [1e-9, 1 - 1e-9]])
+    expected = probs.mul(255).round()[:, 0].to(torch.uint8)
+    got = to_uint8(probs.clone())
+    assert got.dtype == torch.uint8 and got.shape == (3, 40, 56)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("cpus", "devices", "workers"), [(16, 1, 8), (64, 8, 8), (16, 8, 2), (2, 1, 2), (2, 4, 1)])
+def test_default_workers_share_the_cpus_between_devices(cpus: int, devices: int, workers: int):
+    with mock.patch("os.sched_getaffinity", return_value=set(range(cpus)), create=True):
+        assert default_workers(devices) == workers
 
 
 def test_real_photos_come_back_at_1918x1280(ckpt_resize: Path, tmp_path: Path):

@@ -135,3 +135,45 @@ def test_validation_and_prediction_see_the_training_resize(tmp_path):
     np.testing.assert_array_equal(item["image"][:3].permute(1, 2, 0).numpy(), trained["image"])
     np.testing.assert_array_equal(item["image"][3].numpy(), trained["masks"][0])
     assert item["mask"].shape == (1, 128, 190) and item["size"].tolist() == [128, 190]
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "channels"),
+    [
+        ((1280, 1918), (320, 480), 3),  # Kaggle's photos at the demo's input: 3.996 across, 4 down
+        ((1280, 1918), (640, 960), 3),
+        ((1280, 1918), (640, 959), 3),  # halved both ways: cv2's integer path, (sum + 2) / 4
+        ((66, 130), (33, 65), 1),
+        ((64, 96), (16, 24), 3),  # 4x4: cv2's float path
+        ((64, 96), (64, 48), 3),  # one direction only
+        ((64, 96), (32, 96), 3),
+        ((63, 95), (21, 19), 4),
+        ((100, 77), (33, 20), 3),
+    ],
+)
+def test_area_downscale_is_bit_identical_to_cv2(source, target, channels):
+    import cv2
+
+    from carvana.transforms import area_downscale
+
+    image = np.random.default_rng(sum(source) + sum(target)).integers(0, 256, (*source, channels), dtype=np.uint8)
+    expected = cv2.resize(image, target[::-1], interpolation=cv2.INTER_AREA).reshape(*target, channels)
+    got = area_downscale(torch.from_numpy(image).permute(2, 0, 1)[None], target)[0].permute(1, 2, 0).numpy()
+    assert got.dtype == np.uint8
+    assert (got != expected).sum() == 0, f"{(got != expected).sum()} of {got.size} values differ"
+
+
+def test_resize_on_device_and_on_cpu_equal_the_training_resize():
+    """The resize a model of another input size does itself in an ensemble (full-size photos): the same bits as
+    training's A.Resize, colours by area and a stacked channel by nearest, on the CPU (cv2) and as on a GPU."""
+    from carvana.transforms import resize_like_training, resize_on_device
+
+    image, _ = photo(128, 190, seed=5)
+    stacked = np.random.default_rng(6).integers(0, 256, (128, 190), dtype=np.uint8)
+    trained = train_transform(None, [32, 64], NO_AUGMENT)(image=image, masks=[stacked])
+    expected = np.dstack([trained["image"], trained["masks"][0]])
+    batch = torch.from_numpy(np.dstack([image, stacked])).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+    for resize in (resize_like_training, resize_on_device):
+        got = resize(batch, (32, 64))
+        assert got.shape == (2, 4, 32, 64) and got.dtype == torch.uint8
+        np.testing.assert_array_equal(got[1].permute(1, 2, 0).numpy(), expected, err_msg=resize.__name__)
