@@ -13,7 +13,10 @@
 2. forward: photos/s of Ensemble.probs on the same photos already in memory as the loader gives them (decoded and
    resized to the network's input by PhotoDataset, batched, on the device), up to the full-size probabilities; the
    same checkpoint, batch size and torch threads: the most the pipeline could reach.
-They are run once untimed first (warm-up), then timed in alternation, ROUNDS times; the best of each counts.
+They are run once untimed first (warm-up), then timed in rounds of the three, one after the other, ROUNDS times. Each
+round gives its own ratio from its own three times, and the median of those ratios is the result: this machine's
+speed drifts by 10-30% over minutes (other tenants), and a ratio of times taken seconds apart drifts less than one of
+the best times of different rounds.
 3. JPEG decoding and PNG writing alone (one thread), as a share of the forward time: on a CPU device the data
    workers and writer threads take this from the model's cores; on a GPU they only need to keep up.
 4. rle_share: the time write=rle's work takes (threshold, rle_encode, compressing the shard row) over the masks the
@@ -50,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_TEST = ROOT.parent / "shared" / "data" / "real" / "test"
 INPUT_SIZE = [320, 480]  # the synthetic demo's network input: conf/data/synthetic.yaml
 SIZE = (1280, 1918)  # Kaggle's photos, (height, width)
-ROUNDS = 3  # timed rounds of each, alternating; the best counts (other processes may share the CPU)
+ROUNDS = 5  # timed rounds of (long e2e, short e2e, forward); the median of the rounds' ratios counts
 
 
 def find_photos(tmp: Path, count: int) -> tuple[list[Path], str]:
@@ -205,29 +208,33 @@ def main() -> None:
             e2e.append(time_e2e(photos, ckpt, tmp / "out", args, trainer))
             e2e_short.append(time_e2e(short, ckpt, tmp / "short", args, trainer))
             forward.append(time_forward(ensemble, batches, device))
-        e2e_s, short_s, forward_s = min(e2e), min(e2e_short), min(forward)
         masks = written_masks(tmp / "out", photos)
         rle_s, runs = rle_seconds(photos, masks)
         decode_s, png_s = side_seconds(tmp / "out", photos, masks)
 
-    n = len(photos)
-    long_run = (n - len(short)) / (e2e_s - short_s)  # photos/s once started: the run's start cancels out
+    n, m = len(photos), len(short)
+    # photos/s once started, per round: the run's start cancels out of the difference
+    long_runs = [(n - m) / (long - brief) for long, brief in zip(e2e, e2e_short)]
+    ratios = [rate * f / n for rate, f in zip(long_runs, forward)]
+    middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]  # the median round
+    e2e_s, short_s, forward_s, long_run = e2e[middle], e2e_short[middle], forward[middle], long_runs[middle]
     once = e2e_s - n / long_run
     print(
         f"e2e      {n / e2e_s:7.2f} photos/s  ({n} photos {e2e_s:.2f} s; rounds {', '.join(f'{s:.2f}' for s in e2e)})"
     )
     print(
-        f"e2e      {len(short) / short_s:7.2f} photos/s  ({len(short)} photos {short_s:.2f} s; rounds "
+        f"e2e      {m / short_s:7.2f} photos/s  ({m} photos {short_s:.2f} s; rounds "
         f"{', '.join(f'{s:.2f}' for s in e2e_short)})"
     )
     print(
         f"forward  {n / forward_s:7.2f} photos/s  ({forward_s:.2f} s; rounds {', '.join(f'{s:.2f}' for s in forward)})"
     )
     print(
-        f"long run {long_run:7.2f} photos/s: ({n} - {len(short)}) photos / ({e2e_s:.2f} - {short_s:.2f}) s; a run's "
+        f"long run {long_run:7.2f} photos/s: ({n} - {m}) photos / ({e2e_s:.2f} - {short_s:.2f}) s; a run's "
         f"start costs {once:.2f} s once (checkpoint load, Trainer, workers, filling and draining the pipeline); "
         f"load average now {os.getloadavg()[0]:.1f}"
     )
+    print(f"e2e_vs_forward of each round: {', '.join(f'{r:.3f}' for r in ratios)} (the median round is shown above)")
     print(
         f"around the model, one thread: JPEG decode {1000 * decode_s / n:.0f} ms/photo, PNG write "
         f"{1000 * png_s / n:.0f} ms/photo = {100 * (decode_s + png_s) / forward_s:.1f}% of the forward time "
