@@ -6,8 +6,8 @@
 1. e2e: photos/s of carvana.prediction.predict(...) (what predict.py runs: DataLoader workers reading the JPEGs,
    the Lightning predict loop, resize to the network's input and back to 1918x1280, the PNG writer in threads), from
    the call to its return, timed on N photos and on N/4 photos. A run pays once for its start (checkpoint load,
-   Trainer, worker start, filling and draining the pipeline): 0.7 s, 5% of a 64-photo run and 0.0005% of Kaggle's
-   100,064 photos. The difference of the two runs cancels it exactly: (N - N/4) photos / (t(N) - t(N/4)) is the
+   Trainer, worker start, filling and draining the pipeline): 0.7 s, 5% of a 64-photo run and 0.003% of a run over
+   Kaggle's 100,064 photos. The difference of the two runs cancels it exactly: (N - N/4) photos / (t(N) - t(N/4)) is the
    throughput of a long run, and `e2e_vs_forward` compares that with the forward. The whole-call ratio of the
    N-photo run (`whole_call_vs_forward`) is printed too.
 2. forward: photos/s of Ensemble.probs on the same photos already in memory as the loader gives them (decoded and
@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--write", default="png", help="png, rle or png,rle (predict.py's write=)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.photos < 2 * args.batch_size:
+        parser.error(f"--photos must be at least 2 batches ({2 * args.batch_size}): the short run has a quarter")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     if args.threads:

@@ -235,7 +235,9 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
 
 def default_workers(devices: int) -> int:
     """DataLoader processes per device for num_workers=null: the CPUs this process may use, shared by the devices of
-    this machine, at most 8 (a GPU with 2 would wait on the JPEG decoding; more than 8 rarely helps)."""
+    this machine, at most 8 (a GPU with 2 would wait on the JPEG decoding; more than 8 rarely helps). Where each
+    rank is already pinned to its own CPUs (SLURM, one task per GPU) this divides them once too often: set
+    num_workers there."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cpus // max(1, devices)))
 

@@ -1,6 +1,7 @@
 """Albumentations pipelines for the three input modes (random crops, resize, full size padded) and the way back."""
 
 import math
+import sys
 from functools import lru_cache
 
 import albumentations as A
@@ -92,17 +93,25 @@ def resize_on_device(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 
 
 def area_downscale(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """BxCxHxW uint8 -> BxCxhxw uint8 (h <= H, w <= W) as cv2.resize(INTER_AREA) computes it, on any device.
+    """BxCxHxW uint8 (C of 1, 3 or 4) -> BxCxhxw uint8 (h <= H, w <= W) as cv2.resize(INTER_AREA) computes it.
 
-    cv2 sums each source row across (weights of each source pixel's coverage, in float32, source order), then those
-    row sums down (the same), and rounds half to even; a halving in both directions is its integer path instead,
-    (sum of 4 + 2) / 4. Each product and sum below is one float32 operation, in cv2's order: the same bits.
+    cv2 has two ways. When both ratios are whole numbers it sums each block as integers and multiplies the sum by
+    float32 1/area, rounding half to even; a halving both ways rounds (sum + 2) / 4 instead. Otherwise it sums each
+    source row across (float32 weights of each source pixel's coverage, in source order), then those row sums down
+    (the same), and rounds half to even. Each product and sum below is one float32 operation in cv2's order: the
+    same bits on any device.
     """
     height, width = image.shape[-2:]
-    if (height, width) == (2 * size[0], 2 * size[1]):
-        x = image.int()
-        quad = x[..., ::2, ::2] + x[..., 1::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, 1::2]
-        return quad.add_(2).div_(4, rounding_mode="floor").to(torch.uint8)
+    ratios = [1.0 / (target / source) for source, target in ((height, size[0]), (width, size[1]))]  # cv2's doubles
+    whole = [round(r) for r in ratios]
+    if all(abs(r - w) < sys.float_info.epsilon for r, w in zip(ratios, whole)):
+        (down, across), (rows, cols) = whole, size
+        blocks = image[..., : rows * down, : cols * across].reshape(*image.shape[:-2], rows, down, cols, across)
+        total = blocks.int().sum((-3, -1))
+        if whole == [2, 2]:
+            return total.add_(2).div_(4, rounding_mode="floor").to(torch.uint8)
+        scale = torch.tensor(1.0 / (down * across), dtype=torch.float32, device=image.device)
+        return total.float().mul_(scale).round_().clamp_(0, 255).to(torch.uint8)
     x, device = image.float(), image.device
     cols, col_weights = (t.to(device) for t in _area_weights(width, size[1]))
     rows, row_weights = (t.to(device) for t in _area_weights(height, size[0]))

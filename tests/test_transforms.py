@@ -144,7 +144,9 @@ def test_validation_and_prediction_see_the_training_resize(tmp_path):
         ((1280, 1918), (640, 960), 3),
         ((1280, 1918), (640, 959), 3),  # halved both ways: cv2's integer path, (sum + 2) / 4
         ((66, 130), (33, 65), 1),
-        ((64, 96), (16, 24), 3),  # 4x4: cv2's float path
+        ((64, 96), (16, 24), 3),  # whole ratios: cv2 sums blocks as integers, times float32 1/area
+        ((1280, 1920), (640, 640), 3),  # 2x3 blocks: 1/6 is not a power of two
+        ((90, 90), (30, 45), 3),
         ((64, 96), (64, 48), 3),  # one direction only
         ((64, 96), (32, 96), 3),
         ((63, 95), (21, 19), 4),
