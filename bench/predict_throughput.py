@@ -23,8 +23,10 @@ the best times of different rounds.
    e2e run wrote, as a share of the e2e time,
    i.e. what write=rle adds to the pipeline when its threads cannot hide it.
 
-The model is a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights: the forward's
-speed does not depend on them, but their noisy masks make the PNG writer's work ~1.5x a trained model's (--ckpt).
+The model is by default a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights: the
+forward's speed does not depend on them, but their noisy masks make the PNG writer's work ~1.5x a trained model's
+(--ckpt). On a GPU that model is so fast that the JPEG decoding sets the pace: measure the model users predict with,
+e.g. `--encoder resnet50 --input-size full --precision 16-mixed --batch-size 8` (full: 1918x1280 padded to 1920).
 Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated synthetic car when they are
 absent. The last line is `e2e_vs_forward=<ratio>`.
 """
@@ -51,7 +53,7 @@ from carvana.shards import encode_row
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TEST = ROOT.parent / "shared" / "data" / "real" / "test"
-INPUT_SIZE = [320, 480]  # the synthetic demo's network input: conf/data/synthetic.yaml
+INPUT_SIZE = "320x480"  # the synthetic demo's network input: conf/data/synthetic.yaml
 SIZE = (1280, 1918)  # Kaggle's photos, (height, width)
 ROUNDS = 5  # timed rounds of (long e2e, short e2e, forward); the median of the rounds' ratios counts
 
@@ -74,11 +76,11 @@ def find_photos(tmp: Path, count: int) -> tuple[list[Path], str]:
     return photos, f"{source} ({len(originals)} distinct)"
 
 
-def make_checkpoint(path: Path) -> Path:
+def make_checkpoint(path: Path, encoder: str, input_size: list[int] | None) -> Path:
     """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters), random weights."""
     torch.manual_seed(0)  # the same masks, hence the same RLE work, in every run
     module = SegModule(
-        encoder_name="mobilenet_v2", encoder_weights=None, input_size=INPUT_SIZE, data={"image_size": [1280, 1918]}
+        encoder_name=encoder, encoder_weights=None, input_size=input_size, data={"image_size": [1280, 1918]}
     )
     torch.save(
         {
@@ -110,10 +112,10 @@ def time_e2e(photos: list[Path], ckpt: Path, out: Path, args: argparse.Namespace
     return seconds
 
 
-def time_forward(ensemble: Ensemble, batches: list[torch.Tensor], device: torch.device) -> float:
+def time_forward(ensemble: Ensemble, batches: list[torch.Tensor], device: torch.device, autocast) -> float:
     """Seconds of Ensemble.probs over batches already in memory, as Lightning's predict loop runs it."""
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for batch in batches:
             ensemble.probs(batch, size=SIZE)
     if device.type == "cuda":
@@ -166,6 +168,13 @@ def main() -> None:
     parser.add_argument("--writer-threads", type=int, default=4, help="threads compressing PNGs (and RLE)")
     parser.add_argument("--write", default="png", help="png, rle or png,rle (predict.py's write=)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--encoder", default="mobilenet_v2", help="smp encoder of the random-weight model")
+    parser.add_argument(
+        "--input-size",
+        default=INPUT_SIZE,
+        help="HxW network input of the random-weight model, or full (the photo padded to 1920, no resize)",
+    )
+    parser.add_argument("--precision", default="32", choices=["32", "16-mixed"], help="as trainer.precision")
     args = parser.parse_args()
     if args.photos < 2 * args.batch_size:
         parser.error(f"--photos must be at least 2 batches ({2 * args.batch_size}): the short run has a quarter")
@@ -179,7 +188,7 @@ def main() -> None:
     trainer = {
         "accelerator": "gpu" if cuda else "cpu",
         "devices": 1,
-        "precision": 32,
+        "precision": args.precision,
         "enable_progress_bar": False,
         "enable_model_summary": False,
     }
@@ -187,15 +196,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         photos, source = find_photos(tmp, args.photos)
-        ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt")
-        ensemble = Ensemble([load_module(ckpt)]).to(device).eval()
-        dataset = PhotoDataset(photos, SIZE, input_size=INPUT_SIZE)
+        input_size = None if args.input_size == "full" else [int(side) for side in args.input_size.split("x")]
+        ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt", args.encoder, input_size)
+        model = load_module(ckpt)
+        ensemble = Ensemble([model]).to(device).eval()
+        input_size = model.hparams.input_size
+        dataset = PhotoDataset(photos, SIZE, input_size=input_size)
         images = torch.stack([dataset[i]["image"] for i in range(len(photos))]).to(device)
         batches = list(images.split(args.batch_size))
+        autocast = torch.autocast(
+            device.type, dtype=torch.float16 if cuda else torch.bfloat16, enabled=args.precision == "16-mixed"
+        )  # what Lightning's 16-mixed runs under
         print(
             f"{len(photos)} photos 1918x1280 ({source}), device {device}, torch threads {torch.get_num_threads()}, "
             f"batch {args.batch_size}, workers {workers}, writer threads {args.writer_threads}, "
-            f"write={args.write}, mobilenet_v2 U-Net at {INPUT_SIZE[0]}x{INPUT_SIZE[1]} "
+            f"write={args.write}, {model.hparams.encoder_name} U-Net at "
+            f"{'x'.join(map(str, input_size)) if input_size else 'full size'}, precision {args.precision} "
             f"({args.ckpt or 'random weights'}); "
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
             flush=True,
@@ -203,13 +219,13 @@ def main() -> None:
 
         # warm-up, untimed in the ratio
         time_e2e(photos[: args.batch_size], ckpt, tmp / "warmup", args, trainer)
-        time_forward(ensemble, batches[:1], device)
+        time_forward(ensemble, batches[:1], device, autocast)
         short = photos[: max(args.batch_size, len(photos) // 4 // args.batch_size * args.batch_size)]
         e2e, e2e_short, forward = [], [], []
         for _ in range(ROUNDS):
             e2e.append(time_e2e(photos, ckpt, tmp / "out", args, trainer))
             e2e_short.append(time_e2e(short, ckpt, tmp / "short", args, trainer))
-            forward.append(time_forward(ensemble, batches, device))
+            forward.append(time_forward(ensemble, batches, device, autocast))
         masks = written_masks(tmp / "out", photos)
         rle_s, runs = rle_seconds(photos, masks)
         decode_s, png_s = side_seconds(tmp / "out", photos, masks)
