@@ -25,7 +25,7 @@ the best times of different rounds.
 
 The model is by default a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights: the
 forward's speed does not depend on them, but their noisy masks make the PNG writer's work ~1.5x a trained model's
-(--ckpt). On a GPU that model is so fast that the JPEG decoding sets the pace: measure the model users predict with,
+(--ckpt). On a GPU that model may well outrun the JPEG decoding (unmeasured): measure the model users predict with,
 e.g. `--encoder resnet50 --input-size full --precision 16-mixed --batch-size 8` (full: 1918x1280 padded to 1920).
 Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated synthetic car when they are
 absent. The last line is `e2e_vs_forward=<ratio>`.
