@@ -94,6 +94,7 @@ class CarvanaDataset(Dataset):
         self.stacked = stacked
         # car crops (data.bboxes): the model sees each photo's box (resized to input_size without a transform)
         self.bboxes, self.input_size = bboxes, input_size
+        self._seeded = None  # the seed the transform's own random state was last set from
 
     def __len__(self) -> int:
         return len(self.images)
@@ -117,6 +118,7 @@ class CarvanaDataset(Dataset):
             # stacked channels as A.Resize treats them in training (`masks`: nearest)
             extra = [cv2.resize(np.ascontiguousarray(e), size, interpolation=cv2.INTER_NEAREST) for e in extra]
         if self.transform is not None:
+            self._seed_transform()
             # extra channels follow the geometry (as masks, nearest) but not the colour augmentations
             targets = {"image": image, **({"mask": mask} if mask is not None else {}), **({"masks": extra} if extra
                                                                                         else {})}
@@ -128,6 +130,17 @@ class CarvanaDataset(Dataset):
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
         return item
+
+
+    def _seed_transform(self) -> None:
+        """albumentations 2 draws from its own random state, which global seeds do not touch: without this, `seed`
+        would not reproduce the augmentations. torch's seed of this process is the run's seed in the main process,
+        and in a DataLoader worker one derived from it, the worker and the rank (Lightning's seed_everything with
+        workers=True): each worker draws its own reproducible sequence."""
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seeded:
+            self.transform.set_random_seed(seed)
+            self._seeded = seed
 
 
 def read_stacked(path: Path, size: tuple[int, int]) -> np.ndarray:

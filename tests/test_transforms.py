@@ -179,3 +179,44 @@ def test_resize_on_device_and_on_cpu_equal_the_training_resize():
         got = resize(batch, (32, 64))
         assert got.shape == (2, 4, 32, 64) and got.dtype == torch.uint8
         np.testing.assert_array_equal(got[1].permute(1, 2, 0).numpy(), expected, err_msg=resize.__name__)
+
+
+def augmented(dataset, loader_workers: int | None = None) -> list[np.ndarray]:
+    """The dataset's items as augmented photos, read directly or through a DataLoader with that many workers."""
+    if loader_workers is None:
+        return [dataset[i]["image"].numpy() for i in range(len(dataset))]
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=1, num_workers=loader_workers)
+    return [batch["image"][0].numpy() for batch in loader]
+
+
+def test_the_run_seed_reproduces_the_augmentations(tmp_path):
+    """albumentations 2 keeps its own random state: the run's seed must reach it, in the main process and in each
+    DataLoader worker (each its own sequence), or `seed` does not reproduce a training run."""
+    import pytorch_lightning as pl
+
+    from carvana.data import CarvanaDataset
+    from carvana.io import write_image, write_mask_gif
+
+    image, mask = photo(64, 96, seed=7)
+    write_image(tmp_path / "car_01.jpg", image)
+    write_mask_gif(tmp_path / "car_01_mask.gif", mask)
+
+    def dataset():
+        transform = train_transform([32, 32], None, FULL_AUGMENT)
+        return CarvanaDataset([tmp_path / "car_01.jpg"] * 4, [tmp_path / "car_01_mask.gif"] * 4, transform)
+
+    torch.manual_seed(80)
+    first = augmented(dataset())
+    torch.manual_seed(80)
+    again = augmented(dataset())
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[0], first[1])  # one sequence, not one draw repeated
+
+    pl.seed_everything(80, workers=True)
+    workers = augmented(dataset(), loader_workers=2)
+    pl.seed_everything(80, workers=True)
+    assert all(np.array_equal(a, b) for a, b in zip(workers, augmented(dataset(), loader_workers=2)))
+    # items 0 and 1 are the first draws of workers 0 and 1: their own sequences, not one sequence twice
+    assert not np.array_equal(workers[0], workers[1])
