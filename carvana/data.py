@@ -131,7 +131,6 @@ class CarvanaDataset(Dataset):
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
         return item
 
-
     def _seed_transform(self) -> None:
         """albumentations 2 draws from its own random state, which global seeds do not touch: without this, `seed`
         would not reproduce the augmentations. torch's seed of this process is the run's seed in the main process,
