@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import albumentations as A
-import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -15,7 +14,7 @@ from carvana import CarvanaError
 from carvana.crops import bbox_for, crop, read_bboxes
 from carvana.io import read_image, read_mask, read_probs
 from carvana.pseudo import select_pseudo
-from carvana.transforms import input_mode, train_transform
+from carvana.transforms import input_mode, resize_arrays, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Carvana's GIFs first, then predictions written by predict.py, so a prediction directory can serve as labels
@@ -113,10 +112,7 @@ class CarvanaDataset(Dataset):
             if self.transform is not None and mask is not None:
                 mask = crop(mask, bbox)
         if self.transform is None and self.input_size is not None:
-            size = tuple(self.input_size[::-1])
-            image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
-            # stacked channels as A.Resize treats them in training (`masks`: nearest)
-            extra = [cv2.resize(np.ascontiguousarray(e), size, interpolation=cv2.INTER_NEAREST) for e in extra]
+            image, extra = resize_arrays(image, extra, tuple(self.input_size))
         if self.transform is not None:
             self._seed_transform()
             # extra channels follow the geometry (as masks, nearest) but not the colour augmentations

@@ -77,10 +77,18 @@ def resize_like_training(image: torch.Tensor, size: tuple[int, int]) -> torch.Te
     photos = image.permute(0, 2, 3, 1).cpu().numpy()
     out = np.empty((*photos.shape[:1], *size, photos.shape[-1]), np.uint8)
     for photo, dst in zip(photos, out):
-        dst[..., :3] = cv2.resize(np.ascontiguousarray(photo[..., :3]), size[::-1], interpolation=cv2.INTER_AREA)
-        for c in range(3, photo.shape[-1]):
-            dst[..., c] = cv2.resize(np.ascontiguousarray(photo[..., c]), size[::-1], interpolation=cv2.INTER_NEAREST)
+        colours, extra = resize_arrays(photo[..., :3], [photo[..., c] for c in range(3, photo.shape[-1])], size)
+        dst[...] = np.dstack([colours, *extra])
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(image.device)
+
+
+def resize_arrays(image: np.ndarray, extra: list[np.ndarray], size: tuple[int, int]
+                  ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """An HxWx3 uint8 photo and its HxW stacked channels at `size` (h, w) as training's A.Resize makes them: the
+    photo by cv2 area, the stacked channels as its `masks` (nearest)."""
+    dsize = (size[1], size[0])
+    image = cv2.resize(np.ascontiguousarray(image), dsize, interpolation=cv2.INTER_AREA)
+    return image, [cv2.resize(np.ascontiguousarray(e), dsize, interpolation=cv2.INTER_NEAREST) for e in extra]
 
 
 def resize_on_device(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

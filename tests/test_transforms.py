@@ -211,12 +211,13 @@ def test_the_run_seed_reproduces_the_augmentations(tmp_path):
     first = augmented(dataset())
     torch.manual_seed(80)
     again = augmented(dataset())
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert len(first) == len(again) == 4 and all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[0], first[1])  # one sequence, not one draw repeated
 
     pl.seed_everything(80, workers=True)
     workers = augmented(dataset(), loader_workers=2)
     pl.seed_everything(80, workers=True)
-    assert all(np.array_equal(a, b) for a, b in zip(workers, augmented(dataset(), loader_workers=2)))
+    repeat = augmented(dataset(), loader_workers=2)
+    assert len(workers) == len(repeat) == 4 and all(np.array_equal(a, b) for a, b in zip(workers, repeat))
     # items 0 and 1 are the first draws of workers 0 and 1: their own sequences, not one sequence twice
     assert not np.array_equal(workers[0], workers[1])
