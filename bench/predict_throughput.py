@@ -45,7 +45,7 @@ import pytorch_lightning as pl
 import torch
 
 from carvana.data import list_images
-from carvana.io import read_image, read_probs, write_probs_png
+from carvana.io import read_image, read_probs8, write_probs8
 from carvana.module import SegModule, load_module
 from carvana.prediction import Ensemble, PhotoDataset, default_workers, predict
 from carvana.rle import rle_decode, rle_encode
@@ -126,7 +126,7 @@ def time_forward(ensemble: Ensemble, batches: list[torch.Tensor], device: torch.
 def written_masks(out: Path, photos: list[Path]) -> list[np.ndarray]:
     """The HxW uint8 masks the run wrote: its PNGs, else its shard's rows decoded (0/255)."""
     if (out / f"{photos[0].stem}.png").exists():
-        return [read_probs(out / f"{p.stem}.png") for p in photos]
+        return [read_probs8(out / f"{p.stem}.png") for p in photos]
     rows = dict(line.split(",", 1) for line in (out / "rle-rank0.csv").read_text().splitlines()[1:])
     return [rle_decode(rows[p.name], SIZE) * np.uint8(255) for p in photos]
 
@@ -139,7 +139,7 @@ def side_seconds(out: Path, photos: list[Path], masks: list[np.ndarray]) -> tupl
     decode = time.perf_counter() - start
     start = time.perf_counter()
     for i, mask in enumerate(masks):
-        write_probs_png(out / f"again{i}.png", mask)
+        write_probs8(out / f"again{i}.png", mask)
     return decode, time.perf_counter() - start
 
 

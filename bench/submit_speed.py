@@ -2,7 +2,7 @@
 
     python -m bench.submit_speed [N]        # default 200 masks; well under a minute on 2 cores
 
-All paths read the same PNG files, written by predict.py's writer (carvana.io.write_probs_png), on the same cores.
+All paths read the same PNG files, written by predict.py's writer (carvana.io.write_probs8), on the same cores.
 - seed: the seed's generate_encoded_submission.py, rewritten: a ThreadPool (one thread per core) decoding each PNG
   with PIL (its scipy ndimage.imread(mode="L")), thresholding in place with two boolean-mask assignments, its
   numpy RLE and str join, then pandas to_csv(compression="gzip"). Also timed with cv2.imread and one comparison
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from carvana.io import write_probs_png
+from carvana.io import write_probs8
 from carvana.rle import rle_encode
 from carvana.shards import RleShardWriter, encode_row
 from carvana.submission import make_submission
@@ -116,7 +116,7 @@ def time_paths(n: int, probs: list[np.ndarray]) -> dict[str, float]:
         masks.mkdir()
         paths = [masks / f"{Path(name).stem}.png" for name in names]
         for i, path in enumerate(paths):
-            write_probs_png(path, probs[i % len(probs)])
+            write_probs8(path, probs[i % len(probs)])
 
         rates = {
             "seed": best_rate(lambda i: seed_submit(paths, names, tmp / f"seed{i}.csv.gz"), n),

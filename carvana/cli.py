@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from carvana import CarvanaError
 
 T = TypeVar("T")
+_KINDS = {int: "an integer", bool: "true or false", str: "a string"}
 
 
 def parse_words(argv: list[str], defaults: dict, example: str, types: dict[str, type | tuple]) -> dict:
@@ -22,8 +23,9 @@ def parse_words(argv: list[str], defaults: dict, example: str, types: dict[str, 
         raise CarvanaError(f"unknown key '{unknown[0]}': choose from {', '.join(defaults)}")
     cfg = {**defaults, **given}
     for key, kind in types.items():
-        if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
-            raise CarvanaError(f"{key}={cfg[key]} is not {'an integer' if kind is int else 'a number'}")
+        value = cfg[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise CarvanaError(f"{key}={value} is not {_KINDS.get(kind, 'a number')}")
     return cfg
 
 

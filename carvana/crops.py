@@ -1,4 +1,6 @@
-"""Car crops for the stacked second stage: bounding boxes of the first stage's predicted car, crop and paste back.
+"""Car boxes for the stacked second stage: bounding boxes of the first stage's predicted car, as bboxes.csv.
+
+Cutting a photo's box out and pasting the logits back is carvana.geometry's (mode boxes).
 
     python -m carvana.crops pred_dir=predictions/test out=bboxes.csv [threshold=0.5 margin=32 multiple=32 workers=4]
 
@@ -20,9 +22,9 @@ import pandas as pd
 
 from carvana import CarvanaError
 from carvana.cli import parse_words, run_or_exit
-from carvana.io import atomic_path, read_probs
+from carvana.geometry import Box
+from carvana.io import atomic_path, read_probs8
 
-BBox = tuple[int, int, int, int]  # (y_start, y_end, x_start, x_end), ends exclusive
 COLUMNS = ["img", "y_start", "y_end", "x_start", "x_end"]
 DEFAULTS = {"pred_dir": None, "out": None, "threshold": 0.5, "margin": 32, "multiple": 32, "workers": 4}
 
@@ -40,7 +42,7 @@ def _span(lo: int, hi: int, side: int, margin: int, multiple: int) -> tuple[int,
     return start, start + size
 
 
-def car_bbox(mask: np.ndarray, margin: int = 32, multiple: int = 32, threshold: float | None = None) -> BBox:
+def car_bbox(mask: np.ndarray, margin: int = 32, multiple: int = 32, threshold: float | None = None) -> Box:
     """(y_start, y_end, x_start, x_end) around the largest component of an HxW mask (nonzero = car), or of HxW uint8
     probs 0..255 > threshold*255 when `threshold` is given; sides are multiples of `multiple` (see module docstring)."""
     if mask.ndim != 2:
@@ -60,7 +62,7 @@ def car_bbox(mask: np.ndarray, margin: int = 32, multiple: int = 32, threshold: 
 
 def _bbox_row(path: Path, threshold: float, margin: int, multiple: int) -> list:
     """One bboxes.csv row [img, y_start, y_end, x_start, x_end] for the probability PNG at `path`."""
-    return [f"{path.stem}.jpg", *car_bbox(read_probs(path), margin, multiple, threshold)]
+    return [f"{path.stem}.jpg", *car_bbox(read_probs8(path), margin, multiple, threshold)]
 
 
 def write_bboxes(
@@ -91,7 +93,7 @@ def write_bboxes(
     return table
 
 
-def read_bboxes(path: str | os.PathLike) -> dict[str, BBox]:
+def read_bboxes(path: str | os.PathLike) -> dict[str, Box]:
     """bboxes.csv -> {img: (y_start, y_end, x_start, x_end)}; a missing file, column or duplicate row is refused."""
     path = Path(path)
     if not path.is_file():
@@ -108,7 +110,7 @@ def read_bboxes(path: str | os.PathLike) -> dict[str, BBox]:
     return {img: tuple(int(v) for v in box) for img, *box in table[COLUMNS].itertuples(index=False)}
 
 
-def bbox_for(bboxes: dict[str, BBox], img_name: str, path: str | os.PathLike) -> BBox:
+def bbox_for(bboxes: dict[str, Box], img_name: str, path: str | os.PathLike) -> Box:
     """The box of photo `img_name` (e.g. '0cdf5b5d0ce1_01.jpg') from read_bboxes(path); a missing row is refused."""
     if img_name not in bboxes:
         raise CarvanaError(
@@ -116,37 +118,6 @@ def bbox_for(bboxes: dict[str, BBox], img_name: str, path: str | os.PathLike) ->
             "on first-stage predictions that include this photo"
         )
     return bboxes[img_name]
-
-
-def _check_inside(bbox: BBox, size: tuple[int, int]) -> None:
-    """Refuse a box that is empty or leaves an image of `size` (H, W)."""
-    y_start, y_end, x_start, x_end = bbox
-    if not (0 <= y_start < y_end <= size[0] and 0 <= x_start < x_end <= size[1]):
-        raise CarvanaError(
-            f"box {tuple(bbox)} does not fit a {size[0]}x{size[1]} image: was bboxes.csv written "
-            "for photos of this size?"
-        )
-
-
-def crop(array: np.ndarray, bbox: BBox) -> np.ndarray:
-    """The box of an HxW or HxWxC array -> hxw or hxwxC (a view, not a copy)."""
-    _check_inside(bbox, array.shape[:2])
-    y_start, y_end, x_start, x_end = bbox
-    return array[y_start:y_end, x_start:x_end]
-
-
-def paste(probs_crop: np.ndarray, bbox: BBox, size: tuple[int, int]) -> np.ndarray:
-    """hxw uint8 probabilities of the box -> HxW uint8 of `size` (H, W), zero outside the box."""
-    _check_inside(bbox, size)
-    y_start, y_end, x_start, x_end = bbox
-    if probs_crop.shape != (y_end - y_start, x_end - x_start):
-        raise CarvanaError(
-            f"crop of shape {probs_crop.shape} does not match its box {tuple(bbox)} "
-            f"({y_end - y_start}x{x_end - x_start}): unpad it first"
-        )
-    full = np.zeros(size, dtype=probs_crop.dtype)
-    full[y_start:y_end, x_start:x_end] = probs_crop
-    return full
 
 
 def parse_args(argv: list[str]) -> dict:

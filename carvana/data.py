@@ -8,22 +8,30 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from carvana import CarvanaError
-from carvana.crops import bbox_for, crop, read_bboxes
-from carvana.io import read_image, read_mask, read_probs
+from carvana.crops import bbox_for, read_bboxes
+from carvana.geometry import Box, Geometry, cut_box
+from carvana.io import read_image, read_mask, read_probs8
 from carvana.pseudo import select_pseudo
-from carvana.transforms import input_mode, resize_arrays, train_transform
+from carvana.transforms import train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Carvana's GIFs first, then predictions written by predict.py, so a prediction directory can serve as labels
 MASK_PATTERNS = ("{}_mask.gif", "{}.png", "{}_mask.png", "{}.gif")
+MASKS_CHECKED = 8  # masks read before training: none with a car means a wrong folder or format
 
 
 def car_id(path: str | Path) -> str:
     """The car of a photo: '0cdf5b5d0ce1' for '0cdf5b5d0ce1_05.jpg'."""
     return Path(path).stem.rsplit("_", 1)[0]
+
+
+def angle_of(path: str | Path) -> int:
+    """The turntable angle of a photo, 1..16: 5 for '0cdf5b5d0ce1_05.jpg'."""
+    return int(Path(path).stem.rsplit("_", 1)[1])
 
 
 def list_images(directory: str | Path) -> list[Path]:
@@ -56,17 +64,20 @@ def find_masks(images: list[Path], mask_dir: str | Path) -> list[Path]:
     return masks
 
 
-def check_sizes(images: list[Path], masks: list[Path]) -> None:
-    """Compare every photo's size with its mask's from the file headers, and check JPEG ends, before a long run."""
+def check_files(images: list[Path], masks: list[Path]) -> None:
+    """Before a long run: every JPEG ends, every photo has its mask's size (file headers), and the first masks are
+    not all empty (a wrong folder or a format read as background)."""
     for image, mask in zip(images, masks):
         if image.suffix.lower() in (".jpg", ".jpeg") and not jpeg_complete(image):
             raise CarvanaError(f"photo {image} is truncated (no JPEG end marker): download it again or remove it")
         with Image.open(image) as img, Image.open(mask) as msk:
             if img.size != msk.size:
-                raise CarvanaError(
-                    f"photo {image} is {img.size[0]}x{img.size[1]} but its mask {mask} is "
-                    f"{msk.size[0]}x{msk.size[1]}: photo and mask must have the same size"
-                )
+                raise CarvanaError(f"photo {image} is {img.size[0]}x{img.size[1]} but its mask {mask} is "
+                                   f"{msk.size[0]}x{msk.size[1]}: photo and mask must have the same size")
+    checked = masks[:MASKS_CHECKED]
+    if checked and not any(read_mask(m).any() for m in checked):
+        raise CarvanaError(f"the first {len(checked)} masks (e.g. {checked[0]}) hold no car at all: check "
+                           "data.train_mask_dir and the masks' format (0/1 or 0/255, or Carvana's GIFs)")
 
 
 def jpeg_complete(path: Path) -> bool:
@@ -77,73 +88,75 @@ def jpeg_complete(path: Path) -> bool:
 
 
 class CarvanaDataset(Dataset):
-    """Photos as 3xHxW uint8 tensors with, when masks are given, 1xHxW float masks in {0, 1}.
+    """Photos as the network sees them, 3(+k stacked)xhxw uint8, with their {0,1} masks as 1xHxW float.
 
-    With a transform (training), photo and mask are transformed together. Without one (validation, prediction) the
-    mask stays at full size for the metric, and the photo (or its car box) is resized here to `input_size` when it is
-    set, as training's A.Resize does it (cv2 area, uint8): 16x fewer bytes through the workers and onto the device
-    than the full photo. Else it stays at full size and the model pads it on the device (SegModule.predict_full).
+    With a transform (training) photo, mask and stacked channels are transformed together: the geometry's sizing, then
+    augmentations drawn from the seed the sampler gives with the index. Without one (validation) the photo goes
+    through `geometry.to_input` and the mask stays at full size, for Kaggle's metric at 1918x1280.
     """
 
-    def __init__(self, images: list[Path], masks: list[Path] | None = None, transform: A.Compose | None = None,
-                 stacked: list[list[Path]] | None = None, bboxes: dict | None = None,
-                 input_size: list[int] | None = None):
+    def __init__(self, images: list[Path], masks: list[Path] | None = None, geometry: Geometry | None = None,
+                 transform: A.Compose | None = None, stacked: list[list[Path]] | None = None,
+                 boxes: dict[str, Box] | None = None):
         self.images, self.masks, self.transform = images, masks, transform
+        self.geometry = geometry or Geometry()
         # second stage: per photo, the probability masks other models predicted for it, as extra input channels
         self.stacked = stacked
-        # car crops (data.bboxes): the model sees each photo's box (resized to input_size without a transform)
-        self.bboxes, self.input_size = bboxes, input_size
-        self._seeded = None  # the seed the transform's own random state was last set from
+        # car boxes (data.bboxes): the model sees each photo's box
+        self.boxes = boxes
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict:
-        image = read_image(self.images[index])
-        item = {"name": self.images[index].stem, "size": torch.tensor(image.shape[:2])}
+    def read(self, index: int) -> dict:
+        """The photo (HxWx3 uint8 RGB), mask (HxW {0,1} or None), stacked channels and box of photo `index`."""
+        path = self.images[index]
+        image = read_image(path)
         mask = None if self.masks is None else read_mask(self.masks[index])
         if mask is not None and mask.shape != image.shape[:2]:
             raise CarvanaError(f"mask {self.masks[index]} is {mask.shape[::-1]}, photo is {image.shape[1::-1]}")
         extra = [read_stacked(p, image.shape[:2]) for p in self.stacked[index]] if self.stacked else []
-        if self.bboxes is not None:
-            bbox = bbox_for(self.bboxes, self.images[index].name, "data.bboxes")
-            image, extra = crop(image, bbox), [crop(e, bbox) for e in extra]
-            item["bbox"] = torch.tensor(bbox)
-            if self.transform is not None and mask is not None:
-                mask = crop(mask, bbox)
-        if self.transform is None and self.input_size is not None:
-            image, extra = resize_arrays(image, extra, tuple(self.input_size))
+        box = bbox_for(self.boxes, path.name, "data.bboxes") if self.boxes is not None else None
+        return {"image": image, "mask": mask, "extra": extra, "box": box}
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, key)  # the sampler's (index, seed), or an index
+        raw = self.read(index)
+        image, mask, extra, box = raw["image"], raw["mask"], raw["extra"], raw["box"]
+        item = {"name": self.images[index].name, "size": torch.tensor(image.shape[:2])}
+        if box is not None:
+            item["bbox"] = torch.tensor(box)
         if self.transform is not None:
-            self._seed_transform()
-            # extra channels follow the geometry (as masks, nearest) but not the colour augmentations
-            targets = {"image": image, **({"mask": mask} if mask is not None else {}), **({"masks": extra} if extra
-                                                                                        else {})}
-            out = self.transform(**targets)
-            image, mask, extra = out["image"], out.get("mask"), list(out.get("masks", []))
-        if extra:
-            image = np.dstack([image, *extra])
-        item["image"] = _to_tensor(image)
+            if box is not None:
+                image, mask, extra = cut_box(image, box), cut_box(mask, box), [cut_box(e, box) for e in extra]
+            self.transform.set_random_seed(seed)  # albumentations draws from its own state, not torch's
+            # stacked channels follow the geometry (as masks, nearest) but not the colour augmentations
+            out = self.transform(image=image, mask=mask, **({"masks": extra} if extra else {}))
+            image, mask, extra = out["image"], out["mask"], list(out.get("masks", []))
+        else:
+            image, extra = self.geometry.to_input(image, extra, box)
+        item["image"] = to_tensor(np.dstack([image, *extra]) if extra else image)
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
         return item
 
-    def _seed_transform(self) -> None:
-        """albumentations 2 draws from its own random state, which global seeds do not touch: without this, `seed`
-        would not reproduce the augmentations. torch's seed of this process is the run's seed in the main process,
-        and in a DataLoader worker one derived from it, the worker and the rank (Lightning's seed_everything with
-        workers=True): each worker draws its own reproducible sequence."""
-        seed = torch.initial_seed() % 2**32
-        if seed != self._seeded:
-            self.transform.set_random_seed(seed)
-            self._seeded = seed
+
+class AugmentSampler(DistributedSampler):
+    """This rank's training photos in an order set by (seed, epoch), each with the seed of its augmentations drawn
+    from (seed, epoch, index): a run resumed at an epoch draws what an uninterrupted run draws, whatever the
+    workers. Lightning calls set_epoch every epoch and keeps a DistributedSampler as it is."""
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
 
 
 def read_stacked(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A stacked-channel probability mask (HxW uint8) of the photo's size."""
-    probs = read_probs(path)
-    if probs.shape != size:
-        raise CarvanaError(f"stacked mask {path} is {probs.shape[1]}x{probs.shape[0]}, its photo {size[1]}x{size[0]}")
-    return probs
+    """A stacked-channel probability mask (HxW probs8) of the photo's size (h, w)."""
+    probs8 = read_probs8(path)
+    if probs8.shape != size:
+        raise CarvanaError(f"stacked mask {path} is {probs8.shape[1]}x{probs8.shape[0]}, its photo {size[1]}x{size[0]}")
+    return probs8
 
 
 def find_stacked(images: list[Path], dirs: list[str | Path]) -> list[list[Path]]:
@@ -159,10 +172,8 @@ def find_stacked(images: list[Path], dirs: list[str | Path]) -> list[list[Path]]
     return stacked
 
 
-def load_boxes(path: str | Path, images: list[Path], input_size: list[int] | None) -> dict:
-    """The car boxes of data.bboxes, checked to cover every photo before training starts."""
-    if input_size is None:
-        raise CarvanaError("data.bboxes needs data.input_size=[h, w]: car crops differ in size and are resized to it")
+def load_boxes(path: str | Path, images: list[Path]) -> dict[str, Box]:
+    """The car boxes of a bboxes.csv, checked to cover every photo before a long run starts."""
     boxes = read_bboxes(path)
     missing = [p.name for p in images if p.name not in boxes]
     if missing:
@@ -171,7 +182,8 @@ def load_boxes(path: str | Path, images: list[Path], input_size: list[int] | Non
     return boxes
 
 
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW uint8 tensor."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
@@ -186,43 +198,46 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     return folds
 
 
+def split(root: Path, image_dir: str, folds_csv: str | Path, fold: int) -> tuple[list[Path], list[Path]]:
+    """Training and validation photos of `fold` (all 16 angles of a car share a fold); bad inputs are refused."""
+    images = list_images(root / image_dir)
+    folds = read_folds(folds_csv)
+    if fold not in set(folds.fold):
+        raise CarvanaError(f"fold={fold} is not in {folds_csv}: choose one of {sorted(set(folds.fold))}")
+    fold_of = dict(zip(folds.id, folds.fold))
+    unknown = sorted({car_id(p) for p in images} - set(fold_of))
+    if unknown:
+        raise CarvanaError(f"{len(unknown)} car(s) of {root / image_dir} are not in {folds_csv} (first: {unknown[0]}): "
+                           f"make the folds for this data with python -m carvana.folds")
+    val = [p for p in images if fold_of[car_id(p)] == fold]
+    train = [p for p in images if fold_of[car_id(p)] != fold]
+    for name, photos in (("validation", val), ("training", train)):
+        if not photos:
+            raise CarvanaError(f"fold={fold} leaves no {name} photos in {root / image_dir} ({folds_csv}): choose "
+                               "another fold, or make folds for this data with python -m carvana.folds")
+    return train, val
+
+
 class CarvanaDataModule(pl.LightningDataModule):
     """Train on the cars of every fold but `fold`, validate on `fold`'s cars, both from `root`."""
 
-    def __init__(self, root: str, folds: str, fold: int, image_dir: str = "train", train_mask_dir: str = "train_masks",
-                 val_mask_dir: str = "train_masks", crop_size: list[int] | None = None,
-                 input_size: list[int] | None = None, batch_size: int = 4, num_workers: int = 2,
-                 augment: dict | None = None, stacked_dirs: list[str] | None = None, pseudo: dict | None = None,
-                 bboxes: str | None = None, seed: int = 0):
+    def __init__(self, root: str, folds: str, fold: int, geometry: Geometry, image_dir: str = "train",
+                 train_mask_dir: str = "train_masks", val_mask_dir: str = "train_masks", batch_size: int = 4,
+                 num_workers: int = 2, augment: dict | None = None, stacked_dirs: list[str] | None = None,
+                 pseudo: dict | None = None, bboxes: str | None = None, seed: int = 0):
         super().__init__()
-        self.root, self.folds, self.fold = Path(root), folds, fold
+        self.root, self.folds, self.fold, self.geometry = Path(root), folds, fold, geometry
         self.image_dir, self.train_mask_dir, self.val_mask_dir = image_dir, train_mask_dir, val_mask_dir
-        self.crop_size, self.input_size = crop_size, input_size
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment or {}
         self.stacked_dirs, self.pseudo, self.seed = list(stacked_dirs or []), pseudo or {}, seed
         self.bboxes = bboxes
         self.train_set = self.val_set = None
 
-    def split(self) -> tuple[list[Path], list[Path]]:
-        """Train and validation photos of this fold; every check on the inputs happens here, before training."""
-        if not self.root.is_dir():
-            raise CarvanaError(f"data.root={self.root} does not exist: point data.root at the Carvana data")
-        input_mode(self.crop_size, self.input_size)
-        images = list_images(self.root / self.image_dir)
-        folds = read_folds(self.folds)
-        if self.fold not in set(folds.fold):
-            raise CarvanaError(f"fold={self.fold} is not in {self.folds}: choose one of {sorted(set(folds.fold))}")
-        fold_of = dict(zip(folds.id, folds.fold))
-        unknown = sorted({car_id(p) for p in images} - set(fold_of))
-        if unknown:
-            raise CarvanaError(f"{len(unknown)} car(s) of {self.root / self.image_dir} are not in {self.folds} "
-                               f"(first: {unknown[0]}): make the folds for this data with python -m carvana.folds")
-        val = [p for p in images if fold_of[car_id(p)] == self.fold]
-        train = [p for p in images if fold_of[car_id(p)] != self.fold]
-        return train, val
-
     def setup(self, stage: str | None = None) -> None:
-        train, val = self.split()
+        """Every check on the inputs happens here, once (Lightning calls setup again: nothing is read twice)."""
+        if self.train_set is not None:
+            return
+        train, val = split(self.root, self.image_dir, self.folds, self.fold)
         train_masks = find_masks(train, self.root / self.train_mask_dir)
         val_masks = find_masks(val, self.root / self.val_mask_dir)
         if self.pseudo.get("dir"):
@@ -230,23 +245,33 @@ class CarvanaDataModule(pl.LightningDataModule):
             pseudo_images, pseudo_masks = select_pseudo(self.root / self.pseudo.get("image_dir", "test"),
                                                         self.pseudo, len(train), self.seed)
             train, train_masks = train + pseudo_images, train_masks + pseudo_masks
-        check_sizes(train + val, train_masks + val_masks)
-        self.image_size = list(Image.open(val[0]).size[::-1]) if val else None
+        check_files(train + val, train_masks + val_masks)
+        with Image.open(val[0]) as img:
+            self.image_size = [img.height, img.width]
         stacked = self.stacked_dirs and find_stacked(train + val, self.stacked_dirs)
-        boxes = self.bboxes and load_boxes(self.bboxes, train + val, self.input_size)
-        transform = train_transform(self.crop_size, self.input_size, self.augment)
-        self.train_set = CarvanaDataset(train, train_masks, transform, stacked and stacked[:len(train)], boxes or None)
-        # the metric is Kaggle's, at 1918x1280, whatever the input mode
-        self.val_set = CarvanaDataset(val, val_masks, stacked=stacked and stacked[len(train):], bboxes=boxes or None,
-                                      input_size=self.input_size)
+        boxes = load_boxes(self.bboxes, train + val) if self.bboxes else None
+        transform = train_transform(self.geometry, self.augment)
+        self.train_set = CarvanaDataset(train, train_masks, self.geometry, transform, stacked and stacked[:len(train)],
+                                        boxes)
+        self.val_set = CarvanaDataset(val, val_masks, self.geometry, stacked=stacked and stacked[len(train):],
+                                      boxes=boxes)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        world, rank = self._ranks()
+        sampler = AugmentSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return self._loader(self.train_set, sampler, drop_last=len(self.train_set) > self.batch_size * world)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        # each photo on one rank only: a padded sampler would score some twice (Lightning #5060) and bias the mean
+        world, rank = self._ranks()
+        sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+        return self._loader(self.val_set, sampler, drop_last=False)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=shuffle and len(dataset) > self.batch_size,
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: Dataset, sampler: DistributedSampler, drop_last: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                           persistent_workers=self.num_workers > 0)

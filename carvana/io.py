@@ -52,30 +52,43 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask as HxW uint8 in {0, 1}: Carvana's palette GIFs (indices 0/1) or PNG probabilities (0..255, > 127)."""
+    """Read a mask as HxW uint8 in {0, 1}, by its values: Carvana's palette GIFs (indices 0/1), masks of 0/1 or 0/255.
+
+    Other values are refused, except in `<photo>.png` (no `_mask`): predict.py's probabilities, which serve as labels
+    (pseudo-labels) cut at 0.5.
+    """
     path = Path(path)
     if not path.exists():
         raise CarvanaError(f"mask {path} does not exist")
     if path.suffix.lower() == ".gif":
         with Image.open(path) as img:
+            if img.mode not in ("P", "L", "1"):
+                raise CarvanaError(f"mask {path} has mode {img.mode}, expected a palette GIF")
             # mode P: the raw palette indices are 0/1; convert("L") would map them through the palette to 0/255
-            mask = np.asarray(img)
-        if img.mode not in ("P", "L", "1"):
-            raise CarvanaError(f"mask {path} has mode {img.mode}, expected a palette GIF")
-        return (mask > 0).astype(np.uint8)
-    return (read_probs(path) > 127).astype(np.uint8)
+            values = np.asarray(img).astype(np.uint8)
+    else:
+        values = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if values is None:
+            raise CarvanaError(f"mask {path} is not a readable image")
+    top = values.max()
+    if top in (0, 1) or (top == 255 and not np.any((values != 0) & (values != 255))):
+        return (values > 0).astype(np.uint8)
+    if not path.stem.endswith("_mask") and path.suffix.lower() == ".png":
+        return (values > probs_cut(0.5)).astype(np.uint8)
+    raise CarvanaError(f"mask {path} holds values other than 0/1 or 0/255 (e.g. {top}): a mask must be binary; "
+                       "threshold soft masks first")
 
 
-def read_probs(path: str | os.PathLike) -> np.ndarray:
-    """Read a predicted probability mask as HxW uint8 in 0..255 (as predict.py writes them)."""
-    probs = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if probs is None:
+def read_probs8(path: str | os.PathLike) -> np.ndarray:
+    """Read predicted probabilities as predict.py writes them: HxW uint8, 0..255 standing for probs 0..1."""
+    probs8 = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if probs8 is None:
         raise CarvanaError(f"mask {path} is missing or not a readable image")
-    return probs
+    return probs8
 
 
 def probs_cut(threshold: float) -> int:
-    """The cut on 0..255 probabilities for a threshold in [0, 1]: p / 255 > threshold exactly when p > the cut.
+    """The cut on probs8 (0..255) for a threshold in [0, 1]: p / 255 > threshold exactly when p > the cut.
 
     For integers p, p > x exactly when p > floor(x): an integer comparison, 12x faster on a 1918x1280 mask than one
     against a float, which numpy makes in float64.
@@ -91,11 +104,11 @@ def write_mask_gif(path: str | os.PathLike, mask: np.ndarray) -> None:
         img.save(tmp, format="GIF")
 
 
-def write_probs_png(path: str | os.PathLike, probs: np.ndarray) -> None:
-    """Write HxW uint8 probabilities (0..255) as an 8-bit PNG."""
-    assert probs.dtype == np.uint8 and probs.ndim == 2, (probs.dtype, probs.shape)
+def write_probs8(path: str | os.PathLike, probs8: np.ndarray) -> None:
+    """Write HxW uint8 probabilities (0..255 for 0..1) as an 8-bit PNG."""
+    assert probs8.dtype == np.uint8 and probs8.ndim == 2, (probs8.dtype, probs8.shape)
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), probs, _PNG_FAST):
+        if not cv2.imwrite(str(tmp), probs8, _PNG_FAST):
             raise CarvanaError(f"cannot write {path}: check the directory exists and is writable")
 
 

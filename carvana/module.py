@@ -1,61 +1,26 @@
-"""SegModule: a U-Net (smp) with its preprocessing, loss, metrics and optimizer, built from plain values."""
+"""SegModule: the network with its preprocessing, geometry, loss, metrics and optimizer, built from plain values."""
 
 import inspect
 from pathlib import Path
 
 import pytorch_lightning as pl
-import segmentation_models_pytorch as smp
-import timm
 import torch
-import torch.nn.functional as F
 import torchmetrics
 
 from carvana import CarvanaError
+from carvana.geometry import Geometry
 from carvana.losses import border_dice, build_loss
-from carvana.simple_unet import SimpleUnet
-from carvana.transforms import padded_size, paste_boxes, resize_like_training, restore
+from carvana.network import IMAGENET, build_network, encoder_layers_until
 
-ARCHITECTURES = {"unet": smp.Unet, "simple_unet": SimpleUnet}
 SCHEDULERS = ("cosine", "plateau", "cyclic", "none")
 
 
-def check_encoder(name: str) -> None:
-    """Refuse an unknown encoder name with the list of valid ones."""
-    if name.startswith("tu-") and timm.is_model(name[3:]):
-        return
-    if name not in smp.encoders.get_encoder_names():
-        raise CarvanaError(f"unknown encoder '{name}' (model.encoder_name): use encoder=resnet50 or encoder=mobilenet, "
-                           f"an smp encoder ({', '.join(smp.encoders.get_encoder_names()[:8])}, ...) or tu-<timm name>")
-
-
-def encoder_layers_until(encoder: torch.nn.Module, last: str | None) -> list[torch.nn.Module]:
-    """The encoder's top-level layers from the first up to `last` included (model.freeze_encoder_until)."""
-    if last is None:
-        return []
-    names = [name for name, _ in encoder.named_children()]
-    if last not in names:
-        raise CarvanaError(
-            f"model.freeze_encoder_until={last} is not a layer of this encoder: one of {', '.join(names)}"
-        )
-    children = list(encoder.children())
-    return children[: names.index(last) + 1]
-
-
-def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
-    """Load a local weights file (state dict of the encoder's backbone) for clusters without internet."""
-    if not Path(path).is_file():
-        raise CarvanaError(f"model.encoder_weights={path} is neither 'imagenet', null, nor an existing weights file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    own = encoder.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CarvanaError(f"weights file {path} lacks {len(missing)} encoder tensors (first: {missing[0]})")
-    encoder.load_state_dict({k: state[k] for k in own})
-
-
 def dice_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Dice of each image of Bx1xHxW probabilities (or {0,1} masks) against targets -> B; two empty masks give 1."""
+    """Dice of each image of Bx1xHxW probs (or {0,1} preds) against targets -> B float32; two empty masks give 1.
+
+    The sums are float32 whatever the input: a float16 sum over a 1280x1918 mask overflows (smp #463).
+    """
+    probs, target = probs.float(), target.float()
     dims = tuple(range(1, probs.ndim))
     inter = (probs * target).sum(dims)
     total = probs.sum(dims) + target.sum(dims)
@@ -65,36 +30,24 @@ def dice_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-7)
 class SegModule(pl.LightningModule):
     """Binary segmentation of uint8 photos: preprocessing happens inside, so a checkpoint alone predicts."""
 
-    def __init__(self, encoder_name: str = "mobilenet_v2", encoder_weights: str | None = None, arch: str = "unet",
+    def __init__(self, arch: str = "unet", encoder_name: str = "mobilenet_v2", encoder_weights: str | None = None,
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), in_channels: int = 3,
-                 preprocessing: dict | None = None, input_size: list[int] | None = None,
-                 crop_size: list[int] | None = None, loss: dict | None = None,
+                 preprocessing: dict | None = None, crop_size: list[int] | None = None,
+                 input_size: list[int] | None = None, boxes: bool = False, loss: dict | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
                  plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
-                 freeze_encoder_until: str | None = None,
-                 threshold: float = 0.5, bn_recalibration_batches: int = 0, data: dict | None = None):
+                 freeze_encoder_until: str | None = None, threshold: float = 0.5, bn_recalibration_batches: int = 0,
+                 data: dict | None = None):
         super().__init__()
-        # `data` (root, folds, fold, photo size) is provenance only: predict.py takes its defaults from it
+        # `preprocessing` is resolved (mean/std/channel order, network.resolve_preprocessing); `data` (root, folds,
+        # fold, photo size) is provenance: predict.py takes its defaults from it
         self.save_hyperparameters()
-        if arch not in ARCHITECTURES:
-            raise CarvanaError(f"unknown model.arch '{arch}': choose one of {', '.join(ARCHITECTURES)}")
-        if arch != "simple_unet":
-            check_encoder(encoder_name)
         if scheduler not in SCHEDULERS:
             raise CarvanaError(f"unknown optim.scheduler '{scheduler}': choose one of {', '.join(SCHEDULERS)}")
-        local = encoder_weights not in (None, "imagenet")
-        if arch == "simple_unet":  # the seed's from-scratch second stage: no encoder to pretrain
-            self.net = SimpleUnet(in_channels=in_channels, classes=1)
-        else:
-            self.net = ARCHITECTURES[arch](
-                encoder_name=encoder_name, encoder_weights=None if local else encoder_weights,
-                decoder_channels=tuple(decoder_channels), in_channels=in_channels, classes=1,
-            )
-            if local:
-                load_encoder_weights(self.net.encoder, encoder_weights)
+        self.geometry = Geometry(crop_size, input_size, boxes)
+        self.net = build_network(arch, encoder_name, encoder_weights, decoder_channels, in_channels)
         self.frozen_layers = encoder_layers_until(self.net.encoder, freeze_encoder_until)
-        pre = preprocessing or {"name": "imagenet", "input_space": "RGB", "mean": [123.675, 116.28, 103.53],
-                                "std": [58.395, 57.12, 57.375]}
+        pre = preprocessing or IMAGENET
         self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.bgr = pre["input_space"] == "BGR"
@@ -113,54 +66,30 @@ class SegModule(pl.LightningModule):
         return torch.cat([rgb, extra / 127.5 - 1], 1) if extra.shape[1] else rgb
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW uint8 RGB photos (H, W divisible by 32) -> Bx1xHxW logits."""
+        """Bx3xhxw uint8 RGB network inputs (geometry.to_input; h, w divisible by 32) -> Bx1xhxw logits."""
         return self.net(self.normalize(image))
 
-    def predict_full(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Bx3xHxW uint8 photos -> Bx1xHxW logits at the photos' full size `size`, whatever the model's input size.
-
-        One path for validation and prediction: resize (as training's A.Resize) or pad to 32, run, then upsample or
-        crop back. `image` is the photos at full size, or already resized to input_size by the loader
-        (CarvanaDataset): then `size` says the full size (default: the image's own).
-        """
-        size = tuple(image.shape[-2:] if size is None else size)
-        if self.hparams.input_size is not None:
-            input_size = tuple(self.hparams.input_size)
-            if image.shape[-2:] == input_size:
-                x = image.float()
-            elif image.dtype == torch.uint8:  # exactly as training's A.Resize (an ensemble of several input sizes)
-                x = resize_like_training(image, input_size).float()
-            else:
-                x = F.interpolate(image.float(), size=input_size, mode="area")
-        else:
-            height, width = padded_size(*size)
-            # pad at the bottom and the right with black, as the training transform does
-            x = F.pad(image.float(), (0, width - size[1], 0, height - size[0]))
-        return restore(self(x), size, resized=self.hparams.input_size is not None)
-
-    def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Bx1xHxW logits and {0,1} masks -> the configured loss (conf/loss/, default 0.2 BCE + 0.8 Dice)."""
-        return self.criterion(logits, mask)
+    def full_logits(self, image: torch.Tensor, size: tuple[int, int], boxes: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Network inputs (as the loader makes them) -> Bx1xHxW logits at the photos' full `size` (H, W)."""
+        return self.geometry.to_full(self(image), size, boxes)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["mask"])
+        loss = self.criterion(self(batch["image"]), batch["mask"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
                  batch_size=len(batch["image"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # the metric is computed at the photo's full size, as Kaggle scores it
-        if "bbox" in batch:  # car crops: the model saw each box resized; paste its prediction back at full size
-            logits = paste_boxes(self(batch["image"]), batch["bbox"], batch["mask"].shape[-2:], fill=-20.0)
-        else:
-            logits = self.predict_full(batch["image"], batch["mask"].shape[-2:])
-        probs = logits.sigmoid()
+        # Kaggle's metric: each photo's Dice at its full size, averaged over photos (MeanMetric syncs the ranks)
+        logits = self.full_logits(batch["image"], batch["mask"].shape[-2:], batch.get("bbox"))
+        probs = logits.float().sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))
         self.val_soft_dice.update(dice_per_image(probs, batch["mask"]))
         self.val_border_dice.update(border_dice(pred, batch["mask"]))
         n = len(batch["image"])
-        self.log("val_loss", self.loss(logits, batch["mask"]), sync_dist=True, batch_size=n)
+        self.log("val_loss", self.criterion(logits, batch["mask"]), sync_dist=True, batch_size=n)
         self.log("val_dice", self.val_dice, prog_bar=True, batch_size=n)
         self.log("val_soft_dice", self.val_soft_dice, batch_size=n)
         self.log("val_border_dice", self.val_border_dice, batch_size=n)
@@ -218,13 +147,13 @@ class SegModule(pl.LightningModule):
         ckpt = read_checkpoint(path, key="model.init_from")
         theirs = ckpt["hyper_parameters"]
         for key in ("arch", "encoder_name", "decoder_channels", "in_channels"):
-            if key in theirs and list(np_flat(theirs[key])) != list(np_flat(self.hparams[key])):
+            if key in theirs and _flat(theirs[key]) != _flat(self.hparams[key]):
                 raise CarvanaError(f"model.init_from={path} has {key}={theirs[key]}, this run {self.hparams[key]}: "
                                    f"choose a checkpoint of the same network")
         self.load_state_dict(ckpt["state_dict"])
 
 
-def np_flat(value: object) -> tuple:
+def _flat(value: object) -> tuple:
     """A hyperparameter as a tuple, so [256, 128] and (256, 128) compare equal."""
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
@@ -252,5 +181,10 @@ def load_module(path: str | Path) -> SegModule:
         raise CarvanaError(f"checkpoint {path} is from another version of carvana (hyperparameters "
                            f"{', '.join(sorted(unknown))}): retrain it or load it with that version")
     module = SegModule(**hparams)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:  # weights of another shape than the hyperparameters build: not a 73-line dump
+        raise CarvanaError(f"checkpoint {path}: its weights do not fit its own hyperparameters "
+                           f"({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err})"
+                           ) from None
     return module.eval()

@@ -1,7 +1,6 @@
 """Full-resolution masks for a folder of photos: checkpoint ensembles, TTA, a writer that never holds them all."""
 
 import glob
-import os
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,26 +17,31 @@ from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
 from carvana.data import (
-    CarvanaDataModule,
     CarvanaDataset,
+    angle_of,
     car_id,
     find_masks,
     find_stacked,
     list_images,
     load_boxes,
+    split,
+    to_tensor,
 )
-from carvana.io import atomic_path, probs_cut, read_mask, read_probs, write_probs_png
+from carvana.geometry import Geometry
+from carvana.hardware import default_workers, trainer_kwargs
+from carvana.io import atomic_path, probs_cut, read_mask, read_probs8, write_probs8
 from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
-from carvana.rle import rle_encode
-from carvana.shards import SHARD_PATTERN, RleShardWriter, encode_row, scan_shard
-from carvana.transforms import paste_boxes
+from carvana.submission.rle import rle_encode
+from carvana.submission.shards import SHARD_PATTERN, RleShardWriter, scan_shard
 
 TTAS = ("none", "hflip")
 WRITES = ("png", "rle")
 
 
-def find_checkpoints(ckpt: str | list[str]) -> list[Path]:
+def find_checkpoints(ckpt: str | list[str] | None) -> list[Path]:
     """Checkpoint paths from one path, a glob, or a list of either; a pattern matching nothing is an error."""
+    if not ckpt:
+        raise CarvanaError("ckpt= is required: a checkpoint, a glob of checkpoints, or a list [A, B]")
     paths = []
     for item in [ckpt] if isinstance(ckpt, str) else list(ckpt):
         found = sorted(glob.glob(str(item))) if glob.has_magic(str(item)) else [item]
@@ -48,70 +52,70 @@ def find_checkpoints(ckpt: str | list[str]) -> list[Path]:
 
 
 class PhotoDataset(CarvanaDataset):
-    """Photos for prediction (resized to input_size as for validation, when set); an unreadable photo or one of
-    another size is reported, not fatal."""
+    """Photos for prediction, each made once into every network input the models need (one per geometry key, as
+    training made it); an unreadable photo or one of another size is reported, not fatal."""
 
-    def __init__(self, images: list[Path], size: tuple[int, int], stacked: list[list[Path]] | None = None,
-                 bboxes: dict | None = None, input_size: list[int] | None = None):
-        super().__init__(images, stacked=stacked, bboxes=bboxes, input_size=input_size)
-        self.size = size
+    def __init__(self, images: list[Path], size: tuple[int, int], geometries: list[Geometry],
+                 stacked: list[list[Path]] | None = None, boxes: dict | None = None):
+        super().__init__(images, stacked=stacked, boxes=boxes)
+        self.size, self.geometries = size, {g.key: g for g in geometries}
 
     def __getitem__(self, index: int) -> dict:
         path = self.images[index]
         try:
-            item, error = super().__getitem__(index), ""
-            height, width = item["size"].tolist()
-            if (height, width) != self.size:
+            raw = self.read(index)
+            if raw["image"].shape[:2] != self.size:
+                height, width = raw["image"].shape[:2]
                 raise CarvanaError(f"photo {path} is {width}x{height}, the others {self.size[1]}x{self.size[0]}")
+            inputs = {}
+            for key, geometry in self.geometries.items():
+                image, extra = geometry.to_input(raw["image"], raw["extra"], raw["box"])
+                inputs[key] = to_tensor(np.dstack([image, *extra]) if extra else image)
+            item, error = {"inputs": inputs, **({"bbox": torch.tensor(raw["box"])} if raw["box"] else {})}, ""
         except CarvanaError as err:
             item, error = self.placeholder(index), str(err)
         return {**item, "name": path.name, "error": error}
 
     def placeholder(self, index: int) -> dict:
-        """A black item of the batch's shapes for a photo that could not be read (it is skipped when written)."""
+        """Black inputs of the batch's shapes for a photo that could not be read (it is skipped when written)."""
         channels = 3 + (len(self.stacked[index]) if self.stacked else 0)
-        shape = self.input_size if self.input_size is not None else self.size
-        item = {"image": torch.zeros((channels, *shape), dtype=torch.uint8), "size": torch.tensor(self.size)}
-        return {**item, "bbox": torch.tensor((0, self.size[0], 0, self.size[1]))} if self.bboxes is not None else item
+        inputs = {key: torch.zeros((channels, *g.input_shape(self.size)), dtype=torch.uint8)
+                  for key, g in self.geometries.items()}
+        item = {"inputs": inputs}
+        return {**item, "bbox": torch.tensor((0, self.size[0], 0, self.size[1]))} if self.boxes is not None else item
 
 
 class Ensemble(pl.LightningModule):
-    """Mean probability of several SegModules, each with optional horizontal-flip TTA -> BxHxW uint8 0..255."""
+    """Mean probability of several SegModules, each with optional horizontal-flip TTA -> BxHxW probs8."""
 
     def __init__(self, models: list[SegModule], tta: str = "none", size: tuple[int, int] | None = None):
         super().__init__()
-        self.size = size  # the photos' (H, W): car-crop predictions are pasted back into it
+        self.size = size  # the photos' (H, W)
         if tta not in TTAS:
             raise CarvanaError(f"unknown tta={tta}: choose one of {', '.join(TTAS)}")
         self.models, self.tta = torch.nn.ModuleList(models), tta
 
-    def probs(self, image: torch.Tensor, bbox: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    def probs(self, inputs: dict[str, torch.Tensor], size: tuple[int, int], boxes: torch.Tensor | None = None
               ) -> torch.Tensor:
-        """Bx3xhxw uint8 photos -> Bx1xHxW float probabilities at full size, averaged over models and TTA.
-
-        The photos come at full size, or resized by the loader to the models' common input size: `size` gives the
-        full size (H, W) then.
-
-        With car boxes (Bx4), `image` holds the boxes resized to the models' input: the mean is pasted into `size`.
-        """
-        run = (lambda m, x: m(x)) if bbox is not None else (lambda m, x: m.predict_full(x, size))
+        """Each model's network input (PhotoDataset's, by geometry key) -> Bx1xHxW float32 probs at the full `size`,
+        averaged over models and TTA."""
         total = None
         for model in self.models:
+            image = inputs[model.geometry.key]
             for flip in (False, True) if self.tta == "hflip" else (False,):
-                probs = run(model, image.flip(-1) if flip else image).sigmoid_()
-                probs = probs.flip(-1) if flip else probs
-                total = probs.float() if total is None else total.add_(probs)  # float32 sums under 16-mixed too
+                logits = model(image.flip(-1) if flip else image)
+                logits = logits.flip(-1) if flip else logits
+                probs = model.geometry.to_full(logits, size, boxes).float().sigmoid_()  # float32 sums under autocast
+                total = probs if total is None else total.add_(probs)
         count = len(self.models) * (2 if self.tta == "hflip" else 1)
-        if count > 1:
-            total /= count
-        return total if bbox is None else paste_boxes(total, bbox, size, fill=0.0)
+        return total.div_(count) if count > 1 else total
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return to_uint8(self.probs(batch["image"], batch.get("bbox"), self.size))
+        return to_probs8(self.probs(batch["inputs"], self.size, batch.get("bbox")))
 
 
-def to_uint8(probs: torch.Tensor) -> torch.Tensor:
-    """Bx1xHxW probabilities in [0, 1] -> BxHxW uint8 0..255 on the CPU, rounded half to even.
+def to_probs8(probs: torch.Tensor) -> torch.Tensor:
+    """Bx1xHxW probs in [0, 1] -> BxHxW uint8 0..255 on the CPU, rounded half to even.
 
     On a GPU they are scaled and rounded there, and a quarter of the bytes comes back. On the CPU, one cv2 pass a
     photo (read 10 MB, write 2.5 MB) instead of torch's three (scale, round, convert): 0.7 ms a photo instead of 1.5.
@@ -125,7 +129,7 @@ def to_uint8(probs: torch.Tensor) -> torch.Tensor:
 
 
 class MaskWriter(BasePredictionWriter):
-    """Writes each batch as it comes (PNG probabilities and/or rows of this rank's RLE shard), in threads."""
+    """Writes each batch as it comes (PNG probs8 and/or rows of this rank's RLE shard), in threads."""
 
     def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int = 4):
         super().__init__(write_interval="batch")
@@ -144,24 +148,23 @@ class MaskWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: torch.Tensor,
                            batch_indices: list[int] | None, batch: dict, batch_idx: int, dataloader_idx: int = 0
                            ) -> None:
-        for name, error, probs in zip(batch["name"], batch["error"], prediction.numpy()):
+        for name, error, probs8 in zip(batch["name"], batch["error"], prediction.numpy()):
             if error:
                 self.errors.append((name, error))
                 continue
-            self.pending.append(self.pool.submit(self._write_one, name, probs))
+            self.pending.append(self.pool.submit(self._write_one, name, probs8))
             while len(self.pending) > self.limit:
                 self._finish(self.pending.popleft())
 
-    def _write_one(self, name: str, probs: np.ndarray) -> tuple[str, tuple[bytes, bytes] | None]:
+    def _write_one(self, name: str, probs8: np.ndarray) -> tuple[str, str | None]:
         if "png" in self.write:
-            write_probs_png(self.output_dir / f"{Path(name).stem}.png", probs)
-        # the shard row is encoded and compressed here, in the thread: submit.py then only copies it
-        return name, encode_row(name, rle_encode(probs > self.cut)) if self.shard else None
+            write_probs8(self.output_dir / f"{Path(name).stem}.png", probs8)
+        return name, rle_encode(probs8 > self.cut) if self.shard else None  # encoded here, in the thread
 
     def _finish(self, future: Future) -> None:
-        name, row = future.result()
+        name, rle = future.result()
         if self.shard is not None:
-            self.shard.append(name, *row)
+            self.shard.write(name, rle)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         while self.pending:
@@ -186,14 +189,14 @@ def written_names(output_dir: Path, write: list[str], images: list[Path]) -> set
     return done
 
 
-def dice_table(images: list[Path], pred_dir: Path, mask_dir: Path, threshold: float) -> pd.DataFrame:
-    """Per-photo Kaggle Dice of written predictions against ground-truth masks -> DataFrame[image, car, angle, dice]."""
+def dice_table(images: list[Path], pred_dir: Path, masks: list[Path], threshold: float) -> pd.DataFrame:
+    """Per-photo Kaggle Dice of written predictions against their masks -> DataFrame[image, car, angle, dice]."""
     rows = []
-    for path in images:
-        pred = torch.from_numpy(read_probs(pred_dir / f"{path.stem}.png") > probs_cut(threshold)).float()
-        truth = torch.from_numpy(read_mask(next(mask_dir.glob(f"{path.stem}_mask.*"), mask_dir / f"{path.stem}.png")))
-        dice = float(dice_per_image(pred[None, None], truth.float()[None, None])[0])
-        rows.append({"image": path.name, "car": car_id(path), "angle": int(path.stem.rsplit("_", 1)[1]), "dice": dice})
+    for path, mask in zip(images, masks):
+        pred = torch.from_numpy(read_probs8(pred_dir / f"{path.stem}.png") > probs_cut(threshold))
+        truth = torch.from_numpy(read_mask(mask))
+        dice = float(dice_per_image(pred[None, None], truth[None, None])[0])
+        rows.append({"image": path.name, "car": car_id(path), "angle": angle_of(path), "dice": dice})
     return pd.DataFrame(rows)
 
 
@@ -210,55 +213,36 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
         return 0, [], True
     # the photos set the size (masks come out at the photo's size, whatever the model was trained at); one size
     # per run, as batches need it: the most common one, from the file headers
-    sizes = pd.Series([photo_size(p) for p in todo])
-    size = sizes.mode()[0]
+    size = pd.Series([photo_size(p) for p in todo]).mode()[0]
     stacked_dirs = {tuple(m.hparams.get("data", {}).get("stacked_dirs") or []) for m in models}
     if len(stacked_dirs) > 1:
         raise CarvanaError(f"the checkpoints were trained on different data.stacked_dirs ({sorted(stacked_dirs)}): "
                            f"ensemble checkpoints of one stage only")
     dirs = list(stacked_dirs.pop())
     stacked = find_stacked(todo, dirs) if dirs else None
-    boxes, input_size = crop_settings(models, bboxes, todo)
-    sizes = {tuple(m.hparams.input_size or ()) for m in models}
-    # one input size: the loader resizes the photos as training did. Models of different input sizes get the full
-    # photo and each resizes it where it runs, to the same bits (transforms.resize_like_training)
-    if boxes is None and len(sizes) == 1 and () not in sizes:
-        input_size = list(sizes.pop())
     writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
     workers = default_workers(trainer.num_devices) if num_workers is None else num_workers
-    loader = DataLoader(PhotoDataset(todo, size, stacked, boxes, input_size), batch_size=batch_size,
-                        num_workers=workers, shuffle=False, pin_memory=torch.cuda.is_available())
+    dataset = PhotoDataset(todo, size, [m.geometry for m in models], stacked, car_boxes(models, bboxes, todo))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
+                        pin_memory=torch.cuda.is_available())
     trainer.predict(Ensemble(models, tta, size), dataloaders=loader, return_predictions=False)
     return len(todo) - len(writer.errors), writer.errors, trainer.is_global_zero
 
 
-def default_workers(devices: int) -> int:
-    """DataLoader processes per device for num_workers=null: the CPUs this process may use, shared by the devices of
-    this machine, at most 8 (a GPU with 2 would wait on the JPEG decoding; more than 8 rarely helps). Where each
-    rank is already pinned to its own CPUs (SLURM, one task per GPU) this divides them once too often: set
-    num_workers there."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cpus // max(1, devices)))
-
-
-def crop_settings(models: list[SegModule], bboxes: str | None, images: list[Path]) -> tuple[dict | None, list | None]:
-    """Car boxes for the photos (`bboxes`, else the checkpoints' data.bboxes) and the models' common input size."""
-    trained = {(m.hparams.get("data") or {}).get("bboxes") for m in models}
-    if bboxes is None and trained == {None}:
-        return None, None
-    sizes = {tuple(m.hparams.input_size or ()) for m in models}
-    if len(sizes) > 1 or (None in trained and len(trained) > 1):
-        raise CarvanaError("the checkpoints disagree on car crops (data.bboxes) or input size: ensemble alike ones")
-    path = bboxes or trained.pop()
-    return load_boxes(path, images, list(sizes.pop()) or None), list(models[0].hparams.input_size)
+def car_boxes(models: list[SegModule], bboxes: str | None, images: list[Path]) -> dict | None:
+    """The photos' car boxes when a model was trained on them: from `bboxes`, else the checkpoint's data.bboxes."""
+    if not any(m.geometry.boxes for m in models):
+        return None
+    path = bboxes or next((m.hparams.get("data") or {}).get("bboxes") for m in models if m.geometry.boxes)
+    return load_boxes(path, images)
 
 
 def photo_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header; an unreadable file gives (0, 0) and is reported when predicted."""
     try:
         with Image.open(path) as img:
-            return img.size[1], img.size[0]
+            return img.height, img.width
     except OSError:
         return 0, 0
 
@@ -274,24 +258,21 @@ def run(cfg: dict) -> tuple[str, int]:
         if "png" not in write:
             raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
         fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
-        folds = cfg["data"]["folds"] or meta.get("folds")
-        dm = CarvanaDataModule(str(root), folds, fold, image_dir=meta.get("image_dir", "train"))
-        images = dm.split()[1]
-        mask_dir = root / meta.get("val_mask_dir", "train_masks")
-        find_masks(images, mask_dir)  # every photo has its ground truth before the long run starts
+        images = split(root, meta.get("image_dir", "train"), cfg["data"]["folds"] or meta.get("folds"), fold)[1]
+        masks = find_masks(images, root / meta.get("val_mask_dir", "train_masks"))  # before the long run starts
     else:
         images = list_images(cfg["input_dir"] or root / "test")
     count, errors, rank_zero = predict(
-        images, ckpts, output_dir, cfg["trainer"], tta=cfg["tta"], write=write, threshold=cfg["threshold"],
-        batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], writer_threads=cfg["writer_threads"],
-        bboxes=cfg["data"].get("bboxes"))
+        images, ckpts, output_dir, trainer_kwargs(cfg["trainer"]), tta=cfg["tta"], write=write,
+        threshold=cfg["threshold"], batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
+        writer_threads=cfg["writer_threads"], bboxes=cfg["data"].get("bboxes"))
     if not rank_zero:
         return "", 0
     line = f"predicted={count} skipped={len(images) - count - len(errors)} output_dir={output_dir}"
     if cfg["predict_on_val"]:
         failed = {name for name, _ in errors}
-        table = dice_table([p for p in images if p.name not in failed], output_dir, mask_dir,
-                           cfg["threshold"])
+        kept = [(p, m) for p, m in zip(images, masks) if p.name not in failed]
+        table = dice_table([p for p, _ in kept], output_dir, [m for _, m in kept], cfg["threshold"])
         table_path = output_dir / f"dice_fold{fold}.csv"
         with atomic_path(table_path) as tmp:
             table.to_csv(tmp, index=False)

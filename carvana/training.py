@@ -20,25 +20,36 @@ from pytorch_lightning.callbacks import (
 )
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from carvana import CarvanaError
 from carvana.data import CarvanaDataModule
 from carvana.folds import write_folds
+from carvana.geometry import Geometry
+from carvana.hardware import default_workers, trainer_kwargs
 from carvana.module import SegModule, read_checkpoint
+from carvana.network import resolve_preprocessing
+
+KAGGLE = "kaggle competitions download -c carvana-image-masking-challenge"
 
 
-def ensure_synthetic(data: DictConfig) -> None:
-    """Generate the synthetic set (and its folds) at data.root when the config asks for it and it is missing."""
-    if "generate" not in data:
-        return
-    from carvana.synthetic import is_complete, make_dataset
-
+def check_data(data: DictConfig) -> None:
+    """The synthetic set (data=synthetic) is generated when missing; real data that is not there gets the one-line
+    hint of where it goes and how to get it. Nothing is written into a folder the user named that is not empty."""
     root = Path(data.root)
-    if not is_complete(root):
-        gen = data.generate
-        print(f"generating the synthetic Carvana set in {root} ...", flush=True)
-        make_dataset(root, gen.train_cars, gen.test_cars, (gen.height, gen.width), gen.seed)
-    if not Path(data.folds).exists():
-        # a few cars: any stratification class would hold fewer cars than folds
-        write_folds(root / "metadata.csv", data.folds, stratify=None)
+    if "generate" in data:
+        from carvana.synthetic import is_complete, make_dataset  # the renderer only when the demo asks for it
+
+        if not is_complete(root):
+            gen = data.generate
+            print(f"generating the synthetic Carvana set in {root} ...", flush=True)
+            make_dataset(root, gen.train_cars, gen.test_cars, (gen.height, gen.width), gen.seed)
+        if not Path(data.folds).exists():
+            # a few cars: any stratification class would hold fewer cars than folds
+            write_folds(root / "metadata.csv", data.folds, stratify=None)
+        return
+    if not (root / data.image_dir).is_dir():
+        raise CarvanaError(f"no Carvana data in {root} (data.root): get it with `{KAGGLE}` and unzip train.zip, "
+                           f"train_masks.zip, test.zip and the csvs into {root}; or run the demo on the synthetic set: "
+                           "python train.py data=synthetic (or make demo)")
 
 
 def relaunch_job_not_sweep() -> None:
@@ -79,72 +90,89 @@ def ddp_job_scope() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def geometry_of(data: DictConfig) -> Geometry:
+    """The input mode of the data config (carvana.geometry)."""
+    return Geometry(_list(data.crop_size), _list(data.input_size), boxes=data.bboxes is not None)
+
+
 def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegModule:
     """The SegModule of a config: plain values only, so its checkpoint rebuilds it without the config."""
+    m, geometry = cfg.model, geometry_of(cfg.data)
+    preprocessing = OmegaConf.to_container(cfg.preprocessing)
     module = SegModule(
-        arch=cfg.model.arch, encoder_name=cfg.model.encoder_name, encoder_weights=cfg.model.encoder_weights,
-        decoder_channels=list(cfg.model.decoder_channels), in_channels=3 + len(cfg.data.stacked_dirs or []),
-        preprocessing=OmegaConf.to_container(cfg.preprocessing),
-        input_size=_list(cfg.data.input_size), crop_size=_list(cfg.data.crop_size),
+        arch=m.arch, encoder_name=m.encoder_name, encoder_weights=m.encoder_weights,
+        decoder_channels=list(m.decoder_channels), in_channels=3 + len(cfg.data.stacked_dirs or []),
+        preprocessing=resolve_preprocessing(preprocessing, m.encoder_name, m.encoder_weights),
+        crop_size=_list(geometry.crop_size), input_size=_list(geometry.input_size), boxes=geometry.boxes,
         loss=OmegaConf.to_container(cfg.loss),
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr,
         plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
-        freeze_encoder_epochs=cfg.model.freeze_encoder_epochs, freeze_encoder_until=cfg.model.freeze_encoder_until,
-        threshold=cfg.model.threshold,
-        bn_recalibration_batches=cfg.model.bn_recalibration_batches,
+        freeze_encoder_epochs=m.freeze_encoder_epochs, freeze_encoder_until=m.freeze_encoder_until,
+        threshold=m.threshold, bn_recalibration_batches=m.bn_recalibration_batches,
         data={"root": str(cfg.data.root), "folds": str(cfg.data.folds), "fold": cfg.fold,
-              "image_dir": cfg.data.image_dir,
-              "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size,
+              "image_dir": cfg.data.image_dir, "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size,
               "stacked_dirs": [str(d) for d in cfg.data.stacked_dirs or []],
               "bboxes": None if cfg.data.bboxes is None else str(cfg.data.bboxes)},
     )
-    if cfg.model.init_from:
-        module.load_weights(cfg.model.init_from)
+    if m.init_from:
+        module.load_weights(m.init_from)
     return module
 
 
-def build_datamodule(cfg: DictConfig) -> CarvanaDataModule:
+def build_datamodule(cfg: DictConfig, devices: int = 1) -> CarvanaDataModule:
+    """The fold's data, every input checked now, before the Trainer starts other processes."""
     d = cfg.data
     dm = CarvanaDataModule(
-        root=d.root, folds=d.folds, fold=cfg.fold, image_dir=d.image_dir, train_mask_dir=d.train_mask_dir,
-        val_mask_dir=d.val_mask_dir, crop_size=_list(d.crop_size), input_size=_list(d.input_size),
-        batch_size=d.batch_size, num_workers=d.num_workers, augment=OmegaConf.to_container(d.augment),
-        stacked_dirs=list(d.stacked_dirs or []), bboxes=d.bboxes,
+        root=d.root, folds=d.folds, fold=cfg.fold, geometry=geometry_of(d), image_dir=d.image_dir,
+        train_mask_dir=d.train_mask_dir, val_mask_dir=d.val_mask_dir, batch_size=d.batch_size,
+        num_workers=default_workers(devices) if d.num_workers is None else d.num_workers,
+        augment=OmegaConf.to_container(d.augment), stacked_dirs=list(d.stacked_dirs or []), bboxes=d.bboxes,
         pseudo={"dir": d.pseudo_dir, "image_dir": d.pseudo_image_dir, "ratio": d.pseudo_ratio,
                 "min_confidence": d.pseudo_min_confidence},
         seed=cfg.seed,
     )
-    dm.setup()  # every input check runs now, before the Trainer starts other processes
+    dm.setup()
     return dm
 
 
 def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     """Train one fold; return (best val_dice, best checkpoint path, whether this process is rank 0)."""
     pl.seed_everything(cfg.seed, workers=True)
-    ensure_synthetic(cfg.data)
-    if cfg.ckpt_path:
-        read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # a missing or foreign file fails here, in one line
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm.image_size)
+    check_data(cfg.data)
     out_dir = Path(out_dir)
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", monitor="val_dice", mode="max", save_last=True,
-        filename=f"{cfg.model.encoder_name}-fold{cfg.fold}-" + "epoch{epoch:02d}-dice{val_dice:.4f}",
-        auto_insert_metric_name=False,
-    )
-    bar = RichProgressBar() if cfg.progress_bar == "rich" else TQDMProgressBar()
-    callbacks = [checkpoint, LearningRateMonitor("epoch"),
-                 EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience)]
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(bar)
-    loggers = [CSVLogger(out_dir, name="csv", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+    # a run folder that holds a last.ckpt resumes from it: a requeued cluster job, a run started again by hand
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = cfg.ckpt_path or (str(last) if last.is_file() else None)
+    if ckpt_path:
+        read_checkpoint(ckpt_path, key="ckpt_path")  # a missing or foreign file fails here, in one line
     relaunch_job_not_sweep()
-    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer), callbacks=callbacks, logger=loggers,
+    trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), callbacks=callbacks(cfg, out_dir),
+                         logger=[CSVLogger(out_dir, name="csv", version=""),
+                                 TensorBoardLogger(out_dir, name="tensorboard", version="")],
                          default_root_dir=out_dir)
+    dm = build_datamodule(cfg, trainer.num_devices)
+    module = build_module(cfg, dm.image_size)
+    if ckpt_path and trainer.is_global_zero:
+        print(f"resuming from {ckpt_path}", flush=True)
     with ddp_job_scope():
-        trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    checkpoint = trainer.checkpoint_callback
     score = checkpoint.best_model_score
     return (float(score) if score is not None else float("nan")), checkpoint.best_model_path, trainer.is_global_zero
+
+
+def callbacks(cfg: DictConfig, out_dir: Path) -> list[pl.Callback]:
+    """The best checkpoint by val_dice and last.ckpt, the LR at the scheduler's interval, early stopping, a bar."""
+    found = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_dice", mode="max", save_last=True,
+                        filename=f"{cfg.model.encoder_name}-fold{cfg.fold}-" + "epoch{epoch:02d}-dice{val_dice:.4f}",
+                        auto_insert_metric_name=False),
+        LearningRateMonitor(),  # logging_interval=None: per step for the cyclic schedule, per epoch for cosine
+        EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience),
+    ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        found.append(RichProgressBar() if cfg.progress_bar == "rich" else TQDMProgressBar())
+    return found
 
 
 def _list(value: object) -> list | None:

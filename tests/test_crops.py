@@ -8,7 +8,7 @@ import pytest
 
 from carvana import CarvanaError
 from carvana.crops import bbox_for, car_bbox, crop, main, paste, read_bboxes, write_bboxes
-from carvana.io import read_mask, write_probs_png
+from carvana.io import read_mask, write_probs8
 from tests.conftest import run_module
 
 FULL = (1280, 1918)
@@ -136,8 +136,8 @@ def test_write_read_bboxes_round_trip(tmp_path: Path):
     preds.mkdir()
     car = np.zeros((128, 192), np.uint8)
     car[40:60, 50:90] = 255
-    write_probs_png(preds / "aaa_01.png", car)
-    write_probs_png(preds / "aaa_02.png", np.zeros((128, 192), np.uint8))
+    write_probs8(preds / "aaa_01.png", car)
+    write_probs8(preds / "aaa_02.png", np.zeros((128, 192), np.uint8))
     table = write_bboxes(preds, tmp_path / "bboxes.csv", margin=8, multiple=32)
     assert list(table.columns) == ["img", "y_start", "y_end", "x_start", "x_end"]
     on_disk = pd.read_csv(tmp_path / "bboxes.csv")
@@ -169,7 +169,7 @@ def test_read_bboxes_refuses_missing_file_and_columns(tmp_path: Path):
 
 
 def test_cli_writes_bboxes(tmp_path: Path, capsys: pytest.CaptureFixture):
-    write_probs_png(tmp_path / "aaa_01.png", np.full((64, 96), 255, np.uint8))
+    write_probs8(tmp_path / "aaa_01.png", np.full((64, 96), 255, np.uint8))
     main([f"pred_dir={tmp_path}", f"out={tmp_path / 'b.csv'}", "margin=0"])
     assert capsys.readouterr().out.splitlines() == ["boxes=1 mean_box=64x96 max_box=64x96", str(tmp_path / "b.csv")]
     assert read_bboxes(tmp_path / "b.csv") == {"aaa_01.jpg": (0, 64, 0, 96)}

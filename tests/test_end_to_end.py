@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, TINY_SIZE, result_of, run_train, train_args
 
-from carvana.io import read_probs
+from carvana.io import read_probs8
 from carvana.rle import rle_decode
 
 
@@ -64,7 +64,7 @@ def test_train_predict_submit(carvana_root: Path, tmp_path: Path):
     assert table["img"].tolist() == names  # the sample's rows, in its order
     car_pixels = 0
     for name, rle in zip(table["img"], table["rle_mask"]):
-        probs = read_probs(png_dir / f"{Path(name).stem}.png")
+        probs = read_probs8(png_dir / f"{Path(name).stem}.png")
         assert probs.shape == TINY_SIZE
         np.testing.assert_array_equal(rle_decode(rle, TINY_SIZE), probs > 127.5)
         car_pixels += int((probs > 127.5).sum())

@@ -20,7 +20,7 @@ import torch
 from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
 
 from carvana.data import car_id
-from carvana.io import read_image, read_mask, read_probs, write_image, write_probs_png
+from carvana.io import read_image, read_mask, read_probs8, write_image, write_probs8
 from carvana.module import SegModule, dice_per_image, load_module
 from carvana.prediction import default_workers, to_uint8
 from carvana.rle import rle_decode
@@ -222,7 +222,7 @@ def test_real_photos_come_back_at_1918x1280(ckpt_resize: Path, tmp_path: Path):
     assert run.code == 0 and not run.errors(), run.out + run.err
     assert run.summary()["predicted"] == "2"
     for photo in photos:
-        png = read_probs(out / f"{photo.stem}.png")
+        png = read_probs8(out / f"{photo.stem}.png")
         assert png.shape == (1280, 1918)  # height 1280, width 1918: Kaggle's size, whatever the network saw
     assert max_diff(png, expected_pngs([load_module(ckpt_resize)], photos[-1:], tta=False)[photo.name]) <= 1
 
@@ -236,7 +236,7 @@ def test_tta_hflip_is_the_mean_with_the_flipped_prediction(ckpt_pad: Path, carva
     tta, plain = expected_pngs([model], photos, tta=True), expected_pngs([model], photos, tta=False)
     changed = 0
     for photo in photos:
-        png = read_probs(out / f"{photo.stem}.png")
+        png = read_probs8(out / f"{photo.stem}.png")
         assert max_diff(png, tta[photo.name]) <= 1, photo.name
         changed += max_diff(png, plain[photo.name]) > 1
     assert changed > 0  # the flip matters for this model: the test could tell TTA from none
@@ -251,7 +251,7 @@ def test_ensemble_is_the_mean_of_two_checkpoints(ckpt_pad: Path, ckpt_resize: Pa
     both, first = expected_pngs(models, photos, tta=False), expected_pngs(models[:1], photos, tta=False)
     alone = 0
     for photo in photos:
-        png = read_probs(out / f"{photo.stem}.png")
+        png = read_probs8(out / f"{photo.stem}.png")
         assert max_diff(png, both[photo.name]) <= 1, photo.name
         alone += max_diff(png, first[photo.name]) > 1
     assert alone > 0  # the second checkpoint changed the result
@@ -276,7 +276,7 @@ def test_resume_skips_what_is_written(png_run: tuple[Run, Path], ckpt_pad: Path,
     assert {name: after[name] for name in after if name not in gone} == {n: before[n] for n in before if n not in gone}
     for name in gone:  # redone: the same mask (tolerance 1: other batches, other rounding)
         original = cv2.imdecode(np.frombuffer(before[name][1], np.uint8), cv2.IMREAD_UNCHANGED)
-        assert max_diff(read_probs(out / name), original) <= 1
+        assert max_diff(read_probs8(out / name), original) <= 1
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +297,7 @@ def test_rle_rows_decode_to_the_thresholded_png(
     assert sorted(img for _, img, _ in rows) == photos
     cars = 0
     for _, img, rle in rows:
-        probs = read_probs(png_run[1] / f"{Path(img).stem}.png")
+        probs = read_probs8(png_run[1] / f"{Path(img).stem}.png")
         mask = rle_decode(rle, TINY_SIZE)
         # the PNG and the row come from two runs: a pixel may sit on the threshold after a rounding of 1
         borderline = np.abs(probs.astype(float) - 127.5) <= 1
@@ -317,7 +317,7 @@ def test_rle_and_png_of_one_run_agree_exactly(ckpt_pad: Path, carvana_root: Path
     rows = shard_rows(out)
     assert sorted(img for _, img, _ in rows) == [p.name for p in photos]
     for _, img, rle in rows:
-        probs = read_probs(out / f"{Path(img).stem}.png")
+        probs = read_probs8(out / f"{Path(img).stem}.png")
         np.testing.assert_array_equal(rle_decode(rle, TINY_SIZE), probs > 0.3 * 255)
 
 
@@ -369,7 +369,7 @@ def test_ddp_two_processes_write_each_photo_once(ckpt_pad: Path, carvana_root: P
     assert sorted(p.name for p in out.glob("*.png")) == [f"{p.stem}.png" for p in photos]
     expected = expected_pngs([load_module(ckpt_pad)], photos, tta=False)
     for _, img, rle in rows:
-        probs = read_probs(out / f"{Path(img).stem}.png")
+        probs = read_probs8(out / f"{Path(img).stem}.png")
         assert max_diff(probs, expected[img]) <= 1
         np.testing.assert_array_equal(rle_decode(rle, TINY_SIZE), probs > 127.5)
     # both ranks' shards (and their compressed rows) merge into one gzip member, in the sample's order
@@ -478,7 +478,7 @@ def test_bad_input_stops_with_one_line(case, ckpt_pad: Path, tmp_path: Path):
     overrides, path = case(tmp_path, ckpt_pad)
     out = tmp_path / "pred"
     out.mkdir()
-    write_probs_png(out / "earlier_01.png", np.full(TINY_SIZE, 200, np.uint8))
+    write_probs8(out / "earlier_01.png", np.full(TINY_SIZE, 200, np.uint8))
     before = snapshot(out)
     run = predict_here(predict_args(None, out, *overrides))
     assert run.code == 2, run.out + run.err
@@ -508,7 +508,7 @@ def bad_photo_run(request, ckpt_pad: Path, carvana_root: Path, tmp_path_factory:
     out.mkdir()
     rng = np.random.default_rng(0)
     for photo in photos[:2]:
-        write_probs_png(out / f"{photo.stem}.png", rng.integers(0, 256, TINY_SIZE, dtype=np.uint8))
+        write_probs8(out / f"{photo.stem}.png", rng.integers(0, 256, TINY_SIZE, dtype=np.uint8))
     before = snapshot(out)
     run = predict_here(predict_args(ckpt_pad, out, f"input_dir={tmp / 'in'}", "num_workers=1", "batch_size=2"))
     return {"run": run, "photos": photos, "bad": photos[3], "out": out, "before": before}
@@ -526,7 +526,7 @@ def test_bad_photo_is_reported_and_the_others_predicted(bad_photo_run: dict):
     after = snapshot(out)
     assert {n: after[n] for n in bad_photo_run["before"]} == bad_photo_run["before"]  # earlier PNGs untouched
     for photo in good[2:]:
-        assert read_probs(out / f"{photo.stem}.png").shape == TINY_SIZE
+        assert read_probs8(out / f"{photo.stem}.png").shape == TINY_SIZE
 
 
 def test_bad_photo_summary_counts_only_written_photos(bad_photo_run: dict):

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from carvana import CarvanaError
-from carvana.io import write_probs_png
+from carvana.io import write_probs8
 from carvana.rle import rle_decode, rle_encode
 from carvana.shards import HEADER, RleShardWriter
 from carvana.submission import combine, make_submission
@@ -31,7 +31,7 @@ def write_sample(path: Path, names: list[str]) -> Path:
 def write_pngs(directory: Path, probs: dict[str, np.ndarray]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, p in probs.items():
-        write_probs_png(directory / f"{Path(name).stem}.png", p)
+        write_probs8(directory / f"{Path(name).stem}.png", p)
     return directory
 
 

@@ -122,13 +122,13 @@ def test_validation_and_prediction_see_the_training_resize(tmp_path):
     """Without a transform (validation, prediction) the loader resizes the photo exactly as training's A.Resize does,
     and keeps the mask and the size at full resolution for the metric and the way back."""
     from carvana.data import CarvanaDataset
-    from carvana.io import read_image, write_image, write_mask_gif, write_probs_png
+    from carvana.io import read_image, write_image, write_mask_gif, write_probs8
 
     image, mask = photo(128, 190, seed=3)
     stacked = np.random.default_rng(4).integers(0, 256, (128, 190), dtype=np.uint8)  # a first stage's probabilities
     write_image(tmp_path / "car_01.jpg", image)
     write_mask_gif(tmp_path / "car_01_mask.gif", mask)
-    write_probs_png(tmp_path / "car_01.png", stacked)
+    write_probs8(tmp_path / "car_01.png", stacked)
     item = CarvanaDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"],
                           stacked=[[tmp_path / "car_01.png"]], input_size=[32, 64])[0]
     trained = train_transform(None, [32, 64], NO_AUGMENT)(image=read_image(tmp_path / "car_01.jpg"), masks=[stacked])

@@ -1,4 +1,4 @@
-"""The studio turntable: a low-poly car (carvana.lowpoly) rendered as a Carvana photo and its mask.
+"""The studio turntable: a low-poly car (carvana.synthetic.lowpoly) rendered as a Carvana photo and its mask.
 
 The camera, light and white backdrop are set for Kaggle's 1918x1280 photos; the car's soft shadow is drawn on the floor
 but left out of the mask, as in Kaggle's masks, while windows, wheels, mirrors and the antenna are in it.
@@ -9,7 +9,7 @@ import functools
 import cv2
 import numpy as np
 
-from carvana.lowpoly import Car, stations
+from carvana.synthetic.lowpoly import Car, stations
 
 REF_SHAPE = (1280, 1918)  # Kaggle's photos (height, width): the camera and the size classes are set for them
 # metres, and px at 1280 rows: a 4.7 m sedan covers ~21% of its side view and ~13% of its front view, as Kaggle's A4

@@ -1,9 +1,5 @@
-"""A synthetic data set in Carvana's exact layout: a low-poly car on a studio turntable, 16 angles, masks and csvs.
+"""The synthetic set in Carvana's exact layout: train/, train_masks/, test/ and Kaggle's three csvs."""
 
-python -m carvana.synthetic --root data/synthetic --train-cars 8 --test-cars 2 --height 1280 --width 1918 --seed 0
-"""
-
-import argparse
 import csv
 import os
 import shutil
@@ -13,9 +9,9 @@ import numpy as np
 
 from carvana import CarvanaError
 from carvana.io import write_image, write_mask_gif
-from carvana.lowpoly import Car, car_parts, sample_car
-from carvana.rle import rle_encode
-from carvana.turntable import REF_SHAPE, render_photo
+from carvana.submission.rle import rle_encode
+from carvana.synthetic.lowpoly import Car, car_parts, sample_car
+from carvana.synthetic.turntable import REF_SHAPE, render_photo
 
 ANGLES = 16  # turntable stops 22.5 degrees apart: 01 faces the camera, 05 shows a side, 09 the back, 13 the other side
 JPEG_QUALITY = 60  # Kaggle's photos carry libjpeg's quality-57 tables (~90 KB each)
@@ -129,26 +125,3 @@ def make_dataset(root: str | os.PathLike, train_cars: int = 8, test_cars: int = 
         for path in (tmp, old):  # an interrupted run leaves neither a half set nor temporary files
             shutil.rmtree(path, ignore_errors=True)
     return root
-
-
-def main() -> None:
-    """Command line: python -m carvana.synthetic --root data/synthetic --train-cars 8 --test-cars 2."""
-    parser = argparse.ArgumentParser(description="Generate a synthetic data set in Carvana's layout")
-    parser.add_argument("--root", default="data/synthetic")
-    parser.add_argument("--train-cars", type=int, default=8)
-    parser.add_argument("--test-cars", type=int, default=2)
-    parser.add_argument("--height", type=int, default=REF_SHAPE[0])
-    parser.add_argument("--width", type=int, default=REF_SHAPE[1])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing root")
-    args = parser.parse_args()
-    try:
-        root = make_dataset(args.root, args.train_cars, args.test_cars, (args.height, args.width), args.seed,
-                            args.overwrite)
-    except CarvanaError as err:
-        raise SystemExit(f"error: {err}") from None
-    print(root)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,7 @@
 """Kaggle submission: probability PNGs or streamed RLE shards -> gzip CSV `img,rle_mask` rows in sample order."""
 
 import functools
+import gzip
 import math
 import os
 import sys
@@ -15,10 +16,9 @@ from rich.console import Console
 from rich.progress import track
 
 from carvana import CarvanaError
-from carvana.gzrows import GzipRows
-from carvana.io import atomic_path, probs_cut, read_probs
-from carvana.rle import rle_encode
-from carvana.shards import HEADER, encode_row, first_few, shard_rows
+from carvana.io import atomic_path, probs_cut, read_probs8
+from carvana.submission.rle import rle_encode
+from carvana.submission.shards import HEADER, SHARD_PATTERN, first_few, format_row, shard_rows
 
 STRATEGIES = ("average", "vote")
 
@@ -54,6 +54,18 @@ def make_submission(
     return output
 
 
+def find_predictions(directory: str | os.PathLike) -> dict:
+    """What predict.py wrote into `directory`: {"rle_dir": it} when it holds RLE shards (streamed rows, no PNG to
+    read back), else {"masks_dir": it} when it holds PNGs; neither is a CarvanaError."""
+    directory = Path(directory)
+    if any(directory.glob(SHARD_PATTERN)):
+        return {"rle_dir": str(directory)}
+    if any(directory.glob("*.png")):
+        return {"masks_dir": str(directory)}
+    raise CarvanaError(f"{directory} holds no predictions (neither {SHARD_PATTERN} shards nor .png masks): run "
+                       "python predict.py ckpt=... first, or set masks_dir= / rle_dir=")
+
+
 def read_sample_names(path: str | os.PathLike) -> list[str]:
     """Photo names (the `img` column, e.g. 0004d4463b50_01.jpg) of a sample submission CSV, in its order."""
     try:
@@ -72,15 +84,12 @@ def read_sample_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def write_submission(path: str | os.PathLike, rows: Iterable[tuple[bytes, bytes | None]]) -> None:
-    """Write the gzip CSV: the header, then each `img,rle` row with its compressed piece (None: compress it now),
-    through a temporary name and a rename."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        out = GzipRows(f)
-        out.write(f"{HEADER}\n".encode())
-        for row, piece in rows:
-            out.write(row, piece)
-        out.close()
+def write_submission(path: str | os.PathLike, rows: Iterable[bytes]) -> None:
+    """Write the gzip CSV: the header, then each `img,rle\\n` row, through a temporary name and a rename."""
+    with atomic_path(path) as tmp, gzip.open(tmp, "wb", compresslevel=1) as f:  # RLE text: level 6 is 2.5x slower
+        f.write(f"{HEADER}\n".encode())
+        for row in rows:
+            f.write(row)
 
 
 def mask_filename(img: str) -> str:
@@ -88,25 +97,23 @@ def mask_filename(img: str) -> str:
     return f"{Path(img).stem}.png"
 
 
-def combine(probs: Sequence[np.ndarray], threshold: float, strategy: str) -> np.ndarray:
-    """HxW bool mask from K HxW uint8 probability maps (0..255): mean > threshold*255, or a strict majority vote."""
+def combine(probs8: Sequence[np.ndarray], threshold: float, strategy: str) -> np.ndarray:
+    """HxW bool mask from K HxW probs8 maps (uint8 0..255): mean > threshold*255, or a strict majority vote."""
     cut = probs_cut(threshold)
-    if len(probs) == 1:
-        return probs[0] > cut
+    if len(probs8) == 1:
+        return probs8[0] > cut
     if strategy == "average":
-        return np.sum(probs, axis=0, dtype=np.uint32) > math.floor(threshold * 255 * len(probs))
-    votes = np.sum([p > cut for p in probs], axis=0, dtype=np.uint32)
-    return votes * 2 > len(probs)  # a tie (even K) is background
+        return np.sum(probs8, axis=0, dtype=np.uint32) > math.floor(threshold * 255 * len(probs8))
+    votes = np.sum([p > cut for p in probs8], axis=0, dtype=np.uint32)
+    return votes * 2 > len(probs8)  # a tie (even K) is background
 
 
-def encode_pngs(
-    task: tuple[str, tuple[str, ...]], threshold: float, strategy: str, shape: tuple[int, int]
-) -> tuple[bytes, bytes]:
-    """The row `img,rle` of task (img, PNG paths) -- its ensembled, thresholded masks; no paths (a filled gap)
-    gives an empty RLE -- and the row's compressed piece: the worker processes compress, not the writer."""
+def encode_pngs(task: tuple[str, tuple[str, ...]], threshold: float, strategy: str, shape: tuple[int, int]) -> bytes:
+    """The row `img,rle\\n` of task (img, PNG paths): its ensembled, thresholded masks; no paths (a filled gap) gives
+    an empty RLE."""
     name, paths = task
     rle = rle_encode(combine([_read_sized(path, shape) for path in paths], threshold, strategy)) if paths else ""
-    return encode_row(name, rle)
+    return format_row(name, rle)
 
 
 def png_rows(
@@ -117,7 +124,7 @@ def png_rows(
     fill_missing: bool,
     shape: tuple[int, int],
     workers: int,
-) -> Iterator[tuple[bytes, bytes]]:
+) -> Iterator[bytes]:
     """Check every photo has a PNG in every directory, then lazily yield their RLE rows in order, over processes."""
     if strategy not in STRATEGIES:
         raise CarvanaError(f"unknown strategy={strategy}: choose one of {', '.join(STRATEGIES)}")
@@ -144,7 +151,7 @@ def png_rows(
     return _pool_map(encode, tasks, workers)
 
 
-def _pool_map(encode: functools.partial, tasks: Sequence[tuple], workers: int) -> Iterator[tuple[bytes, bytes]]:
+def _pool_map(encode: functools.partial, tasks: Sequence[tuple], workers: int) -> Iterator[bytes]:
     """encode(task) for each task, in order, over `workers` processes, with a progress bar on stderr."""
     console = Console(stderr=True)
     # a bar only on a terminal (logs get none), gone when done so that an error is the only line left
@@ -166,14 +173,14 @@ def _pool_map(encode: functools.partial, tasks: Sequence[tuple], workers: int) -
 
 
 def _read_sized(path: str, shape: tuple[int, int]) -> np.ndarray:
-    """A probability PNG as HxW uint8, or CarvanaError when it is not `shape`."""
-    probs = read_probs(path)
-    if probs.shape != shape:
+    """A probability PNG as HxW probs8, or CarvanaError when it is not `shape` (h, w)."""
+    probs8 = read_probs8(path)
+    if probs8.shape != shape:
         raise CarvanaError(
-            f"mask {path} is {probs.shape[1]}x{probs.shape[0]} (WxH), expected {shape[1]}x{shape[0]}: "
+            f"mask {path} is {probs8.shape[1]}x{probs8.shape[0]} (WxH), expected {shape[1]}x{shape[0]}: "
             "predict at full size, or set width= and height= to the size of the masks"
         )
-    return probs
+    return probs8
 
 
 def _list_dir(path: Path) -> set[str]:

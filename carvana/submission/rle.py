@@ -4,23 +4,14 @@ import warnings
 
 import numpy as np
 
-# "0000".."9999" as 4-byte words: numbers are written 4 digits per table look-up instead of one str() each
-_DIGITS4 = np.frombuffer("".join(f"{i:04d}" for i in range(10_000)).encode("ascii"), dtype=np.uint32)
-_POWERS10 = 10 ** np.arange(1, 19, dtype=np.int64)
-_SPACE4 = np.frombuffer(b" \0\0\0", dtype=np.uint32)[0]
-
 
 def rle_encode(mask: np.ndarray) -> str:
     """Encode a mask (any shape, nonzero = car; flattened in C order) as Kaggle's RLE string; empty mask -> ""."""
-    flat = np.ascontiguousarray(mask).reshape(-1)
-    if flat.dtype != np.bool_ and not np.issubdtype(flat.dtype, np.integer):
-        flat = flat != 0
-    edges = _edges(flat)
-    if edges.size == 0:
-        return ""
+    flat = np.zeros(mask.size + 2, np.int8)  # a background pixel before and after: every run has two edges
+    flat[1:-1] = np.ravel(mask) != 0
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # 1-indexed starts, and one past each run's end
     edges[1::2] -= edges[::2]  # run ends -> lengths
-    edges[::2] += 1  # Kaggle's starts are 1-indexed
-    return _join(edges)
+    return " ".join(map(str, edges.tolist()))
 
 
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
@@ -61,34 +52,3 @@ def parse_rle(rle: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     if values.size and ends[-1] > size:
         raise ValueError(f"RLE run ends at pixel {ends[-1]}, past the {size} pixels of the mask: wrong height/width?")
     return starts, lengths
-
-
-def _edges(flat: np.ndarray) -> np.ndarray:
-    """0-based int64 indices p in [0, n] where flat[p] != flat[p - 1], with zeros assumed outside the mask."""
-    n = flat.size
-    # one bit per pixel (8x less memory to scan), padded with zeros to whole 64-bit words and one bit past the end
-    bits = np.zeros((n // 8 + 8) // 8 * 8, dtype=np.uint8)
-    bits[: (n + 7) // 8] = np.packbits(flat)
-    # bit i of `diff` is pixel i xor pixel i-1; packbits is big-endian, so the previous bit is one place higher
-    diff = bits >> 1
-    diff[1:] |= bits[:-1] * np.uint8(128)  # uint8 multiply wraps: the last bit of the previous byte, moved to the top
-    diff ^= bits
-    words = np.flatnonzero(diff.view(np.uint64) != 0)
-    hits = np.flatnonzero(np.unpackbits(diff.view(np.uint64)[words].view(np.uint8)).view(np.bool_))
-    return words[hits >> 6] * 64 + (hits & 63)
-
-
-def _join(values: np.ndarray) -> str:
-    """Space-separated decimal text of non-negative int64 values, as " ".join(map(str, values)) but vectorised."""
-    digits = np.searchsorted(_POWERS10, values, side="right") + 1
-    chunks = (int(digits.max()) + 3) // 4
-    width = 4 * chunks
-    words = np.empty((values.size, chunks + 1), dtype=np.uint32)
-    words[:, chunks] = _SPACE4  # the separator, then 3 bytes dropped below
-    rest = values
-    for col in range(chunks - 1, -1, -1):
-        rest, chunk = np.divmod(rest, 10_000)
-        words[:, col] = _DIGITS4[chunk]
-    keep = np.arange(width + 4) >= (width - digits)[:, None]  # drop leading zeros
-    keep[:, width + 1 :] = False
-    return words.view(np.uint8)[keep].tobytes()[:-1].decode("ascii")
