@@ -89,7 +89,7 @@ def plain_run(module: SegModule, loader: DataLoader) -> tuple[list[float], list[
         if step >= WARMUP:
             stamps.append(time.perf_counter())
         optimizer.zero_grad()
-        loss = module.loss(module(batch["image"]), batch["mask"])
+        loss = module.criterion(module(batch["image"]), batch["mask"])
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())

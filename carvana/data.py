@@ -14,24 +14,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from carvana import CarvanaError
 from carvana.crops import bbox_for, read_bboxes
 from carvana.geometry import Box, Geometry, cut_box
-from carvana.io import read_image, read_mask, read_probs8
+from carvana.hardware import default_workers
+from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, car_id, read_image, read_mask, read_probs8
 from carvana.pseudo import select_pseudo
 from carvana.transforms import train_transform
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# Carvana's GIFs first, then predictions written by predict.py, so a prediction directory can serve as labels
-MASK_PATTERNS = ("{}_mask.gif", "{}.png", "{}_mask.png", "{}.gif")
 MASKS_CHECKED = 8  # masks read before training: none with a car means a wrong folder or format
-
-
-def car_id(path: str | Path) -> str:
-    """The car of a photo: '0cdf5b5d0ce1' for '0cdf5b5d0ce1_05.jpg'."""
-    return Path(path).stem.rsplit("_", 1)[0]
-
-
-def angle_of(path: str | Path) -> int:
-    """The turntable angle of a photo, 1..16: 5 for '0cdf5b5d0ce1_05.jpg'."""
-    return int(Path(path).stem.rsplit("_", 1)[1])
 
 
 def list_images(directory: str | Path) -> list[Path]:
@@ -223,7 +211,7 @@ class CarvanaDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str, folds: str, fold: int, geometry: Geometry, image_dir: str = "train",
                  train_mask_dir: str = "train_masks", val_mask_dir: str = "train_masks", batch_size: int = 4,
-                 num_workers: int = 2, augment: dict | None = None, stacked_dirs: list[str] | None = None,
+                 num_workers: int | None = 2, augment: dict | None = None, stacked_dirs: list[str] | None = None,
                  pseudo: dict | None = None, bboxes: str | None = None, seed: int = 0):
         super().__init__()
         self.root, self.folds, self.fold, self.geometry = Path(root), folds, fold, geometry
@@ -272,6 +260,8 @@ class CarvanaDataModule(pl.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _loader(self, dataset: Dataset, sampler: DistributedSampler, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                          persistent_workers=self.num_workers > 0)
+        workers = self.num_workers
+        if workers is None:  # data.num_workers=null: the CPUs shared by this machine's devices
+            workers = default_workers(self.trainer.num_devices if self.trainer is not None else 1)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                          pin_memory=torch.cuda.is_available(), drop_last=drop_last, persistent_workers=workers > 0)

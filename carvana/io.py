@@ -1,4 +1,5 @@
-"""Readers and writers for Carvana photos and masks; every writer goes through a temporary name and a rename."""
+"""Carvana's files: names (car, angle), readers and writers of photos and masks; every writer goes through a
+temporary name and a rename."""
 
 import contextlib
 import math
@@ -15,11 +16,24 @@ from carvana import CarvanaError
 # one decode thread per worker process: DataLoader workers already run in parallel
 cv2.setNumThreads(1)
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Carvana's GIFs first, then predictions written by predict.py, so a prediction directory can serve as labels
+MASK_PATTERNS = ("{}_mask.gif", "{}.png", "{}_mask.png", "{}.gif")
 _JPEG_END = b"\xff\xd9"
 # probability PNGs are written 100,064 times and read once: no per-row filter search and zlib level 1. On a trained
 # model's 1918x1280 mask of a real photo that is 6.3 ms to write and 3.1 ms to read instead of 18.7 and 8.3 (libpng's
 # adaptive filters), for a file 25% larger (175 KB); the other filters and zlib strategies were slower both ways
 _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+
+
+def car_id(path: str | os.PathLike) -> str:
+    """The car of a photo in Kaggle's naming: '0cdf5b5d0ce1' for '0cdf5b5d0ce1_05.jpg'."""
+    return Path(path).stem.rsplit("_", 1)[0]
+
+
+def angle_of(path: str | os.PathLike) -> int:
+    """The turntable angle of a photo, 1..16: 5 for '0cdf5b5d0ce1_05.jpg'."""
+    return int(Path(path).stem.rsplit("_", 1)[1])
 
 
 @contextlib.contextmanager

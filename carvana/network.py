@@ -56,6 +56,8 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, dec
     param = inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[arch]).parameters.get("decoder_channels")
     if param is not None and isinstance(param.default, (list, tuple)):
         kwargs["decoder_channels"] = tuple(decoder_channels)
+    if arch == "dpt":  # its ViT encoders are built for 224x224 squares; Carvana's inputs are not
+        kwargs["dynamic_img_size"] = True
     weights = None if is_local(encoder_weights) else encoder_weights
     if weights == "imagenet" and encoder_name.startswith("tu-"):
         weights = True  # smp's way to ask timm for the name's pretrained tag
@@ -65,6 +67,8 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, dec
     except OSError as err:  # huggingface_hub / urllib: no network, no cache
         raise CarvanaError(f"cannot download the {encoder_weights} weights of {encoder_name} ({type(err).__name__}): "
                            "without a network set model.encoder_weights=null or a local weights file") from None
+    except ValueError as err:  # an architecture that does not take this encoder (e.g. dpt needs a tu- ViT)
+        raise CarvanaError(f"model.arch={arch} with model.encoder_name={encoder_name}: {err}") from None
     if is_local(encoder_weights):
         load_encoder_weights(net.encoder, encoder_weights)
     return net

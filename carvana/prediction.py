@@ -18,8 +18,6 @@ from torch.utils.data import DataLoader
 from carvana import CarvanaError
 from carvana.data import (
     CarvanaDataset,
-    angle_of,
-    car_id,
     find_masks,
     find_stacked,
     list_images,
@@ -29,7 +27,7 @@ from carvana.data import (
 )
 from carvana.geometry import Geometry
 from carvana.hardware import default_workers, trainer_kwargs
-from carvana.io import atomic_path, probs_cut, read_mask, read_probs8, write_probs8
+from carvana.io import angle_of, atomic_path, car_id, probs_cut, read_mask, read_probs8, write_probs8
 from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
 from carvana.submission.rle import rle_encode
 from carvana.submission.shards import SHARD_PATTERN, RleShardWriter, scan_shard

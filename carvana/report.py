@@ -17,7 +17,7 @@ from PIL import Image
 from carvana import CarvanaError
 from carvana.cli import parse_words, run_or_exit
 from carvana.data import IMAGE_SUFFIXES, MASK_PATTERNS, car_id
-from carvana.io import atomic_path, read_image, read_mask, read_probs
+from carvana.io import atomic_path, read_image, read_mask, read_probs8
 
 DEFAULTS = {
     "oof_dir": None,  # predict.py predict_on_val=true output_dir: <photo stem>.png probabilities 0..255
@@ -79,7 +79,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def histogram(pred_path: Path, truth_path: Path) -> np.ndarray:
     """2x256 int64 pixel counts by predicted value 0..255: row 0 background pixels, row 1 car pixels."""
-    probs, truth = read_probs(pred_path), read_mask(truth_path)
+    probs, truth = read_probs8(pred_path), read_mask(truth_path)
     assert probs.shape == truth.shape and probs.size < 2**24, (pred_path, probs.shape, truth.shape)
     every = cv2.calcHist([probs], [0], None, [256], [0, 256]).ravel()
     car = cv2.calcHist([probs], [0], truth, [256], [0, 256]).ravel()
@@ -161,7 +161,7 @@ def gallery(worst: pd.DataFrame, files: dict[str, tuple[Path, Path, Path]], thre
                 f"photo {photo_path} is {image.shape[1]}x{image.shape[0]} but its mask is "
                 f"{truth.shape[1]}x{truth.shape[0]}: images_dir= is not the masks' photos"
             )
-        tile = draw_errors(image, (read_probs(pred_path) > threshold * 255).astype(np.uint8), truth, size)
+        tile = draw_errors(image, (read_probs8(pred_path) > threshold * 255).astype(np.uint8), truth, size)
         label(tile, [name, f"dice {dice:.4f}"])
         r, c = divmod(i, columns)
         board[r * size[0] : (r + 1) * size[0], c * size[1] : (c + 1) * size[1]] = tile

@@ -24,7 +24,7 @@ from carvana import CarvanaError
 from carvana.data import CarvanaDataModule
 from carvana.folds import write_folds
 from carvana.geometry import Geometry
-from carvana.hardware import default_workers, trainer_kwargs
+from carvana.hardware import trainer_kwargs
 from carvana.module import SegModule, read_checkpoint
 from carvana.network import resolve_preprocessing
 
@@ -119,13 +119,13 @@ def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegMod
     return module
 
 
-def build_datamodule(cfg: DictConfig, devices: int = 1) -> CarvanaDataModule:
+def build_datamodule(cfg: DictConfig) -> CarvanaDataModule:
     """The fold's data, every input checked now, before the Trainer starts other processes."""
     d = cfg.data
     dm = CarvanaDataModule(
         root=d.root, folds=d.folds, fold=cfg.fold, geometry=geometry_of(d), image_dir=d.image_dir,
         train_mask_dir=d.train_mask_dir, val_mask_dir=d.val_mask_dir, batch_size=d.batch_size,
-        num_workers=default_workers(devices) if d.num_workers is None else d.num_workers,
+        num_workers=d.num_workers,
         augment=OmegaConf.to_container(d.augment), stacked_dirs=list(d.stacked_dirs or []), bboxes=d.bboxes,
         pseudo={"dir": d.pseudo_dir, "image_dir": d.pseudo_image_dir, "ratio": d.pseudo_ratio,
                 "min_confidence": d.pseudo_min_confidence},
@@ -137,21 +137,22 @@ def build_datamodule(cfg: DictConfig, devices: int = 1) -> CarvanaDataModule:
 
 def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     """Train one fold; return (best val_dice, best checkpoint path, whether this process is rank 0)."""
-    pl.seed_everything(cfg.seed, workers=True)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a key an experiment requires (???) first
     check_data(cfg.data)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
     # a run folder that holds a last.ckpt resumes from it: a requeued cluster job, a run started again by hand
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = cfg.ckpt_path or (str(last) if last.is_file() else None)
     if ckpt_path:
         read_checkpoint(ckpt_path, key="ckpt_path")  # a missing or foreign file fails here, in one line
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm.image_size)
     relaunch_job_not_sweep()
     trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), callbacks=callbacks(cfg, out_dir),
                          logger=[CSVLogger(out_dir, name="csv", version=""),
                                  TensorBoardLogger(out_dir, name="tensorboard", version="")],
                          default_root_dir=out_dir)
-    dm = build_datamodule(cfg, trainer.num_devices)
-    module = build_module(cfg, dm.image_size)
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {ckpt_path}", flush=True)
     with ddp_job_scope():

@@ -36,6 +36,8 @@ def carvana_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
     """train.py overrides for one tiny CPU epoch on `root`, run directory `out`."""
     return [
+        "data=synthetic",
+        "trainer=cpu",
         f"data.root={root}",
         f"data.folds={root / 'folds.csv'}",
         "~data.generate",

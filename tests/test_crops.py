@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from carvana import CarvanaError
-from carvana.crops import bbox_for, car_bbox, crop, main, paste, read_bboxes, write_bboxes
+from carvana.crops import bbox_for, car_bbox, main, read_bboxes, write_bboxes
+from carvana.geometry import cut_box
 from carvana.io import read_mask, write_probs8
 from tests.conftest import run_module
 
@@ -102,33 +103,20 @@ def test_real_masks_give_multiple_boxes_around_the_car(shared_data: Path):
         ys, xs = np.nonzero(mask)
         assert box[1] - box[0] < 1280 and (box[1] - box[0]) % 32 == 0 and (box[3] - box[2]) % 32 == 0
         # the largest component is nearly the whole car: few mask pixels fall outside the box
-        assert crop(mask, box).sum() > 0.99 * mask.sum(), path.name
+        assert cut_box(mask, box).sum() > 0.99 * mask.sum(), path.name
         # margin 32 on each side plus at most 31 of rounding
         assert box[1] - box[0] <= ys.max() + 1 - ys.min() + 64 + 31
         assert box[3] - box[2] <= xs.max() + 1 - xs.min() + 64 + 31
 
 
-def test_crop_paste_round_trip_full_size():
+def test_box_cut_at_full_size():
+    """Cutting a box out (carvana.geometry.cut_box, what training and prediction do with bboxes.csv) at 1918x1280."""
     rng = np.random.default_rng(1)
-    probs = rng.integers(1, 256, size=FULL, dtype=np.uint8)  # no zeros: a zero outside the box must come from paste
     box = (96, 1024, 1030, 1918)
-    piece = crop(probs, box)
-    assert piece.shape == (928, 888)
-    full = paste(piece, box, FULL)
-    assert full.shape == FULL and full.dtype == np.uint8
-    np.testing.assert_array_equal(full[96:1024, 1030:1918], probs[96:1024, 1030:1918])
-    outside = np.ones(FULL, bool)
-    outside[96:1024, 1030:1918] = False
-    assert not full[outside].any()
     image = rng.integers(0, 256, size=(*FULL, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(crop(image, box), image[96:1024, 1030:1918])
-
-
-def test_paste_refuses_a_crop_of_the_wrong_size():
-    with pytest.raises(CarvanaError, match="does not match its box"):
-        paste(np.zeros((32, 64), np.uint8), (0, 64, 0, 32), FULL)
-    with pytest.raises(CarvanaError, match="does not fit a 1280x1918 image"):
-        crop(np.zeros(FULL, np.uint8), (0, 1280, 0, 1920))
+    np.testing.assert_array_equal(cut_box(image, box), image[96:1024, 1030:1918])
+    with pytest.raises(CarvanaError, match="does not fit a 1280x1918 photo"):
+        cut_box(np.zeros(FULL, np.uint8), (0, 1280, 0, 1920))
 
 
 def test_write_read_bboxes_round_trip(tmp_path: Path):

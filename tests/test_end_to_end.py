@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, TINY_SIZE, result_of, run_train, train_args
 
 from carvana.io import read_probs8
-from carvana.rle import rle_decode
+from carvana.submission.rle import rle_decode
 
 
 def run_together(*commands: list[str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
@@ -47,7 +47,7 @@ def test_train_predict_submit(carvana_root: Path, tmp_path: Path):
     )
     for proc, out in zip(predicted, (png_dir, rle_dir)):
         assert proc.stdout.strip().splitlines()[-1] == f"predicted=16 skipped=0 output_dir={out}"
-    assert sorted(p.name for p in rle_dir.iterdir()) == ["rle-rank0.csv", "rle-rank0.deflate"]
+    assert sorted(p.name for p in rle_dir.iterdir()) == ["rle-rank0.csv"]
 
     sample = carvana_root / "sample_submission.csv"
     size = [f"height={TINY_SIZE[0]}", f"width={TINY_SIZE[1]}", f"sample_csv={sample}"]

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from carvana import CarvanaError
-from carvana.data import car_id
 from carvana.folds import make_folds, write_folds
+from carvana.io import car_id
 
 REPO = Path(__file__).resolve().parents[1]
 

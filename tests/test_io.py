@@ -69,13 +69,35 @@ def test_read_image_test_photo(real: Path):
     assert read_image(photos[0]).shape == (1280, 1918, 3)
 
 
-def test_png_mask_thresholds_at_127(tmp_path: Path):
+def test_a_prediction_serving_as_labels_is_cut_at_one_half(tmp_path: Path):
+    """`<photo>.png` is predict.py's naming: probabilities (pseudo-labels) are cut at 0.5."""
     probs = np.array([[0, 127, 128, 255], [1, 126, 200, 130], [0, 0, 0, 0]], dtype=np.uint8)
-    path = tmp_path / "m.png"
+    path = tmp_path / "car_01.png"
     assert cv2.imwrite(str(path), probs)
     mask = read_mask(path)
     assert mask.dtype == np.uint8 and mask.shape == (3, 4)
     np.testing.assert_array_equal(mask, (probs > 127).astype(np.uint8))
+
+
+@pytest.mark.parametrize("top", [1, 255])
+@pytest.mark.parametrize("name", ["car_01_mask.png", "car_01.png", "car_01_mask.gif"])
+def test_masks_are_read_by_their_values(tmp_path: Path, name: str, top: int):
+    """0/1 and 0/255 masks, PNG or GIF, all give the car (a 0/1 PNG cut at 127 would be all background)."""
+    truth = np.zeros((32, 48), np.uint8)
+    truth[5:20, 7:30] = 1
+    path = tmp_path / name
+    if name.endswith(".gif"):
+        Image.fromarray(truth * top, mode="L").save(path)
+    else:
+        assert cv2.imwrite(str(path), truth * top)
+    np.testing.assert_array_equal(read_mask(path), truth)
+
+
+def test_a_soft_mask_is_refused_by_name(tmp_path: Path):
+    path = tmp_path / "car_01_mask.png"
+    assert cv2.imwrite(str(path), np.array([[0, 255, 128]], np.uint8))
+    with pytest.raises(CarvanaError, match="car_01_mask.png.*0/1 or 0/255"):
+        read_mask(path)
 
 
 def test_truncated_jpeg_raises_naming_the_file(real: Path, tmp_path: Path):

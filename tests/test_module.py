@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,7 +103,7 @@ def test_loss_against_hand_computation(module: SegModule):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 1, 8, 12, generator=gen) * 3
     mask = (torch.rand(3, 1, 8, 12, generator=gen) > 0.6).float()
-    torch.testing.assert_close(module.loss(logits, mask), hand_loss(logits, mask))
+    torch.testing.assert_close(module.criterion(logits, mask), hand_loss(logits, mask))
     # a fixed value, so that both sides cannot drift together
     logits = torch.tensor([[[[0.0, 2.0], [-1.0, 1.0]]]])
     mask = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
@@ -119,7 +118,7 @@ def test_loss_against_hand_computation(module: SegModule):
         / 4
     )
     dice = 2 * (p[0, 0, 0, 1] + p[0, 0, 1, 1]) / (p.sum() + 2)
-    torch.testing.assert_close(module.loss(logits, mask), 0.2 * bce + 0.8 * (1 - dice))
+    torch.testing.assert_close(module.criterion(logits, mask), 0.2 * bce + 0.8 * (1 - dice))
 
 
 def test_loss_weights_and_empty_masks():
@@ -127,10 +126,10 @@ def test_loss_weights_and_empty_masks():
     logits = torch.randn(2, 1, 4, 6, generator=gen)
     mask = (torch.rand(2, 1, 4, 6, generator=gen) > 0.5).float()
     only_bce = SegModule(encoder_weights=None, loss={"name": "bce_dice", "bce_weight": 1.0, "dice_weight": 0.0})
-    torch.testing.assert_close(only_bce.loss(logits, mask), F.binary_cross_entropy_with_logits(logits, mask))
+    torch.testing.assert_close(only_bce.criterion(logits, mask), F.binary_cross_entropy_with_logits(logits, mask))
     empty = torch.zeros_like(mask)
-    torch.testing.assert_close(only_bce.loss(logits, empty), hand_loss(logits, empty, 1.0, 0.0))
-    torch.testing.assert_close(SegModule(encoder_weights=None).loss(logits, empty), hand_loss(logits, empty))
+    torch.testing.assert_close(only_bce.criterion(logits, empty), hand_loss(logits, empty, 1.0, 0.0))
+    torch.testing.assert_close(SegModule(encoder_weights=None).criterion(logits, empty), hand_loss(logits, empty))
 
 
 def test_forward_shape_non_square(module: SegModule):
@@ -138,38 +137,6 @@ def test_forward_shape_non_square(module: SegModule):
     with torch.no_grad():
         logits = module.eval()(image)
     assert logits.shape == (2, 1, 64, 96)
-
-
-def test_predict_full_pads_and_crops_back(module: SegModule):
-    """Validation runs at the photo's full size: a 50x90 photo is padded to 64x96, run, and cropped back."""
-    image = torch.randint(0, 256, (1, 3, 50, 90), dtype=torch.uint8)
-    module.eval()
-    with torch.no_grad():
-        logits = module.predict_full(image)
-        padded = module(F.pad(image.float(), (0, 6, 0, 14)))
-    assert logits.shape == (1, 1, 50, 90)
-    torch.testing.assert_close(logits, padded[..., :50, :90])
-
-
-def test_predict_full_resizes_back():
-    resized = SegModule(encoder_weights=None, input_size=[32, 64]).eval()
-    with torch.no_grad():
-        logits = resized.predict_full(torch.randint(0, 256, (2, 3, 50, 90), dtype=torch.uint8))
-    assert logits.shape == (2, 1, 50, 90)
-
-
-def test_predict_full_of_a_full_size_photo_equals_the_loader_resized_one():
-    """In an ensemble of several input sizes a model gets full-size photos and resizes them itself: it must see the
-    same input as training (and as the loader gives a lone model), so the same logits to the bit."""
-    import cv2
-
-    resized = SegModule(encoder_weights=None, input_size=[32, 64]).eval()
-    photos = np.random.default_rng(2).integers(0, 256, (2, 50, 90, 3), dtype=np.uint8)
-    small = np.stack([cv2.resize(p, (64, 32), interpolation=cv2.INTER_AREA) for p in photos])
-    with torch.no_grad():
-        full = resized.predict_full(torch.from_numpy(photos).permute(0, 3, 1, 2).contiguous())
-        loader = resized.predict_full(torch.from_numpy(small).permute(0, 3, 1, 2).contiguous(), (50, 90))
-    assert torch.equal(full, loader)
 
 
 def test_unknown_encoder():

@@ -19,12 +19,11 @@ import pytest
 import torch
 from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
 
-from carvana.data import car_id
-from carvana.io import read_image, read_mask, read_probs8, write_image, write_probs8
+from carvana.hardware import default_workers
+from carvana.io import car_id, read_image, read_mask, read_probs8, write_image, write_probs8
 from carvana.module import SegModule, dice_per_image, load_module
-from carvana.prediction import default_workers, to_uint8
-from carvana.rle import rle_decode
-from carvana.submission import make_submission
+from carvana.prediction import to_probs8
+from carvana.submission import make_submission, rle_decode
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
 SUMMARY = re.compile(
@@ -110,26 +109,17 @@ def photo_tensor(path: Path) -> torch.Tensor:
     return torch.from_numpy(read_image(path).transpose(2, 0, 1).copy())[None]
 
 
-def loader_input(models: list[SegModule], photos: list[Path]) -> torch.Tensor:
-    """The photos as predict.py's loader gives them: resized as training does (cv2 area) when every model has the
-    same input_size, else at full size (each model then resizes on the device)."""
+def expected_pngs(models: list[SegModule], photos: list[Path], tta: bool) -> dict[str, np.ndarray]:
+    """By hand: each model's input as its geometry makes it, the mean over models (and the flipped input, flipped
+    back) of sigmoid(logits at full size) -> name: HxW uint8."""
     images = [read_image(p) for p in photos]
-    sizes = {tuple(m.hparams.input_size or ()) for m in models}
-    if len(sizes) == 1 and () not in sizes:
-        size = sizes.pop()[::-1]
-        images = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
-    return torch.stack([torch.from_numpy(image.transpose(2, 0, 1).copy()) for image in images])
-
-
-def expected_pngs(models: list, photos: list[Path], tta: bool) -> dict[str, np.ndarray]:
-    """By hand: mean over models (and the flipped photo, flipped back) of sigmoid(predict_full) -> name: HxW uint8."""
-    size, probs = read_image(photos[0]).shape[:2], []
-    x = loader_input(models, photos)
+    size, probs = images[0].shape[:2], []
     with torch.no_grad():
         for model in models:
-            probs.append(model.predict_full(x, size).sigmoid())
+            x = torch.stack([torch.from_numpy(model.geometry.to_input(image)[0]).permute(2, 0, 1) for image in images])
+            probs.append(model.full_logits(x, size).sigmoid())
             if tta:
-                probs.append(model.predict_full(x.flip(-1), size).sigmoid().flip(-1))
+                probs.append(model.geometry.to_full(model(x.flip(-1)).flip(-1), size).sigmoid())
     pngs = (torch.stack(probs).mean(0)[:, 0] * 255).round().to(torch.uint8).numpy()
     return {p.name: png for p, png in zip(photos, pngs)}
 
@@ -190,14 +180,14 @@ def test_png_per_photo_named_like_it_full_size(png_run: tuple[Run, Path], carvan
     assert len({(out / f"{p.stem}.png").read_bytes() for p in photos}) > 1  # one mask per photo, not one copied
 
 
-def test_to_uint8_rounds_like_torch_half_to_even():
+def test_to_probs8_rounds_like_torch_half_to_even():
     torch.manual_seed(0)
     probs = torch.rand(3, 1, 40, 56)
     ties = torch.arange(0, 256, dtype=torch.float32).add_(0.5).div_(255)  # p * 255 lands on k + 0.5 (or next to it)
     probs[0, 0, 0, : len(ties) // 5] = ties[: len(ties) // 5]
     probs[1, 0, :2, :2] = torch.tensor([[0.0, 1.0], [1e-9, 1 - 1e-9]])
     expected = probs.mul(255).round()[:, 0].to(torch.uint8)
-    got = to_uint8(probs.clone())
+    got = to_probs8(probs.clone())
     assert got.dtype == torch.uint8 and got.shape == (3, 40, 56)
     assert torch.equal(got, expected)
 
@@ -291,7 +281,7 @@ def test_rle_rows_decode_to_the_thresholded_png(
     run, out = rle_run
     assert run.code == 0, run.out + run.err
     assert run.summary()["predicted"] == "16"
-    assert sorted(p.name for p in out.iterdir()) == ["rle-rank0.csv", "rle-rank0.deflate"]  # write=rle: no PNG
+    assert sorted(p.name for p in out.iterdir()) == ["rle-rank0.csv"]  # write=rle: no PNG
     rows = shard_rows(out)
     photos = sorted(p.name for p in (carvana_root / "test").glob("*.jpg"))
     assert sorted(img for _, img, _ in rows) == photos
@@ -372,7 +362,7 @@ def test_ddp_two_processes_write_each_photo_once(ckpt_pad: Path, carvana_root: P
         probs = read_probs8(out / f"{Path(img).stem}.png")
         assert max_diff(probs, expected[img]) <= 1
         np.testing.assert_array_equal(rle_decode(rle, TINY_SIZE), probs > 127.5)
-    # both ranks' shards (and their compressed rows) merge into one gzip member, in the sample's order
+    # both ranks' shards merge into one gzip CSV, in the sample's order
     sample = tmp_path / "sample.csv"
     pd.DataFrame({"img": [p.name for p in reversed(photos)], "rle_mask": "1 1"}).to_csv(sample, index=False)
     sub = make_submission(sample, tmp_path / "sub.csv.gz", rle_dir=out, height=TINY_SIZE[0], width=TINY_SIZE[1])
@@ -402,7 +392,7 @@ def test_predict_on_val_writes_the_dice_table_of_the_fold(ckpt_pad: Path, carvan
     # one photo by hand: the model's full-size probabilities > 0.5 against its GIF mask
     photo = carvana_root / "train" / expected[5]
     with torch.no_grad():
-        pred = (load_module(ckpt_pad).predict_full(photo_tensor(photo)).sigmoid() > 0.5).float()
+        pred = (load_module(ckpt_pad).full_logits(photo_tensor(photo), TINY_SIZE).sigmoid() > 0.5).float()
     truth = torch.from_numpy(read_mask(carvana_root / "train_masks" / f"{photo.stem}_mask.gif")).float()
     dice = 2 * (pred[0, 0] * truth).sum() / (pred.sum() + truth.sum())
     assert float(table.set_index("image").loc[photo.name, "dice"]) == pytest.approx(float(dice), abs=2e-3)
@@ -434,6 +424,10 @@ def test_predict_on_val_reports_an_unreadable_photo_and_scores_the_others(
 # ---------------------------------------------------------------------------------------------- bad input
 
 
+def _no_ckpt_key(tmp_path: Path, good: Path) -> tuple[list[str], str]:
+    return [], "ckpt= is required"
+
+
 def _no_checkpoint(tmp_path: Path, good: Path) -> tuple[list[str], Path]:
     return [f"ckpt={tmp_path / 'nothere.ckpt'}"], tmp_path / "nothere.ckpt"
 
@@ -463,6 +457,7 @@ def _missing_input_dir(tmp_path: Path, good: Path) -> tuple[list[str], Path]:
 
 
 STOPPING = [
+    _no_ckpt_key,
     _no_checkpoint,
     _dict_of_another_project,
     _text_file,

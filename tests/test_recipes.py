@@ -108,10 +108,12 @@ def test_pseudo_mask_of_wrong_size_is_one_line(carvana_root: Path, first_stage: 
 def test_experiment_configs_compose(experiment: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"])
-    assert cfg.seed == 80 and cfg.trainer.accelerator == "gpu" and list(cfg.data.crop_size) == [1024, 1024]
-    expected = {"resnet50": ("resnet50", "caffe"), "mobilenet": ("mobilenet_v2", "tf"),
-                "stacked": ("simple_unet", "imagenet"), "pseudo": ("resnet50", "caffe")}[experiment]
-    assert (cfg.model.encoder_name, cfg.preprocessing.name) == expected
+    assert cfg.seed == 80 and cfg.trainer.accelerator == "auto" and list(cfg.data.crop_size) == [1024, 1024]
+    # the seed's Keras weights wanted caffe/tf; smp's ImageNet weights get their own preprocessing (auto)
+    expected = {"resnet50": ("resnet50", "imagenet"), "mobilenet": ("mobilenet_v2", "imagenet"),
+                "stacked": ("simple_unet", None), "pseudo": ("resnet50", "imagenet")}[experiment]
+    assert (cfg.model.encoder_name, cfg.model.encoder_weights) == expected
+    assert cfg.preprocessing.name == "auto" and cfg.data.root == "data/carvana"
     if experiment in ("stacked", "pseudo"):  # the folders to read are required, not guessed
         key = "stacked_dirs" if experiment == "stacked" else "pseudo_dir"
         assert OmegaConf.is_missing(cfg, key)
@@ -163,16 +165,16 @@ def test_car_crop_without_its_row_is_one_line(carvana_root: Path, first_stage: P
 def test_crop_predictions_paste_into_full_carvana_size(shared_data: Path):
     photos = sorted((shared_data / "real" / "test").glob("*.jpg"))[:2]
     box = (256, 1024, 320, 1600)
-    dataset = PhotoDataset(photos, (1280, 1918), bboxes={p.name: box for p in photos}, input_size=[64, 96])
+    model = SegModule(input_size=[64, 96], boxes=True).eval()
+    dataset = PhotoDataset(photos, (1280, 1918), [model.geometry], boxes={p.name: box for p in photos})
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
-    assert batch["image"].shape == (2, 3, 64, 96)
-    ensemble = Ensemble([SegModule(input_size=[64, 96]).eval()], size=(1280, 1918))
+    assert batch["inputs"]["box64x96"].shape == (2, 3, 64, 96)
     with torch.no_grad():
-        probs = ensemble.probs(batch["image"], batch["bbox"], (1280, 1918))
-    assert probs.shape == (2, 1, 1280, 1918)
-    assert (probs[:, :, box[0] : box[1], box[2] : box[3]] > 0).all()
+        probs = Ensemble([model], size=(1280, 1918)).predict_step(batch, 0)
+    assert probs.shape == (2, 1280, 1918) and probs.dtype == torch.uint8
+    assert (probs[:, box[0] : box[1], box[2] : box[3]] > 0).any()
     outside = probs.clone()
-    outside[:, :, box[0] : box[1], box[2] : box[3]] = 0
+    outside[:, box[0] : box[1], box[2] : box[3]] = 0
     assert not outside.any()  # zero outside the car's box
 
 
@@ -198,8 +200,10 @@ def test_inceptionresnetv2_encoder_builds_and_runs():
         cfg = compose("config", overrides=["encoder=inceptionresnetv2"])
     module = SegModule(encoder_name=cfg.model.encoder_name, decoder_channels=list(cfg.model.decoder_channels),
                        input_size=[64, 96]).eval()
+    photo = np.random.default_rng(0).integers(0, 255, (70, 100, 3), dtype=np.uint8)
     with torch.no_grad():
-        logits = module.predict_full(torch.randint(0, 255, (1, 3, 70, 100), dtype=torch.uint8))
+        logits = module.full_logits(torch.from_numpy(module.geometry.to_input(photo)[0]).permute(2, 0, 1)[None],
+                                    (70, 100))
     assert logits.shape == (1, 1, 70, 100)
 
 

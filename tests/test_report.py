@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carvana.io import write_image, write_mask_gif, write_probs_png
+from carvana.io import write_image, write_mask_gif, write_probs8
 from carvana.report import FN_COLOUR, FP_COLOUR, THRESHOLDS, draw_errors, main, write_report
 from tests.conftest import run_module
 
@@ -25,7 +25,7 @@ def write_photo(root: Path, oof: Path, name: str, truth: np.ndarray, probs: np.n
     """Photo, ground-truth GIF and predicted PNG of one `<car>_<NN>` name in the Carvana layout."""
     write_image(root / "train" / f"{name}.jpg", np.full((*truth.shape, 3), 128, np.uint8))
     write_mask_gif(root / "train_masks" / f"{name}_mask.gif", truth)
-    write_probs_png(oof / f"{name}.png", probs)
+    write_probs8(oof / f"{name}.png", probs)
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ def test_bad_inputs_exit_2(oof: dict, tmp_path: Path, capsys: pytest.CaptureFixt
     elif case == "no_mask":
         (oof["root"] / "train_masks" / "bbbb00000002_16_mask.gif").unlink()
     elif case == "size":
-        write_probs_png(oof["oof"] / "bbbb00000002_16.png", np.zeros((SIZE[1], SIZE[0]), np.uint8))
+        write_probs8(oof["oof"] / "bbbb00000002_16.png", np.zeros((SIZE[1], SIZE[0]), np.uint8))
     elif case == "no_photo":
         (oof["root"] / "train" / "aaaa00000001_02.jpg").unlink()
     elif case == "not_a_number":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from carvana.io import read_mask
-from carvana.rle import parse_rle, rle_decode, rle_encode
+from carvana.submission.rle import parse_rle, rle_decode, rle_encode
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHAPE = (64, 96)  # non-square: a transposed axis cannot pass

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 
 from carvana import CarvanaError
 from carvana.io import write_probs8
-from carvana.rle import rle_decode, rle_encode
-from carvana.shards import HEADER, RleShardWriter
-from carvana.submission import combine, make_submission
+from carvana.submission import make_submission, rle_decode, rle_encode
+from carvana.submission.shards import HEADER, RleShardWriter
+from carvana.submission.submit import combine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -239,3 +239,46 @@ def test_rle_dir_errors(tmp_path: Path, sample: Path):
     assert not (tmp_path / "sub.csv.gz").exists() and list(tmp_path.glob(".*")) == []  # temporary file removed
     with pytest.raises(CarvanaError, match="no rle-rank"):
         make_submission(**{**kwargs, "rle_dir": tmp_path})
+
+
+@pytest.mark.parametrize("kind", ["png", "rle"])
+def test_submit_without_keys_reads_what_predict_wrote_by_default(tmp_path: Path, kind: str):
+    """python submit.py alone: predict.py's default output_dir (predictions/test), PNGs or shards, whichever is there,
+    said on stderr, and the data set's sample_submission.csv (data/carvana)."""
+    probs = random_probs(7)
+    (tmp_path / "data" / "carvana").mkdir(parents=True)
+    write_sample(tmp_path / "data" / "carvana" / "sample_submission.csv", NAMES)
+    if kind == "png":
+        write_pngs(tmp_path / "predictions" / "test", probs)
+    else:
+        with RleShardWriter(tmp_path / "predictions" / "test", 0) as writer:
+            for name, p in probs.items():
+                writer.write(name, rle_encode(p > 127))
+    proc = run_submit(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("RLE shards" if kind == "rle" else "PNG masks") in proc.stderr and "predictions/test" in proc.stderr
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.parent == Path("submissions") and path.name.endswith(".csv.gz")
+    table = read_submission(tmp_path / path)
+    assert table["img"].tolist() == NAMES
+    for name, rle in zip(table["img"], table["rle_mask"]):
+        np.testing.assert_array_equal(rle_decode(rle, (H, W)), probs[name] > 127)
+
+
+def test_submit_without_keys_and_without_predictions_is_one_line(tmp_path: Path):
+    assert_user_error(run_submit(tmp_path), "predictions/test", "predict.py")
+
+
+def test_the_submission_is_standard_gzip(tmp_path: Path, sample: Path):
+    """Written by the standard library: gzip -t agrees, and one decompression gives every row."""
+    import shutil
+
+    rles = {name: rle_encode(p > 127) for name, p in random_probs(8).items()}
+    with RleShardWriter(tmp_path / "rle", 0) as writer:
+        for name in reversed(NAMES):
+            writer.write(name, rles[name])
+    out = make_submission(sample, tmp_path / "sub.csv.gz", rle_dir=tmp_path / "rle", height=H, width=W)
+    text = gzip.decompress(out.read_bytes()).decode()
+    assert text == HEADER + "\n" + "".join(f"{name},{rles[name]}\n" for name in NAMES)
+    if shutil.which("gzip"):
+        subprocess.run(["gzip", "-t", str(out)], check=True)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import CarvanaError, lowpoly, synthetic, turntable
+from carvana import CarvanaError
 from carvana.io import read_image, read_mask
-from carvana.rle import rle_decode
-from carvana.synthetic import is_complete, make_dataset
+from carvana.submission.rle import rle_decode
+from carvana.synthetic import dataset as synthetic
+from carvana.synthetic import is_complete, lowpoly, make_dataset, turntable
 
 SHAPE = (64, 96)  # non-square: a transposed axis cannot pass
 REAL = Path(__file__).parents[2] / "shared" / "data"
@@ -201,9 +202,17 @@ def test_bad_arguments_are_user_errors(tmp_path: Path) -> None:
 
 
 def test_command_line(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "carvana.synthetic", "--root", str(tmp_path / "set"), "--train-cars", "1",
-            "--test-cars", "1", "--height", "64", "--width", "96", "--seed", "3"]
+    args = [sys.executable, "-m", "carvana.synthetic", f"root={tmp_path / 'set'}", "train_cars=1", "test_cars=1",
+            "height=64", "width=96", "seed=3"]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "set") and is_complete(tmp_path / "set")
     again = subprocess.run(args, capture_output=True, text=True, check=False)
     assert again.returncode != 0 and again.stderr.strip().startswith("error:") and "Traceback" not in again.stderr
+
+
+def test_the_renderer_is_imported_only_when_asked_for() -> None:
+    """Training and prediction on real data do not import the synthetic renderer (a sixth of the package)."""
+    code = ("import sys, carvana.training, carvana.prediction, carvana.submission\n"
+            "print(sorted(m for m in sys.modules if m.startswith('carvana.synthetic')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,6 +3,7 @@
 import re
 import runpy
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
+from omegaconf import OmegaConf
 
-from carvana.data import car_id
-from carvana.io import read_image, read_mask, write_image
+from carvana.io import car_id, read_image, read_mask, write_image
 from carvana.module import dice_per_image, load_module
 
 CKPT_NAME = re.compile(r"^(?P<encoder>[\w-]+)-fold(?P<fold>\d+)-epoch(?P<epoch>\d{2})-dice(?P<dice>[01]\.\d{4})\.ckpt$")
@@ -130,12 +131,37 @@ def test_multirun_over_two_folds(carvana_root: Path, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("val_dice=")]
     assert len(lines) == 2, lines
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["fold0", "fold1"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["fold0-job0", "fold1-job1"]
     for fold, line in enumerate(lines):
         dice, ckpt = parse_result(line)
-        check_run_dir(sweep / f"fold{fold}", ckpt, "mobilenet_v2", fold, dice)
+        check_run_dir(sweep / f"fold{fold}-job{fold}", ckpt, "mobilenet_v2", fold, dice)
     assert not (tmp_path / "unused").exists()
     assert not stray_runs(tmp_path)
+
+
+def test_a_sweep_that_keeps_the_fold_gives_each_job_its_own_folder(carvana_root: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    args = [a for a in train_args(carvana_root, tmp_path / "unused") if not a.startswith("hydra.run.dir")]
+    proc = run_train(["-m", "optim.lr=1e-3,3e-4", *args, "trainer.limit_train_batches=1",
+                      "trainer.limit_val_batches=1", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["fold0-job0", "fold0-job1"]
+    lrs = [OmegaConf.load(sweep / job / ".hydra" / "config.yaml").optim.lr for job in ("fold0-job0", "fold0-job1")]
+    assert lrs == [1e-3, 3e-4]
+    for job in ("fold0-job0", "fold0-job1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert len(val_metrics(sweep / job)) == 1
+
+
+def test_without_data_the_real_recipe_says_where_it_goes(tmp_path: Path):
+    """python train.py with no key, in a folder without data/carvana: one line with the download and the demo."""
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "hydra/job_logging=disabled",
+                           "hydra/hydra_logging=disabled"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)
+    kaggle = "kaggle competitions download -c carvana-image-masking-challenge"
+    check_user_error(proc.returncode, proc.stderr, ["data/carvana", kaggle, "data=synthetic"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # Hydra's run folder, and nothing generated
+    assert not list(tmp_path.glob("outputs/train/*/checkpoints"))
 
 
 @pytest.mark.slow
@@ -201,10 +227,12 @@ def test_ckpt_path_resumes_the_run(trained_run: dict, carvana_root: Path, tmp_pa
 
 @pytest.mark.slow
 def test_demo_generates_the_synthetic_set_when_missing(tmp_path: Path):
-    """The default data=synthetic run: data.root missing -> the set (same seed, tiny photos) and its folds are made."""
+    """The demo's data=synthetic: data.root missing -> the set (same seed, tiny photos) and its folds are made."""
     root, out = tmp_path / "synthetic", tmp_path / "run"
     proc = run_train(
         [
+            "data=synthetic",
+            "trainer=cpu",
             f"data.root={root}",
             "data.generate.height=64",
             "data.generate.width=96",
