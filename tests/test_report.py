@@ -1,6 +1,7 @@
 """The report: Dice tables against hand and brute-force computations, the gallery, report.html, bad inputs."""
 
 import base64
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -438,3 +439,46 @@ def test_bad_run_dir_exits_2(run_dir: Path, tmp_path: Path, capsys: pytest.Captu
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
+
+CHROMIUM = shutil.which("chromium")  # Debian's package; .ci/run installs it when missing
+# as root, offline: no sandbox (it needs user namespaces), no first-run, update or sync traffic
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def render(browser: object, path: Path, screenshot: Path) -> tuple[list[str], list[str], list[list]]:
+    """Open `path` in a fresh page, write a full-page screenshot -> (console errors, requested URLs, the <img>s'
+    [complete, naturalWidth, naturalHeight])."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    problems, requests = [], []
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda err: problems.append(str(err)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(path.as_uri(), wait_until="load")
+    decoded = page.evaluate("Array.from(document.images, img => [img.complete, img.naturalWidth, img.naturalHeight])")
+    page.screenshot(path=screenshot, full_page=True)
+    page.close()
+    return problems, requests, decoded
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium (as .ci/run does)")
+def test_reports_render_in_chromium(oof: dict, run_dir: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
+    out = oof["oof"].parent / "report"
+    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "worst=3"])
+    main([f"run_dir={run_dir}"])
+    pages = {out / "report.html": 4 + 3, run_dir / "report" / "report.html": 1}  # plots + overlays; the curves
+    with sync_api.sync_playwright() as playwright:
+        # launch() adds --headless and a fresh temporary --user-data-dir itself
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        results = {path: render(browser, path, path.with_suffix(".png")) for path in pages}
+        browser.close()
+    for path, (problems, requests, decoded) in results.items():
+        assert problems == [], (path, problems)
+        assert all(url.startswith(("file:", "data:")) for url in requests), requests  # nothing fetched online
+        # the browser decoded every image, to the size of the PNG in its data URI
+        expected = [decode_uri(img["src"]).shape[1::-1] for img in Page(path.read_text()).images]
+        assert len(decoded) == pages[path] and decoded == [[True, w, h] for w, h in expected], (path, decoded)
+        shot = cv2.imread(str(path.with_suffix(".png")))  # the screenshot, beside the page it shows
+        assert shot.shape[1] == 1280 and shot.shape[0] > 800 and shot.std() > 10, shot.shape
