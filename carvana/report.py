@@ -1,7 +1,8 @@
-"""Out-of-fold report: per-photo, per-car and per-angle Dice, a threshold sweep and a gallery of the worst photos.
+"""Out-of-fold report: per-photo, per-car and per-angle Dice, a threshold sweep, the worst photos, and report.html.
 
 python -m carvana.report oof_dir=predictions/oof [data_root=data/carvana] [masks_dir=...] [images_dir=...]
                          [out_dir=...] [threshold=0.5] [worst=12] [workers=4]
+python -m carvana.report run_dir=outputs/train/<run> [out_dir=...]    (a training run's learning curves and config)
 """
 
 import re
@@ -16,15 +17,17 @@ from PIL import Image
 
 from carvana import CarvanaError
 from carvana.cli import parse_words, run_or_exit
-from carvana.data import IMAGE_SUFFIXES, MASK_PATTERNS, car_id
-from carvana.io import atomic_path, read_image, read_mask, read_probs8
+from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, atomic_path, car_id, read_image, read_mask, read_probs8
+from carvana.report_html import oof_page, write_page
+from carvana.run_report import best_epoch, write_run_report
 
 DEFAULTS = {
     "oof_dir": None,  # predict.py predict_on_val=true output_dir: <photo stem>.png probabilities 0..255
+    "run_dir": None,  # instead of oof_dir: a train.py run folder (csv/metrics.csv, .hydra/config.yaml)
     "data_root": "data/synthetic",  # conf/config.yaml's default data; real data: data_root=data/carvana
     "masks_dir": None,  # null = <data_root>/train_masks
     "images_dir": None,  # null = <data_root>/train (only the worst photos are read)
-    "out_dir": None,  # null = <oof_dir>/report
+    "out_dir": None,  # null = <oof_dir>/report or <run_dir>/report
     "threshold": 0.5,  # car where probability > threshold, as predict.py's Dice table
     "worst": 12,  # photos in worst.png (0: no gallery)
     "workers": 4,  # threads decoding PNG/GIF pairs (the decoders release the GIL)
@@ -33,6 +36,7 @@ THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)  # 0.05 .. 0.95
 PREDICTION_NAME = re.compile(r"^.+_\d+$")  # <car>_<NN>: anything else in oof_dir (a report, a csv) is not a photo
 FP_COLOUR = (255, 0, 0)  # RGB red: car predicted where there is none
 FN_COLOUR = (0, 0, 255)  # RGB blue: car the prediction missed
+OUTLINE_COLOUR = (0, 200, 0)  # RGB green: the predicted car's outline
 TILE_WIDTH, COLUMNS = 384, 4  # a 1918x1280 photo becomes a 384x256 tile
 
 
@@ -146,14 +150,19 @@ def find_photo(images_dir: Path, stem: str) -> Path:
     return found[0]
 
 
-def gallery(worst: pd.DataFrame, files: dict[str, tuple[Path, Path, Path]], threshold: float) -> np.ndarray:
-    """Rows (image, dice) and their (prediction, mask, photo) files -> RGB gallery of error tiles, COLUMNS wide."""
-    width, height = image_size(files[worst.image.iloc[0]][1])
+def draw_outline(tile: np.ndarray, pred: np.ndarray) -> None:
+    """Draw the outline of an HxW {0,1} pred, resized to the tile, two pixels wide on an RGB tile (in place)."""
+    small = cv2.resize(pred, tile.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(small, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(tile, contours, -1, OUTLINE_COLOUR, 2)  # a 1-pixel line is lost beside red and blue
+
+
+def worst_tiles(names: list[str], files: dict[str, tuple[Path, Path, Path]], threshold: float) -> list[np.ndarray]:
+    """Photo names and their (prediction, mask, photo) files -> RGB tiles TILE_WIDTH wide: errors and outline drawn."""
+    width, height = image_size(files[names[0]][1])
     size = (round(TILE_WIDTH * height / width), TILE_WIDTH)
-    columns = min(COLUMNS, len(worst))
-    rows = -(-len(worst) // columns)
-    board = np.zeros((rows * size[0], columns * size[1], 3), np.uint8)
-    for i, (name, dice) in enumerate(zip(worst.image, worst.dice)):
+    tiles = []
+    for name in names:
         pred_path, truth_path, photo_path = files[name]
         image, truth = read_image(photo_path), read_mask(truth_path)
         if image.shape[:2] != truth.shape:
@@ -161,10 +170,21 @@ def gallery(worst: pd.DataFrame, files: dict[str, tuple[Path, Path, Path]], thre
                 f"photo {photo_path} is {image.shape[1]}x{image.shape[0]} but its mask is "
                 f"{truth.shape[1]}x{truth.shape[0]}: images_dir= is not the masks' photos"
             )
-        tile = draw_errors(image, (read_probs8(pred_path) > threshold * 255).astype(np.uint8), truth, size)
-        label(tile, [name, f"dice {dice:.4f}"])
+        pred = (read_probs8(pred_path) > threshold * 255).astype(np.uint8)
+        tile = draw_errors(image, pred, truth, size)
+        draw_outline(tile, pred)
+        tiles.append(tile)
+    return tiles
+
+
+def gallery(tiles: list[np.ndarray], captions: list[list[str]]) -> np.ndarray:
+    """Equal-size RGB tiles and their caption lines -> one RGB board of labelled tiles, COLUMNS wide."""
+    (h, w), columns = tiles[0].shape[:2], min(COLUMNS, len(tiles))
+    board = np.zeros((-(-len(tiles) // columns) * h, columns * w, 3), np.uint8)
+    for i, (tile, lines) in enumerate(zip(tiles, captions)):
         r, c = divmod(i, columns)
-        board[r * size[0] : (r + 1) * size[0], c * size[1] : (c + 1) * size[1]] = tile
+        board[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
+        label(board[r * h : (r + 1) * h, c * w : (c + 1) * w], lines)
     return board
 
 
@@ -177,7 +197,7 @@ def write_report(
     worst: int = 12,
     workers: int = 4,
 ) -> dict[str, pd.DataFrame]:
-    """Write per_image/per_car/per_angle/thresholds.csv and worst.png into out_dir -> the tables."""
+    """Write per_image/per_car/per_angle/thresholds.csv, worst.png and report.html into out_dir -> the tables."""
     if not 0 <= threshold < 1:
         raise CarvanaError(f"threshold={threshold}: choose a probability in [0, 1)")
     if worst < 0:
@@ -194,22 +214,35 @@ def write_report(
     for name, table in result.items():
         with atomic_path(out / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
+    overlays = []
     if worst:
         rows = result["per_image"].sort_values(["dice", "image"], kind="stable").head(worst)
         files = dict(zip(result["per_image"].image, zip(preds, truths, photos)))
-        board = gallery(rows, files, threshold)
+        tiles = worst_tiles(list(rows.image), files, threshold)
+        board = gallery(tiles, [[name, f"dice {dice:.4f}"] for name, dice in zip(rows.image, rows.dice)])
         with atomic_path(out / "worst.png") as tmp:
             if not cv2.imwrite(str(tmp), cv2.cvtColor(board, cv2.COLOR_RGB2BGR)):
                 raise CarvanaError(f"cannot write {out / 'worst.png'}: check the directory is writable")
+        overlays = list(zip(rows.image, rows.dice, tiles))
+    colours = {"false positive": FP_COLOUR, "false negative": FN_COLOUR, "predicted outline": OUTLINE_COLOUR}
+    write_page(out / "report.html", oof_page(result, overlays, oof_dir, threshold, colours))
     return result
 
 
 def parse_args(argv: list[str]) -> dict:
-    """`key=value` words -> DEFAULTS with the paths resolved; an unknown key or a word without '=' is a CarvanaError."""
+    """`key=value` words -> write_report's or write_run_report's arguments, paths resolved; bad words: CarvanaError."""
     cfg = parse_words(argv, DEFAULTS, "oof_dir=predictions/oof",
                       {"threshold": (int, float), "worst": int, "workers": int})
+    run_dir = cfg.pop("run_dir")
+    if run_dir:
+        if cfg["oof_dir"]:
+            raise CarvanaError("give oof_dir= or run_dir=, not both: each writes its own report.html")
+        unused = [key for key in DEFAULTS if key not in ("run_dir", "out_dir") and cfg[key] != DEFAULTS[key]]
+        if unused:
+            raise CarvanaError(f"{unused[0]}= is for oof_dir= reports: a run_dir= report takes only out_dir=")
+        return {"run_dir": run_dir, "out_dir": cfg["out_dir"] or str(Path(run_dir) / "report")}
     if not cfg["oof_dir"]:
-        raise CarvanaError("oof_dir= is required: the out-of-fold predictions of predict.py predict_on_val=true")
+        raise CarvanaError("oof_dir= (predict.py predict_on_val=true output) or run_dir= (a train.py run) is required")
     root = Path(cfg.pop("data_root"))
     cfg["masks_dir"] = cfg["masks_dir"] or str(root / "train_masks")
     cfg["images_dir"] = cfg["images_dir"] or str(root / "train")
@@ -217,13 +250,8 @@ def parse_args(argv: list[str]) -> dict:
     return cfg
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse key=value words, write the report, print its summary; expected errors: one line, exit status 2."""
-    def work(words: list[str]) -> tuple[dict, dict]:
-        cfg = parse_args(words)
-        return cfg, write_report(**cfg)
-
-    cfg, result = run_or_exit(sys.argv[1:] if argv is None else argv, __doc__, work)
+def print_summary(cfg: dict, result: dict[str, pd.DataFrame]) -> None:
+    """The out-of-fold report's summary lines: mean and best-threshold Dice, hardest angles, the gallery."""
     per_image, sweep, angles = result["per_image"], result["thresholds"], result["per_angle"]
     best = sweep.loc[sweep.dice.idxmax()]
     print(
@@ -235,8 +263,24 @@ def main(argv: list[str] | None = None) -> None:
     if cfg["worst"]:
         print(
             f"worst.png: {min(cfg['worst'], len(per_image))} lowest-Dice photos, red = false positive, "
-            "blue = false negative"
+            "blue = false negative, green = predicted outline"
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse key=value words, write the report, print its summary; expected errors: one line, exit status 2."""
+    def work(words: list[str]) -> tuple[dict, dict | pd.DataFrame]:
+        cfg = parse_args(words)
+        return cfg, (write_run_report(**cfg) if "run_dir" in cfg else write_report(**cfg))
+
+    cfg, result = run_or_exit(sys.argv[1:] if argv is None else argv, __doc__, work)
+    if "run_dir" in cfg:
+        best = best_epoch(result)
+        print(f"epochs={len(result)} " + ("no val_dice logged" if best is None else
+              f"best_epoch={result.epoch[best]} val_dice={result.val_dice[best]:.5f}"))
+    else:
+        print_summary(cfg, result)
+    print(f"report={Path(cfg['out_dir']) / 'report.html'}")
     print(cfg["out_dir"], flush=True)
 
 

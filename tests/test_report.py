@@ -1,5 +1,8 @@
-"""The out-of-fold report: Dice tables against hand and brute-force computations, the gallery, bad inputs."""
+"""The report: Dice tables against hand and brute-force computations, the gallery, report.html, bad inputs."""
 
+import base64
+import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
@@ -8,7 +11,16 @@ import pandas as pd
 import pytest
 
 from carvana.io import write_image, write_mask_gif, write_probs8
-from carvana.report import FN_COLOUR, FP_COLOUR, THRESHOLDS, draw_errors, main, write_report
+from carvana.report import (
+    FN_COLOUR,
+    FP_COLOUR,
+    OUTLINE_COLOUR,
+    THRESHOLDS,
+    draw_errors,
+    draw_outline,
+    main,
+    write_report,
+)
 from tests.conftest import run_module
 
 SIZE = (32, 48)  # h, w: non-square, so a transposed axis cannot pass
@@ -183,3 +195,290 @@ def test_bad_inputs_exit_2(oof: dict, tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert not (oof["oof"] / "report").exists()
+
+
+class Page(HTMLParser):
+    """The parts of report.html the tests read: section ids, tables by id (rows of cell texts), <img>s, captions."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.sections, self.tables, self.best, self.images, self.captions = [], {}, {}, [], []
+        self.table, self.cell, self.caption = None, None, None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        elif tag == "table":
+            self.table = self.tables.setdefault(attrs["id"], [])
+        elif tag == "tr" and self.table is not None:
+            self.table.append([])
+            if attrs.get("class") == "best":
+                self.best[next(k for k, v in self.tables.items() if v is self.table)] = len(self.table) - 1
+        elif tag in ("td", "th"):
+            self.cell = ""
+        elif tag == "img":
+            self.images.append(attrs)
+        elif tag == "figcaption":
+            self.caption = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self.table = None
+        elif tag in ("td", "th"):
+            self.table[-1].append(self.cell)
+            self.cell = None
+        elif tag == "figcaption":
+            self.captions.append(self.caption)
+            self.caption = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell += data
+        if self.caption is not None:
+            self.caption += data
+
+
+def decode_uri(uri: str) -> np.ndarray:
+    """A data:image/png;base64 URI -> its decoded HxWx3 BGR image."""
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix), uri[:40]
+    return cv2.imdecode(np.frombuffer(base64.b64decode(uri[len(prefix) :]), np.uint8), cv2.IMREAD_COLOR)
+
+
+def csv_rows(frame: pd.DataFrame, formats: dict) -> list[list[str]]:
+    """A CSV's rows as the page must show them: each column through its format, str otherwise."""
+    return [[formats.get(c, str)(v) for c, v in zip(frame.columns, row)] for row in frame.itertuples(index=False)]
+
+
+def five(x: float) -> str:
+    return f"{x:.5f}"
+
+
+def test_html_report_holds_the_csvs_numbers(oof: dict) -> None:
+    out = oof["oof"].parent / "report"
+    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "threshold=0.4", "worst=3"])
+    text = (out / "report.html").read_text()
+    page = Page(text)
+    assert page.sections == ["summary", "angles", "cars", "thresholds", "histogram", "worst"]
+    # self-contained: no scripts, links or fetched resources, every image inline
+    assert "<script" not in text and "<link" not in text and "url(" not in text
+    assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)
+
+    per_image = pd.read_csv(out / "per_image.csv", dtype={"car": str})
+    dice = per_image.dice.to_numpy()
+    header, values = page.tables["summary-table"]
+    assert header == ["photos", "cars", "mean", "std", "min", "p5", "p25", "p50", "p75", "p95", "max"]
+    expected = [len(dice), 3, dice.mean(), dice.std(ddof=1), dice.min(), *np.percentile(dice, [5, 25, 50, 75, 95]),
+                dice.max()]
+    assert values == [str(v) for v in expected[:2]] + [five(v) for v in expected[2:]]
+
+    formats = {"dice": five, "threshold": "{:.2f}".format}
+    per_angle = pd.read_csv(out / "per_angle.csv")
+    assert page.tables["angle-table"] == [list(per_angle.columns), *csv_rows(per_angle, formats)]
+    per_car = pd.read_csv(out / "per_car.csv", dtype={"car": str})
+    assert page.tables["car-table"] == [list(per_car.columns), *csv_rows(per_car, formats)]
+    sweep = pd.read_csv(out / "thresholds.csv")
+    assert page.tables["threshold-table"] == [list(sweep.columns), *csv_rows(sweep, formats)]
+    best = int(sweep.dice.argmax())
+    assert page.best == {"threshold-table": best + 1}  # + 1: the header row
+    assert f"Best threshold <b>{sweep.threshold[best]:.2f}</b>: mean Dice <b>{five(sweep.dice[best])}</b>" in text
+
+    worst = per_image.sort_values(["dice", "image"]).head(3)
+    assert page.captions == [f"{name} dice {five(d)}" for name, d in zip(worst.image, worst.dice)]
+    alts = [img["alt"] for img in page.images]
+    assert alts == ["Dice by angle", "Dice by car", "Threshold sweep", "Histogram of per-photo Dice", *worst.image]
+    sizes = [decode_uri(img["src"]).shape for img in page.images]
+    assert all(h > 200 and w > 400 for h, w, _ in sizes[:4]), sizes  # matplotlib figures, not empty stubs
+    assert sizes[4:] == [(256, 384, 3)] * 3  # the worst.png tiles: 384 wide, the photos' 2:3 aspect
+    for name, img in zip(worst.image, page.images[4:]):  # each overlay shows its errors and the predicted outline
+        truth, probs = oof["pairs"][name.removesuffix(".jpg")]
+        pred = probs > 0.4 * 255
+        rgb = cv2.cvtColor(decode_uri(img["src"]), cv2.COLOR_BGR2RGB).reshape(-1, 3)
+        shown = [bool((rgb == colour).all(1).any()) for colour in (FP_COLOUR, FN_COLOUR, OUTLINE_COLOUR)]
+        assert shown == [bool((pred & (truth == 0)).any()), bool((~pred & (truth > 0)).any()), True], name
+
+
+def test_html_report_without_gallery(oof: dict) -> None:
+    out = oof["oof"].parent / "report"
+    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "worst=0"])
+    page = Page((out / "report.html").read_text())
+    assert len(page.images) == 4 and page.captions == [] and "worst" in page.sections
+    assert not (out / "worst.png").exists()
+
+
+def test_draw_outline() -> None:
+    tile = np.full((8, 12, 3), 100, np.uint8)
+    pred = np.zeros((16, 24), np.uint8)
+    pred[4:12, 8:20] = 1  # tile rows 2..5, columns 4..9
+    draw_outline(tile, pred)
+    outline = (tile == OUTLINE_COLOUR).all(-1)
+    assert outline[2, 4:10].all() and outline[5, 4:10].all() and outline[2:6, 4].all() and outline[2:6, 9].all()
+    assert not outline[:, :3].any() and not outline[:, 11:].any() and not outline[7].any()  # only around the car
+
+
+METRICS_CSV = """epoch,lr-Adam,step,train_loss_epoch,train_loss_step,val_dice,val_loss
+,0.001,0,,,,
+0,,1,,0.61,,
+0,,3,,0.45,,
+0,,3,,,0.81,0.30
+0,,3,0.52,,,
+,0.0005,4,,,,
+1,,5,,0.40,,
+1,,7,,0.33,,
+1,,7,,,0.93456789,0.21
+1,,7,0.35,,,
+,0.0001,8,,,,
+2,,9,,0.30,,
+2,,11,,0.28,,
+2,,11,,,0.90,0.25
+2,,11,0.29,,,
+"""
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A train.py run folder: Lightning's CSVLogger layout (LR rows without an epoch), best epoch 1 of 3, its config."""
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / "checkpoints").mkdir()
+    (run / "csv" / "metrics.csv").write_text(METRICS_CSV)
+    (run / ".hydra" / "config.yaml").write_text("model:\n  encoder_name: mobilenet_v2  # <b>not markup</b>\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- trainer.max_epochs=3\n")
+    (run / "checkpoints" / "last.ckpt").touch()
+    return run
+
+
+def test_run_report(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    main([f"run_dir={run_dir}"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = run_dir / "report"
+    assert lines == ["epochs=3 best_epoch=1 val_dice=0.93457", f"report={out / 'report.html'}", str(out)]
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert list(epochs.columns) == ["epoch", "step", "train_loss_epoch", "val_loss", "val_dice", "lr-Adam"]
+    assert epochs.values.tolist() == [[0, 3, 0.52, 0.30, 0.81, 0.001], [1, 7, 0.35, 0.21, 0.93456789, 0.0005],
+                                      [2, 11, 0.29, 0.25, 0.90, 0.0001]]  # each epoch's LR: the one set at its start
+
+    text = (out / "report.html").read_text()
+    page = Page(text)
+    assert page.sections == ["curves", "epochs", "config"]
+    formats = {c: five for c in ("train_loss_epoch", "val_loss", "val_dice")} | {"lr-Adam": "{:.4g}".format}
+    assert page.tables["epoch-table"] == [list(epochs.columns), *csv_rows(epochs, formats)]
+    assert page.best == {"epoch-table": 2}  # epoch 1, after the header row
+    assert "Best epoch <b>1</b> (step 7): val_dice <b>0.93457</b>" in text
+    assert "encoder_name: mobilenet_v2  # &lt;b&gt;not markup&lt;/b&gt;" in text and "- trainer.max_epochs=3" in text
+    assert "last.ckpt" in text
+    [curves] = page.images
+    h, w, _ = decode_uri(curves["src"]).shape
+    assert w > 1000 and h > 300, (h, w)
+
+
+def test_run_report_without_validation(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    metrics = pd.read_csv(run_dir / "csv" / "metrics.csv").drop(columns=["val_dice", "val_loss"])
+    metrics.dropna(subset=["lr-Adam", "train_loss_step", "train_loss_epoch"], how="all").to_csv(
+        run_dir / "csv" / "metrics.csv", index=False)  # limit_val_batches=0: no validation rows
+    main([f"run_dir={run_dir}"])
+    assert capsys.readouterr().out.splitlines()[0] == "epochs=3 no val_dice logged"
+    epochs = pd.read_csv(run_dir / "report" / "epochs.csv")
+    assert epochs.train_loss_epoch.tolist() == [0.52, 0.35, 0.29] and epochs.val_dice.isna().all()
+    text = (run_dir / "report" / "report.html").read_text()
+    assert "No val_dice logged: no validation ran, so no best epoch." in text and Page(text).best == {}
+
+
+def test_run_report_of_a_real_training(trained_run: dict, tmp_path: Path) -> None:
+    main([f"run_dir={trained_run['out']}", f"out_dir={tmp_path}"])
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    assert epochs.epoch.tolist() == [0] and epochs.step.tolist() == [7]  # 8 steps of 4 photos
+    assert epochs.val_dice[0] == pytest.approx(trained_run["dice"], abs=1e-4)
+    assert {"train_loss_epoch", "val_loss", "lr-Adam"} <= set(epochs.columns) and epochs.notna().all().all()
+    page = Page((tmp_path / "report.html").read_text())
+    assert page.best == {"epoch-table": 1} and len(page.images) == 1
+    assert "encoder_name: mobilenet_v2" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_csv", "has no csv/metrics.csv"),
+        ("empty_dir", "has no csv/metrics.csv"),
+        ("missing_dir", "does not exist"),
+        ("empty_csv", "is not a CSV log"),
+        ("header_only", "holds no logged epoch"),
+        ("both", "not both"),
+        ("oof_key", "threshold= is for oof_dir= reports"),
+        ("neither", "oof_dir= (predict.py predict_on_val=true output) or run_dir="),
+    ],
+)
+def test_bad_run_dir_exits_2(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str,
+                             message: str) -> None:
+    args = [f"run_dir={run_dir}"]
+    if case == "no_csv":
+        (run_dir / "csv" / "metrics.csv").unlink()
+    elif case == "empty_dir":
+        (tmp_path / "empty").mkdir()
+        args = [f"run_dir={tmp_path / 'empty'}"]
+    elif case == "missing_dir":
+        args = [f"run_dir={tmp_path / 'nope'}"]
+    elif case == "empty_csv":
+        (run_dir / "csv" / "metrics.csv").write_text("")
+    elif case == "header_only":
+        (run_dir / "csv" / "metrics.csv").write_text(METRICS_CSV.splitlines()[0] + "\n")
+    elif case == "both":
+        args.append(f"oof_dir={tmp_path}")
+    elif case == "oof_key":
+        args.append("threshold=0.3")
+    else:
+        args = ["out_dir=x"]
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+CHROMIUM = shutil.which("chromium")  # Debian's package; .ci/run installs it when missing
+# as root, offline: no sandbox (it needs user namespaces), no first-run, update or sync traffic
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def render(browser: object, path: Path, screenshot: Path) -> tuple[list[str], list[str], list[list]]:
+    """Open `path` in a fresh page, write a full-page screenshot -> (console errors, requested URLs, the <img>s'
+    [complete, naturalWidth, naturalHeight])."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    problems, requests = [], []
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda err: problems.append(str(err)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(path.as_uri(), wait_until="load")
+    decoded = page.evaluate("Array.from(document.images, img => [img.complete, img.naturalWidth, img.naturalHeight])")
+    page.screenshot(path=screenshot, full_page=True)
+    page.close()
+    return problems, requests, decoded
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium (as .ci/run does)")
+def test_reports_render_in_chromium(oof: dict, run_dir: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
+    out = oof["oof"].parent / "report"
+    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "worst=3"])
+    main([f"run_dir={run_dir}"])
+    pages = {out / "report.html": 4 + 3, run_dir / "report" / "report.html": 1}  # plots + overlays; the curves
+    with sync_api.sync_playwright() as playwright:
+        # launch() adds --headless and a fresh temporary --user-data-dir itself
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        results = {path: render(browser, path, path.with_suffix(".png")) for path in pages}
+        browser.close()
+    for path, (problems, requests, decoded) in results.items():
+        assert problems == [], (path, problems)
+        assert all(url.startswith(("file:", "data:")) for url in requests), requests  # nothing fetched online
+        # the browser decoded every image, to the size of the PNG in its data URI
+        expected = [decode_uri(img["src"]).shape[1::-1] for img in Page(path.read_text()).images]
+        assert len(decoded) == pages[path] and decoded == [[True, w, h] for w, h in expected], (path, decoded)
+        shot = cv2.imread(str(path.with_suffix(".png")))  # the screenshot, beside the page it shows
+        assert shot.shape[1] == 1280 and shot.shape[0] > 800 and shot.std() > 10, shot.shape
