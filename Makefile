@@ -1,10 +1,11 @@
 # Two commands do all the set-up on a fresh machine: `make demo` (train, predict, submit) and `make test`.
+# constraints.txt pins the versions this project is tested with (torch 2.14.1 lies on this machine's disk).
 PYTHON ?= python3
 VENV := .venv
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e ".[dev]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 .PHONY: demo test bench

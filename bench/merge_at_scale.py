@@ -2,10 +2,10 @@
 
     python -m bench.merge_at_scale          # needs ../shared/data/sample_submission.csv and ~1.5 GB of disk
 
-Writes the shards as predict.py's writer does (a car-like RLE row per photo, compressed ahead, the photos dealt to
-two ranks in a shuffled order), times make_submission(rle_dir=...) over Kaggle's sample_submission.csv, then reads
-the whole submission back and checks every row, its order and that it is one gzip member. Prints the seconds, the
-sizes and the peak memory; last line `rows_per_s=<merge rows per second> peak_rss_mb=<MB>`.
+Writes the shards as predict.py's writer does (a car-like RLE row per photo, the photos dealt to two ranks in a shuffled
+order), times make_submission(rle_dir=...) over Kaggle's sample_submission.csv (every row checked as RLE, gzip level
+1), then reads the whole submission back and checks every row, its order and that it is one gzip member. Prints the
+seconds, the sizes and the peak memory; last line `merge_s=<seconds> rows_per_s=<n> peak_rss_mb=<MB>`.
 """
 
 import random
@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.submit_speed import synthetic_probs
-from carvana.rle import rle_encode
-from carvana.shards import HEADER, RleShardWriter, encode_row
 from carvana.submission import make_submission
+from carvana.submission.rle import rle_encode
+from carvana.submission.shards import HEADER, RleShardWriter
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_submission.csv"
 
@@ -34,7 +34,7 @@ def write_shards(directory: Path, names: list[str], rles: list[str], ranks: int 
     start = time.perf_counter()
     writers = [RleShardWriter(directory, rank) for rank in range(ranks)]
     for k, i in enumerate(order):
-        writers[k % ranks].append(names[i], *encode_row(names[i], rles[i % len(rles)]))
+        writers[k % ranks].write(names[i], rles[i % len(rles)])
     for writer in writers:
         writer.close()
     return time.perf_counter() - start
@@ -69,9 +69,9 @@ def main() -> None:
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
         check(out, names, rles)
         print(f"{len(names)} photos, 2 ranks: shards written in {write_s:.1f} s ({shards_mb:.0f} MB, as predict.py's "
-              f"writer threads would spread them over the run); merged in {merge_s:.1f} s into "
+              f"writer would spread them over the run); merged in {merge_s:.1f} s into "
               f"{out.stat().st_size / 1e6:.0f} MB of gzip; every row checked, one gzip member")
-        print(f"rows_per_s={len(names) / merge_s:.0f} peak_rss_mb={rss_mb:.0f}")
+        print(f"merge_s={merge_s:.1f} rows_per_s={len(names) / merge_s:.0f} peak_rss_mb={rss_mb:.0f}")
     finally:
         shutil.rmtree(tmp)
 

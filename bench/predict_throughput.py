@@ -19,8 +19,8 @@ speed drifts by 10-30% over minutes (other tenants), and a ratio of times taken 
 the best times of different rounds.
 3. JPEG decoding and PNG writing alone (one thread), as a share of the forward time: on a CPU device the data
    workers and writer threads take this from the model's cores; on a GPU they only need to keep up.
-4. rle_share: the time write=rle's work takes (threshold, rle_encode, compressing the shard row) over the masks the
-   e2e run wrote, as a share of the e2e time,
+4. rle_share: the time write=rle's work takes (threshold, rle_encode, the shard row) over the masks the e2e run
+   wrote, as a share of the e2e time,
    i.e. what write=rle adds to the pipeline when its threads cannot hide it.
 
 The model is by default a mobilenet_v2 U-Net at input_size 320x480 (the synthetic demo's) with random weights: the
@@ -45,11 +45,12 @@ import pytorch_lightning as pl
 import torch
 
 from carvana.data import list_images
+from carvana.hardware import default_workers
 from carvana.io import read_image, read_probs8, write_probs8
 from carvana.module import SegModule, load_module
-from carvana.prediction import Ensemble, PhotoDataset, default_workers, predict
-from carvana.rle import rle_decode, rle_encode
-from carvana.shards import encode_row
+from carvana.prediction import Ensemble, PhotoDataset, predict
+from carvana.submission.rle import rle_decode, rle_encode
+from carvana.submission.shards import format_row
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TEST = ROOT.parent / "shared" / "data" / "real" / "test"
@@ -112,7 +113,7 @@ def time_e2e(photos: list[Path], ckpt: Path, out: Path, args: argparse.Namespace
     return seconds
 
 
-def time_forward(ensemble: Ensemble, batches: list[torch.Tensor], device: torch.device, autocast) -> float:
+def time_forward(ensemble: Ensemble, batches: list[dict], device: torch.device, autocast) -> float:
     """Seconds of Ensemble.probs over batches already in memory, as Lightning's predict loop runs it."""
     start = time.perf_counter()
     with torch.inference_mode(), autocast:
@@ -144,11 +145,11 @@ def side_seconds(out: Path, photos: list[Path], masks: list[np.ndarray]) -> tupl
 
 
 def rle_seconds(photos: list[Path], masks: list[np.ndarray]) -> tuple[float, float]:
-    """(seconds of write=rle's work over the masks: threshold, rle_encode, the row's compression; mean runs/mask)."""
+    """(seconds of write=rle's work over the masks: threshold, rle_encode, the row; mean runs/mask)."""
     start = time.perf_counter()
-    rows = [encode_row(p.name, rle_encode(mask > 127)) for p, mask in zip(photos, masks)]
+    rows = [format_row(p.name, rle_encode(mask > 127)) for p, mask in zip(photos, masks)]
     seconds = time.perf_counter() - start
-    return seconds, float(np.mean([row.count(b" ") / 2 for row, _ in rows]))
+    return seconds, float(np.mean([row.count(b" ") / 2 for row in rows]))
 
 
 def main() -> None:
@@ -200,10 +201,10 @@ def main() -> None:
         ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt", args.encoder, input_size)
         model = load_module(ckpt)
         ensemble = Ensemble([model]).to(device).eval()
-        input_size = model.hparams.input_size
-        dataset = PhotoDataset(photos, SIZE, input_size=input_size)
-        images = torch.stack([dataset[i]["image"] for i in range(len(photos))]).to(device)
-        batches = list(images.split(args.batch_size))
+        input_size, key = model.hparams.input_size, model.geometry.key
+        dataset = PhotoDataset(photos, SIZE, [model.geometry])
+        images = torch.stack([dataset[i]["inputs"][key] for i in range(len(photos))]).to(device)
+        batches = [{key: chunk} for chunk in images.split(args.batch_size)]
         autocast = torch.autocast(
             device.type, dtype=torch.float16 if cuda else torch.bfloat16, enabled=args.precision == "16-mixed"
         )  # what Lightning's 16-mixed runs under
@@ -259,7 +260,7 @@ def main() -> None:
         f"(on a CPU they take cores from the model)"
     )
     print(
-        f"threshold + rle_encode + row compression {1000 * rle_s / n:.1f} ms/mask ({runs:.0f} runs/mask), "
+        f"threshold + rle_encode + row {1000 * rle_s / n:.1f} ms/mask ({runs:.0f} runs/mask), "
         f"{100 * rle_s / e2e_s:.1f}% of the e2e time"
     )
     print(f"rle_share={100 * rle_s / e2e_s:.1f}%")

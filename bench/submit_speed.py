@@ -7,13 +7,13 @@ All paths read the same PNG files, written by predict.py's writer (carvana.io.wr
   with PIL (its scipy ndimage.imread(mode="L")), thresholding in place with two boolean-mask assignments, its
   numpy RLE and str join, then pandas to_csv(compression="gzip"). Also timed with cv2.imread and one comparison
   (`seed_cv2`, a stronger baseline than the seed itself), printed for reference.
-- png: masks/s of make_submission(masks_dir=...) (processes: cv2 decode, vectorised RLE, each row compressed in
-  the worker; the parent only copies) against the seed's way;
-- stream: what `submit.py rle_dir=` does with the shards that `predict.py write=rle` wrote (merge them in sample
-  order, copying the rows' pieces that predict.py's writer threads compressed), in masks/s against the seed's way.
-  The share of the streaming work done inside predict.py (threshold, encode, compress, append the row: timed here
-  in ms per mask) is a cost of predict.py, measured against its forward pass by bench/predict_throughput.py
-  (`rle_share`); it is printed here too, with the ratio it would give if it were counted in the merge.
+- png: masks/s of make_submission(masks_dir=...) (processes: cv2 decode, vectorised RLE; the parent writes the
+  gzip at level 1) against the seed's way;
+- stream: what `submit.py rle_dir=` does with the shards that `predict.py write=rle` wrote (read them, check every
+  row, write them in sample order with gzip level 1), in masks/s against the seed's way.
+  The share of the streaming work done inside predict.py (threshold, encode, append the row: timed here in ms per
+  mask) is a cost of predict.py, measured against its forward pass by bench/predict_throughput.py (`rle_share`);
+  it is printed here too, with the ratio it would give if it were counted in the merge.
 - rle: ms per mask of rle_encode against np.count_nonzero over the same mask (the memory floor).
 The last line is `png_vs_seed=<ratio> stream_vs_seed=<ratio> rle_vs_floor=<ratio>`; the CSVs are checked equal.
 """
@@ -34,9 +34,9 @@ import pandas as pd
 from PIL import Image
 
 from carvana.io import write_probs8
-from carvana.rle import rle_encode
-from carvana.shards import RleShardWriter, encode_row
 from carvana.submission import make_submission
+from carvana.submission.rle import rle_encode
+from carvana.submission.shards import RleShardWriter
 
 H, W = 1280, 1918
 DISTINCT = 16  # distinct synthetic cars, cycled over the N files
@@ -89,10 +89,10 @@ def seed_cv2_encode(path: Path) -> str:
 
 
 def write_shard(probs: list[np.ndarray], names: list[str], rle_dir: Path) -> None:
-    """predict.py's write=rle work for each mask: threshold, encode, compress the row, append it to the shard."""
+    """predict.py's write=rle work for each mask: threshold, encode, append the row to the shard."""
     with RleShardWriter(rle_dir, rank=0) as writer:
         for i, name in enumerate(names):
-            writer.append(name, *encode_row(name, rle_encode(probs[i % len(probs)] > 127)))
+            writer.write(name, rle_encode(probs[i % len(probs)] > 127))
 
 
 def best_rate(run: Callable[[int], object], n: int, repeats: int = 3) -> float:
@@ -159,7 +159,7 @@ def main(n: int) -> None:
     )
     print(f"submit.py rle_dir= (merge the shards predict.py wrote):  {r['merge']:8.1f} masks/s")
     print(
-        f"predict.py's share of streaming (encode, compress, append the row): {1e3 / r['write_shard']:.2f} ms/mask, "
+        f"predict.py's share of streaming (encode, append the row): {1e3 / r['write_shard']:.2f} ms/mask, "
         f"one core; counted in the merge: {with_predict_part:.1f} masks/s = {with_predict_part / r['seed']:.1f}x seed"
     )
     print(f"rle_encode {rle_ms:.3f} ms/mask, np.count_nonzero {floor_ms:.3f} ms/mask")

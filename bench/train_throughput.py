@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from carvana.data import CarvanaDataset, find_masks, list_images
+from carvana.geometry import Geometry
 from carvana.io import read_image, read_mask
 from carvana.module import SegModule
 from carvana.transforms import train_transform
@@ -70,7 +71,7 @@ class Batches(Dataset):
 def preload(images: list[Path], masks: list[Path], size: list[int], batch_size: int, steps: int) -> DataLoader:
     """`steps` batches of Bx3xHxW uint8 photos and Bx1xHxW masks resized to `size`, decoded once, cycling the photos."""
     no_augment = {"hflip": 0.0, "affine": 0.0, "shift_limit": 0.0, "scale_limit": 0.0, "color": 0.0}
-    dataset = CarvanaDataset(images, masks, train_transform(None, size, no_augment))
+    dataset = CarvanaDataset(images, masks, transform=train_transform(Geometry(input_size=size), no_augment))
     items = [dataset[i] for i in range(len(dataset))]
     batches = []
     for step in range(steps):
@@ -164,15 +165,15 @@ def pipeline_rates(images: list[Path], masks: list[Path]) -> dict[str, float]:
     """Images/s of one in-process worker for each pipeline variant, best of PIPELINE_PASSES passes over the photos."""
     data = OmegaConf.load(ROOT / "conf" / "data" / "carvana.yaml")
     crop, augment = list(data.crop_size), OmegaConf.to_container(data.augment)
-    resize = list(OmegaConf.load(ROOT / "conf" / "data" / "synthetic.yaml").input_size)
+    resize = list(OmegaConf.load(ROOT / "conf" / "data" / "synthetic.yaml").data.input_size)
     variants = {  # the first is the reference, the third gives loader_vs_decode
         "JPEG decode only: carvana.io.read_image": lambda i: read_image(images[i]),
         "GIF mask only: carvana.io.read_mask": lambda i: read_mask(masks[i]),
         f"CarvanaDataset, crop {crop[0]}x{crop[1]} + augment (default)": CarvanaDataset(
-            images, masks, train_transform(crop, None, augment)
+            images, masks, transform=train_transform(Geometry(crop_size=crop), augment)
         ).__getitem__,
         f"CarvanaDataset, resize {resize[0]}x{resize[1]} + augment": CarvanaDataset(
-            images, masks, train_transform(None, resize, augment)
+            images, masks, transform=train_transform(Geometry(input_size=resize), augment)
         ).__getitem__,
         "CarvanaDataset, no transform (validation)": CarvanaDataset(images, masks).__getitem__,
     }
