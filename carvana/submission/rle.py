@@ -7,8 +7,8 @@ import numpy as np
 
 def rle_encode(mask: np.ndarray) -> str:
     """Encode a mask (any shape, nonzero = car; flattened in C order) as Kaggle's RLE string; empty mask -> ""."""
-    flat = np.zeros(mask.size + 2, np.int8)  # a background pixel before and after: every run has two edges
-    flat[1:-1] = np.ravel(mask) != 0
+    # a background pixel before and after: every run starts and ends where a pixel differs from the one before it
+    flat = np.concatenate([[False], np.ravel(mask).astype(bool, copy=False), [False]])
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # 1-indexed starts, and one past each run's end
     edges[1::2] -= edges[::2]  # run ends -> lengths
     return " ".join(map(str, edges.tolist()))
