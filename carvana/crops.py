@@ -23,7 +23,7 @@ import pandas as pd
 from carvana import CarvanaError
 from carvana.cli import parse_words, run_or_exit
 from carvana.geometry import Box
-from carvana.io import atomic_path, read_probs8
+from carvana.io import atomic_path, is_temporary, read_probs8
 
 COLUMNS = ["img", "y_start", "y_end", "x_start", "x_end"]
 DEFAULTS = {"pred_dir": None, "out": None, "threshold": 0.5, "margin": 32, "multiple": 32, "workers": 4}
@@ -77,7 +77,7 @@ def write_bboxes(
     pred_dir, out_csv = Path(pred_dir), Path(out_csv)
     if not pred_dir.is_dir():
         raise CarvanaError(f"pred_dir {pred_dir} is not a directory: give the first stage's PNG predictions")
-    paths = sorted(pred_dir.glob("*.png"))
+    paths = sorted(p for p in pred_dir.glob("*.png") if not is_temporary(p))  # a killed writer's
     if not paths:
         raise CarvanaError(f"pred_dir {pred_dir} holds no .png predictions: run predict.py with write=[png] first")
     if not 0 <= threshold <= 1:

@@ -4,6 +4,8 @@ temporary name and a rename."""
 import contextlib
 import math
 import os
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,17 +38,72 @@ def angle_of(path: str | os.PathLike) -> int:
     return int(Path(path).stem.rsplit("_", 1)[1])
 
 
+# atomic_path's temporary names: .<stem>.tmp-<host>-<pid><suffix>; the host keeps ranks on other nodes' files safe
+_TEMPORARY = re.compile(r"^\..*\.tmp-(?P<host>[^/]+)-(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+_HOST = socket.gethostname().replace("-", "_")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block ends without an error."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.tmp-{_HOST}-{os.getpid()}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether a file is atomic_path's temporary (a reader of a folder skips it)."""
+    return _TEMPORARY.match(Path(path).name) is not None
+
+
+def remove_dead_temporaries(directory: str | os.PathLike) -> int:
+    """Remove the temporaries that processes of this host killed before their rename left in `directory` (kill -9,
+    a node lost); those of live processes stay. Returns how many were removed."""
+    removed = 0
+    for path in Path(directory).glob(".*.tmp-*") if Path(directory).is_dir() else []:
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def check_threshold(threshold: object, key: str = "threshold") -> float:
+    """A probability cut strictly inside (0, 1), else a CarvanaError naming the key: at 0 or 1 every pixel (or none)
+    would be car, and the submission would be silently empty or full."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise CarvanaError(f"{key}={threshold} is a probability: choose a value strictly between 0 and 1 (e.g. 0.5)")
+    return float(threshold)
+
+
+def check_writable_dir(directory: str | os.PathLike, key: str) -> Path:
+    """Create `directory` if needed and prove it takes a file, before any long work starts; else a CarvanaError
+    naming the key and the path (a file in the way, no permission, a read-only file system)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-check.tmp-{_HOST}-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CarvanaError(f"{key}={directory} cannot hold the output ({err.strerror or err}): choose a writable "
+                           "folder") from None
+    return directory
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -52,6 +52,7 @@ class SegModule(pl.LightningModule):
         self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.bgr = pre["input_space"] == "BGR"
         self.criterion = build_loss(**(loss or {"name": "bce_dice", "bce_weight": 0.2, "dice_weight": 0.8}))
+        self.train_loss = torchmetrics.MeanMetric()
         self.val_dice, self.val_soft_dice = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
         self.val_border_dice = torchmetrics.MeanMetric()
 
@@ -76,9 +77,24 @@ class SegModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
-                 batch_size=len(batch["image"]))
+        self.log("train_loss_step", loss, prog_bar=True, batch_size=len(batch["image"]))
+        self.train_loss.update(loss.detach())
         return loss
+
+    def log_train_loss(self) -> None:
+        """The epoch's mean training loss, logged with the validation metrics, before the epoch's checkpoint: a run
+        resumed from that checkpoint has every row an uninterrupted run has (Lightning logs its own epoch means after
+        the checkpoint)."""
+        if self.train_loss.update_count:
+            self.log("train_loss_epoch", self.train_loss.compute())  # MeanMetric.compute syncs the ranks
+            self.train_loss.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.log_train_loss()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_train_loss()  # an epoch without validation
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Kaggle's metric: each photo's Dice at its full size, averaged over photos (MeanMetric syncs the ranks)

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
@@ -27,10 +28,22 @@ from carvana.data import (
 )
 from carvana.geometry import Geometry
 from carvana.hardware import default_workers, trainer_kwargs
-from carvana.io import angle_of, atomic_path, car_id, probs_cut, read_mask, read_probs8, write_probs8
+from carvana.io import (
+    angle_of,
+    atomic_path,
+    car_id,
+    check_threshold,
+    check_writable_dir,
+    probs_cut,
+    read_mask,
+    read_probs8,
+    write_probs8,
+)
+from carvana.manifest import prepare, settings, written_names
 from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
+from carvana.slurm import check_allocation
 from carvana.submission.rle import rle_encode
-from carvana.submission.shards import SHARD_PATTERN, RleShardWriter, scan_shard
+from carvana.submission.shards import RleShardWriter
 
 TTAS = ("none", "hflip")
 WRITES = ("png", "rle")
@@ -129,9 +142,11 @@ def to_probs8(probs: torch.Tensor) -> torch.Tensor:
 class MaskWriter(BasePredictionWriter):
     """Writes each batch as it comes (PNG probs8 and/or rows of this rank's RLE shard), in threads."""
 
-    def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int = 4):
+    def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int = 4,
+                 skip: set[str] = frozenset()):
         super().__init__(write_interval="batch")
         self.output_dir, self.write, self.cut = Path(output_dir), write, probs_cut(threshold)
+        self.skip = skip  # photos already written, predicted again only to keep the batches of an uninterrupted run
         self.pool = ThreadPoolExecutor(max(1, threads))
         self.pending: deque[Future] = deque()
         self.limit = 4 * max(1, threads)  # bounded: memory does not grow with the number of photos
@@ -147,6 +162,8 @@ class MaskWriter(BasePredictionWriter):
                            batch_indices: list[int] | None, batch: dict, batch_idx: int, dataloader_idx: int = 0
                            ) -> None:
         for name, error, probs8 in zip(batch["name"], batch["error"], prediction.numpy()):
+            if name in self.skip:
+                continue
             if error:
                 self.errors.append((name, error))
                 continue
@@ -176,15 +193,11 @@ class MaskWriter(BasePredictionWriter):
         trainer.strategy.barrier("predict-written")  # rank 0 reads every rank's files afterwards
 
 
-def written_names(output_dir: Path, write: list[str], images: list[Path]) -> set[str]:
-    """Photos whose every requested output is already there (a restart skips them)."""
-    done = {p.name for p in images}
-    if "png" in write:
-        done &= {p.name for p in images if (output_dir / f"{p.stem}.png").exists()}
-    if "rle" in write:
-        # a line without its newline is a half-written row of a killed run: not done
-        done &= {row.name for shard in output_dir.glob(SHARD_PATTERN) for row in scan_shard(shard)[0]}
-    return done
+def batches_to_do(images: list[Path], done: set[str], batch_size: int) -> list[Path]:
+    """The photos of every batch (of the whole sorted list) that holds a photo not yet written: a resumed run predicts
+    in the batches of an uninterrupted one, so it writes the same bytes (a batch of other photos may round apart)."""
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    return [photo for batch in batches if any(p.name not in done for p in batch) for photo in batch]
 
 
 def dice_table(images: list[Path], pred_dir: Path, masks: list[Path], threshold: float) -> pd.DataFrame:
@@ -200,13 +213,14 @@ def dice_table(images: list[Path], pred_dir: Path, masks: list[Path], threshold:
 
 def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwargs: dict, tta: str = "none",
             write: list[str] = ("png",), threshold: float = 0.5, batch_size: int = 4, num_workers: int | None = None,
-            writer_threads: int = 4, bboxes: str | None = None) -> tuple[int, list[tuple[str, str]], bool]:
+            writer_threads: int = 4, bboxes: str | None = None, overwrite: bool = False, data_root: str = ""
+            ) -> tuple[int, list[tuple[str, str]], bool]:
     """Predict the photos not yet written -> (photos predicted now, (name, error) of failed photos, is rank 0)."""
-    bad = [w for w in write if w not in WRITES]
-    if bad or not write:
-        raise CarvanaError(f"write={list(write)}: choose png, rle or [png, rle]")
     models = [load_module(p) for p in ckpts]
-    todo = [p for p in images if p.name not in written_names(output_dir, write, images)]
+    wanted = settings(ckpts, tta, threshold, write, [m.geometry.key for m in models], data_root)
+    prepare(output_dir, wanted, images, overwrite, rank_zero_only.rank == 0)
+    done = written_names(output_dir, write, images)
+    todo = batches_to_do(images, done, batch_size)
     if not todo:
         return 0, [], True
     # the photos set the size (masks come out at the photo's size, whatever the model was trained at); one size
@@ -218,14 +232,15 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
                            f"ensemble checkpoints of one stage only")
     dirs = list(stacked_dirs.pop())
     stacked = find_stacked(todo, dirs) if dirs else None
-    writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
+    writer = MaskWriter(output_dir, list(write), threshold, writer_threads, skip=done)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
     workers = default_workers(trainer.num_devices) if num_workers is None else num_workers
     dataset = PhotoDataset(todo, size, [m.geometry for m in models], stacked, car_boxes(models, bboxes, todo))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
                         pin_memory=torch.cuda.is_available())
     trainer.predict(Ensemble(models, tta, size), dataloaders=loader, return_predictions=False)
-    return len(todo) - len(writer.errors), writer.errors, trainer.is_global_zero
+    new = sum(p.name not in done for p in todo)
+    return new - len(writer.errors), writer.errors, trainer.is_global_zero
 
 
 def car_boxes(models: list[SegModule], bboxes: str | None, images: list[Path]) -> dict | None:
@@ -245,12 +260,29 @@ def photo_size(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
+def check_settings(cfg: dict) -> list[str]:
+    """predict.py's keys checked before any model is read -> the outputs asked for (write as a list)."""
+    write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
+    if not write or any(w not in WRITES for w in write):
+        raise CarvanaError(f"write={cfg['write']}: choose png, rle or [png, rle]")
+    if cfg["tta"] not in TTAS:
+        raise CarvanaError(f"unknown tta={cfg['tta']}: choose one of {', '.join(TTAS)}")
+    check_threshold(cfg["threshold"])
+    for key, least in (("batch_size", 1), ("writer_threads", 1), ("num_workers", 0)):
+        value = cfg[key]
+        if (value is not None or key != "num_workers") and (not isinstance(value, int) or value < least):
+            raise CarvanaError(f"{key}={value} must be an integer >= {least}")
+    return write
+
+
 def run(cfg: dict) -> tuple[str, int]:
     """predict.py's job from its plain config -> (summary line for rank 0, exit status); see conf/predict.yaml."""
+    check_allocation(cfg["trainer"])
     ckpts = find_checkpoints(cfg["ckpt"])
-    meta = read_checkpoint(ckpts[0])["hyper_parameters"].get("data") or {}
+    write = check_settings(cfg)
+    checkpoints = [read_checkpoint(p) for p in ckpts]  # every file is one of this project's before any work
+    meta = checkpoints[0]["hyper_parameters"].get("data") or {}
     root = Path(cfg["data"]["root"] or meta.get("root") or ".")
-    write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
     output_dir = Path(cfg["output_dir"])
     if cfg["predict_on_val"]:
         if "png" not in write:
@@ -260,10 +292,12 @@ def run(cfg: dict) -> tuple[str, int]:
         masks = find_masks(images, root / meta.get("val_mask_dir", "train_masks"))  # before the long run starts
     else:
         images = list_images(cfg["input_dir"] or root / "test")
+    check_writable_dir(output_dir, "output_dir")
     count, errors, rank_zero = predict(
         images, ckpts, output_dir, trainer_kwargs(cfg["trainer"]), tta=cfg["tta"], write=write,
         threshold=cfg["threshold"], batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
-        writer_threads=cfg["writer_threads"], bboxes=cfg["data"].get("bboxes"))
+        writer_threads=cfg["writer_threads"], bboxes=cfg["data"].get("bboxes"), overwrite=cfg["overwrite"],
+        data_root=str(root))
     if not rank_zero:
         return "", 0
     line = f"predicted={count} skipped={len(images) - count - len(errors)} output_dir={output_dir}"

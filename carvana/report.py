@@ -17,7 +17,16 @@ from PIL import Image
 
 from carvana import CarvanaError
 from carvana.cli import parse_words, run_or_exit
-from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, atomic_path, car_id, read_image, read_mask, read_probs8
+from carvana.io import (
+    IMAGE_SUFFIXES,
+    MASK_PATTERNS,
+    atomic_path,
+    car_id,
+    is_temporary,
+    read_image,
+    read_mask,
+    read_probs8,
+)
 from carvana.report_html import oof_page, write_page
 from carvana.run_report import best_epoch, write_run_report
 
@@ -44,7 +53,7 @@ def find_predictions(oof_dir: Path) -> list[Path]:
     """The `<car>_<NN>.png` predictions of `oof_dir`, sorted; a missing directory or none in it is a CarvanaError."""
     if not oof_dir.is_dir():
         raise CarvanaError(f"oof_dir={oof_dir} does not exist: point it at predict.py's predict_on_val output_dir")
-    preds = sorted(p for p in oof_dir.glob("*.png") if PREDICTION_NAME.match(p.stem))
+    preds = sorted(p for p in oof_dir.glob("*.png") if PREDICTION_NAME.match(p.stem) and not is_temporary(p))
     if not preds:
         raise CarvanaError(f"oof_dir={oof_dir} holds no <car>_<NN>.png predictions: run predict.py predict_on_val=true")
     return preds

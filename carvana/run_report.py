@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from carvana import CarvanaError
-from carvana.io import atomic_path
+from carvana.io import atomic_path, is_temporary
 from carvana.report_html import dice_text, figure_uri, image, page, section, table, write_page
 
 METRICS = "csv/metrics.csv"  # CSVLogger(out_dir, name="csv", version="") in carvana/training.py
@@ -118,7 +118,7 @@ def run_page(run_dir: Path, metrics: pd.DataFrame, epochs: pd.DataFrame, best: i
     else:
         verdict = (f"<p>Best epoch <b>{epochs.epoch[best]}</b> (step {epochs.step[best]}): {MONITOR} "
                    f"<b>{dice_text(epochs[MONITOR][best])}</b>, the checkpoint's monitor.</p>")
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt") if not is_temporary(p))
     intro = (f"Run <code>{html.escape(str(run_dir))}</code>: {len(epochs)} epochs, {int(metrics.step.max())} steps "
              f"logged; checkpoints: {html.escape(', '.join(checkpoints) or 'none')}.")
     sections = [

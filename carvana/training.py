@@ -11,22 +11,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import (
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    RichProgressBar,
-    TQDMProgressBar,
-)
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from carvana import CarvanaError
+from carvana.checkpoints import AtomicCheckpointIO, MetricsHistory, checkpointing
 from carvana.data import CarvanaDataModule
 from carvana.folds import write_folds
 from carvana.geometry import Geometry
 from carvana.hardware import trainer_kwargs
+from carvana.io import check_threshold, remove_dead_temporaries
 from carvana.module import SegModule, read_checkpoint
 from carvana.network import resolve_preprocessing
+from carvana.slurm import check_allocation
 
 KAGGLE = "kaggle competitions download -c carvana-image-masking-challenge"
 
@@ -90,6 +87,18 @@ def ddp_job_scope() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Values refused when the config is read, before any data is touched."""
+    check_threshold(cfg.model.threshold, "model.threshold")
+    limits = (("data.batch_size", cfg.data.batch_size, 1, int), ("data.num_workers", cfg.data.num_workers, 0, int),
+              ("checkpoint.every_minutes", cfg.checkpoint.every_minutes, 1e-3, (int, float)))
+    for key, value, least, kind in limits:
+        if value is None and key == "data.num_workers":  # null: the CPUs shared by the devices
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind) or value < least:
+            raise CarvanaError(f"{key}={value} must be a number >= {least}")
+
+
 def geometry_of(data: DictConfig) -> Geometry:
     """The input mode of the data config (carvana.geometry)."""
     return Geometry(_list(data.crop_size), _list(data.input_size), boxes=data.bboxes is not None)
@@ -138,9 +147,12 @@ def build_datamodule(cfg: DictConfig) -> CarvanaDataModule:
 def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     """Train one fold; return (best val_dice, best checkpoint path, whether this process is rank 0)."""
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a key an experiment requires (???) first
+    check_settings(cfg)
+    check_allocation(cfg.trainer)
     check_data(cfg.data)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
+    remove_dead_temporaries(out_dir / "checkpoints")
     # a run folder that holds a last.ckpt resumes from it: a requeued cluster job, a run started again by hand
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = cfg.ckpt_path or (str(last) if last.is_file() else None)
@@ -149,10 +161,10 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.image_size)
     relaunch_job_not_sweep()
-    trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), callbacks=callbacks(cfg, out_dir),
-                         logger=[CSVLogger(out_dir, name="csv", version=""),
-                                 TensorBoardLogger(out_dir, name="tensorboard", version="")],
-                         default_root_dir=out_dir)
+    csv = CSVLogger(out_dir, name="csv", version="")
+    trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), callbacks=callbacks(cfg, out_dir, csv),
+                         logger=[csv, TensorBoardLogger(out_dir, name="tensorboard", version="")],
+                         plugins=[AtomicCheckpointIO()], default_root_dir=out_dir)
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {ckpt_path}", flush=True)
     with ddp_job_scope():
@@ -162,12 +174,13 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     return (float(score) if score is not None else float("nan")), checkpoint.best_model_path, trainer.is_global_zero
 
 
-def callbacks(cfg: DictConfig, out_dir: Path) -> list[pl.Callback]:
-    """The best checkpoint by val_dice and last.ckpt, the LR at the scheduler's interval, early stopping, a bar."""
+def callbacks(cfg: DictConfig, out_dir: Path, csv: CSVLogger) -> list[pl.Callback]:
+    """The best checkpoint by val_dice and last.ckpt (also every checkpoint.every_minutes), the metrics log carried in
+    them, the LR at the scheduler's interval, early stopping, a bar."""
     found = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_dice", mode="max", save_last=True,
-                        filename=f"{cfg.model.encoder_name}-fold{cfg.fold}-" + "epoch{epoch:02d}-dice{val_dice:.4f}",
-                        auto_insert_metric_name=False),
+        *checkpointing(out_dir / "checkpoints", f"{cfg.model.encoder_name}-fold{cfg.fold}-" +
+                       "epoch{epoch:02d}-dice{val_dice:.4f}", cfg.checkpoint.every_minutes),
+        MetricsHistory(csv),
         LearningRateMonitor(),  # logging_interval=None: per step for the cyclic schedule, per epoch for cosine
         EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience),
     ]

@@ -384,3 +384,39 @@ def test_unknown_encoder_group_lists_the_options(carvana_root: Path, tmp_path: P
     options = proc.stderr.split("Available options", 1)[-1]
     assert "mobilenet" in options and "resnet50" in options
     assert not out.exists()
+
+
+VALIDATE = """
+import sys
+import pytorch_lightning as pl
+from carvana.data import CarvanaDataModule
+from carvana.module import load_module
+
+root, ckpt, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+module = load_module(ckpt)
+data = CarvanaDataModule(root, f"{root}/folds.csv", 0, module.geometry, batch_size=2, num_workers=0)
+trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+result = trainer.validate(module, datamodule=data, verbose=False)
+if trainer.is_global_zero:
+    print(f"val_dice={result[0]['val_dice']:.7f}")
+"""
+
+
+@pytest.mark.slow
+def test_validation_on_two_ranks_scores_each_photo_once(trained_run: dict, carvana_root: Path, tmp_path: Path):
+    """13 validation photos on 2 ranks: a padded sampler would score one twice (Lightning #5060); the Kaggle mean Dice
+    must be the 1-rank one."""
+    root = shutil.copytree(carvana_root, tmp_path / "data")
+    folds = pd.read_csv(root / "folds.csv", dtype={"id": str})
+    car = folds["id"][folds["fold"] == 0].iloc[0]
+    for angle in (2, 9, 15):
+        (root / "train" / f"{car}_{angle:02d}.jpg").unlink()
+    (tmp_path / "validate.py").write_text(VALIDATE)
+    dice = []
+    for devices in (1, 2):
+        proc = subprocess.run([sys.executable, str(tmp_path / "validate.py"), str(root), str(trained_run["ckpt"]),
+                               str(devices)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        dice.append(float(proc.stdout.strip().splitlines()[-1].split("=")[1]))
+    assert dice[0] == pytest.approx(dice[1], abs=1e-6), dice

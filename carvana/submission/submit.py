@@ -16,42 +16,75 @@ from rich.console import Console
 from rich.progress import track
 
 from carvana import CarvanaError
-from carvana.io import atomic_path, probs_cut, read_probs8
+from carvana.io import (
+    atomic_path,
+    check_threshold,
+    check_writable_dir,
+    is_temporary,
+    probs_cut,
+    read_probs8,
+    remove_dead_temporaries,
+)
+from carvana.manifest import recorded_value
 from carvana.submission.rle import rle_encode
 from carvana.submission.shards import HEADER, SHARD_PATTERN, first_few, format_row, shard_rows
 
 STRATEGIES = ("average", "vote")
+DATA_ROOT = "data/carvana"  # the real data's default root (conf/data/carvana.yaml)
 
 
 def make_submission(
-    sample_csv: str | os.PathLike,
+    sample_csv: str | os.PathLike | None,
     output: str | os.PathLike,
     masks_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     rle_dir: str | os.PathLike | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     strategy: str = "average",
     fill_missing: bool = False,
     height: int = 1280,
     width: int = 1918,
     workers: int | None = None,
 ) -> Path:
-    """Write Kaggle's gzip CSV at `output` from probability PNGs (masks_dir) or RLE shards (rle_dir); returns it."""
+    """Write Kaggle's gzip CSV at `output` from probability PNGs (masks_dir) or RLE shards (rle_dir); returns it.
+
+    sample_csv None: the sample_submission.csv of the data root predict.py recorded with its outputs, else
+    data/carvana's. threshold None: the one predict.py recorded (else 0.5); RLE shards refuse any other.
+    """
     if (masks_dir is None) == (rle_dir is None):
         raise CarvanaError("set exactly one of masks_dir=DIR (probability PNGs) or rle_dir=DIR (rle-rank*.csv shards)")
     output = Path(output)
     if not output.name.endswith(".csv.gz"):
         raise CarvanaError(f"output={output} must end in .csv.gz: the submission is a gzip-compressed CSV")
+    dirs = [rle_dir] if rle_dir is not None else \
+        [masks_dir] if isinstance(masks_dir, (str, os.PathLike)) else list(masks_dir)
+    threshold = submission_threshold(threshold, dirs, rle_dir is not None)
+    if sample_csv is None:
+        sample_csv = Path(recorded_value(dirs, "data_root") or DATA_ROOT) / "sample_submission.csv"
     names = read_sample_names(sample_csv)
+    check_writable_dir(output.parent, "output")
+    remove_dead_temporaries(output.parent)
     shape = (height, width)
     if rle_dir is not None:
         rows = shard_rows(rle_dir, names, fill_missing, shape)
     else:
-        dirs = [masks_dir] if isinstance(masks_dir, (str, os.PathLike)) else list(masks_dir)
         workers = len(os.sched_getaffinity(0)) if workers is None else workers
         rows = png_rows(dirs, names, threshold, strategy, fill_missing, shape, workers)
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_submission(output, rows)
     return output
+
+
+def submission_threshold(threshold: float | None, dirs: list, shards: bool) -> float:
+    """The cut of the submission: the one given, else the one predict.py recorded with the outputs, else 0.5.
+    Shards were cut when predict.py wrote them: a threshold other than the recorded one is refused."""
+    recorded = recorded_value(dirs, "threshold")
+    if threshold is None:
+        return recorded if recorded is not None else 0.5
+    check_threshold(threshold)
+    if shards and recorded is not None and threshold != recorded:
+        raise CarvanaError(f"threshold={threshold}, but the shards in rle_dir={dirs[0]} were cut at {recorded} when "
+                           "predict.py wrote them: drop threshold=, or predict again with write=rle threshold="
+                           f"{threshold}")
+    return threshold
 
 
 def find_predictions(directory: str | os.PathLike) -> dict:
@@ -60,7 +93,7 @@ def find_predictions(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     if any(directory.glob(SHARD_PATTERN)):
         return {"rle_dir": str(directory)}
-    if any(directory.glob("*.png")):
+    if any(not is_temporary(p) for p in directory.glob("*.png")):
         return {"masks_dir": str(directory)}
     raise CarvanaError(f"{directory} holds no predictions (neither {SHARD_PATTERN} shards nor .png masks): run "
                        "python predict.py ckpt=... first, or set masks_dir= / rle_dir=")
@@ -86,7 +119,8 @@ def read_sample_names(path: str | os.PathLike) -> list[str]:
 
 def write_submission(path: str | os.PathLike, rows: Iterable[bytes]) -> None:
     """Write the gzip CSV: the header, then each `img,rle\\n` row, through a temporary name and a rename."""
-    with atomic_path(path) as tmp, gzip.open(tmp, "wb", compresslevel=1) as f:  # RLE text: level 6 is 2.5x slower
+    # RLE text: level 6 is 2.5x slower; no name or time in the gzip header: the same rows give the same bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, gzip.GzipFile("", "wb", 1, raw, mtime=0) as f:
         f.write(f"{HEADER}\n".encode())
         for row in rows:
             f.write(row)
@@ -128,8 +162,6 @@ def png_rows(
     """Check every photo has a PNG in every directory, then lazily yield their RLE rows in order, over processes."""
     if strategy not in STRATEGIES:
         raise CarvanaError(f"unknown strategy={strategy}: choose one of {', '.join(STRATEGIES)}")
-    if not 0 <= threshold <= 1:
-        raise CarvanaError(f"threshold={threshold} is a probability: choose a value in [0, 1]")
     dirs = [Path(d) for d in dirs]
     listed = [_list_dir(d) for d in dirs]
     files = [mask_filename(name) for name in names]
