@@ -1,7 +1,7 @@
 """Carvana-layout datasets: photos `{car}_{NN}.jpg`, masks `{car}_{NN}_mask.gif` or predicted `{car}_{NN}.png`."""
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import Pool
 from pathlib import Path
 
 import albumentations as A
@@ -17,7 +17,7 @@ from carvana import CarvanaError
 from carvana.crops import bbox_for, read_bboxes
 from carvana.geometry import Box, Geometry, cut_box
 from carvana.hardware import default_workers
-from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, car_id, read_image, read_mask, read_probs8
+from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, car_id, check_photo, read_image, read_mask, read_probs8
 from carvana.pseudo import select_pseudo
 from carvana.transforms import train_transform
 
@@ -55,11 +55,11 @@ def find_masks(images: list[Path], mask_dir: str | Path) -> list[Path]:
 
 
 def check_files(images: list[Path], masks: list[Path], workers: int = 1) -> None:
-    """Before a long run: every photo decodes (a random or garbled file, a truncated or corrupt JPEG: cv2 would
-    decode corrupt data with a mere warning), has its mask's size, and the first masks are not all empty (a wrong
-    folder, or a format read as background)."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes without the GIL
-        for image, mask, size in zip(images, masks, pool.map(check_photo, images)):
+    """Before a long run: every photo decodes whole (carvana.io.check_photo: a random or garbled file, a truncated or
+    corrupt JPEG), has its mask's size, and the first masks are not all empty (a wrong folder, or a format read as
+    background)."""
+    with Pool(max(1, workers)) as pool:  # processes: check_photo reads libjpeg's warnings from its own stderr
+        for image, mask, size in zip(images, masks, pool.imap(check_photo, images, chunksize=16)):
             with Image.open(mask) as msk:
                 if msk.size != size:
                     raise CarvanaError(f"photo {image} is {size[0]}x{size[1]} but its mask {mask} is "
@@ -68,19 +68,6 @@ def check_files(images: list[Path], masks: list[Path], workers: int = 1) -> None
     if checked and not any(read_mask(m).any() for m in checked):
         raise CarvanaError(f"the first {len(checked)} masks (e.g. {checked[0]}) hold no car at all: check "
                            "data.train_mask_dir and the masks' format (0/1 or 0/255, or Carvana's GIFs)")
-
-
-def check_photo(path: Path) -> tuple[int, int]:
-    """Decode a photo through all its data at 1/8 scale (libjpeg reads every coefficient: 3x cheaper than a full
-    decode) -> (width, height); an unreadable, truncated or corrupt file is a CarvanaError naming it."""
-    try:
-        with Image.open(path) as img:
-            size = img.size  # before draft, which shrinks it
-            img.draft("RGB", (img.width // 8, img.height // 8))
-            img.load()
-            return size
-    except OSError as err:  # PIL's UnidentifiedImageError, "broken data stream", "image file is truncated"
-        raise CarvanaError(f"photo {path} is not a readable image ({err}): replace or remove it") from None
 
 
 class CarvanaDataset(Dataset):

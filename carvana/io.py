@@ -6,6 +6,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,39 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if bgr is None:
         raise CarvanaError(f"photo {path} is not a readable image: replace or remove it")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def check_photo(path: str | os.PathLike) -> tuple[int, int]:
+    """Decode a photo all through, cheaply, before a long run -> its (width, height); a file that is not an image, a
+    truncated JPEG, or one whose image data is corrupt is a CarvanaError naming it.
+
+    libjpeg decodes corrupt data with a mere warning on the process's stderr (what cv2 and PIL then return looks like
+    a photo): the warnings are read back from file descriptor 2, so call this in a process of its own, one photo at a
+    time (check_files uses a process pool). At 1/8 scale in grey the decoder still reads every coefficient: 1.6 ms a
+    1918x1280 photo instead of 17.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            size = img.size
+        data = np.fromfile(path, np.uint8)
+    except OSError as err:  # PIL's UnidentifiedImageError too
+        raise CarvanaError(f"photo {path} is not a readable image ({err}): replace or remove it") from None
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            decoded = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        warnings = captured.read().decode(errors="replace").strip()
+    if decoded is None or warnings or (path.suffix.lower() in (".jpg", ".jpeg") and not data[-64:].tobytes()
+                                       .rstrip(b"\x00").endswith(_JPEG_END)):
+        why = warnings.splitlines()[0] if warnings else "truncated or undecodable"
+        raise CarvanaError(f"photo {path} is corrupt ({why}): download it again or remove it")
+    return size
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -213,10 +213,11 @@ def dice_table(images: list[Path], pred_dir: Path, masks: list[Path], threshold:
 
 def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwargs: dict, tta: str = "none",
             write: list[str] = ("png",), threshold: float = 0.5, batch_size: int = 4, num_workers: int | None = None,
-            writer_threads: int = 4, bboxes: str | None = None, overwrite: bool = False, data_root: str = ""
-            ) -> tuple[int, list[tuple[str, str]], bool]:
-    """Predict the photos not yet written -> (photos predicted now, (name, error) of failed photos, is rank 0)."""
-    models = [load_module(p) for p in ckpts]
+            writer_threads: int = 4, bboxes: str | None = None, overwrite: bool = False, data_root: str = "",
+            models: list[SegModule] | None = None) -> tuple[int, list[tuple[str, str]], bool]:
+    """Predict the photos not yet written -> (photos predicted now, (name, error) of failed photos, is rank 0);
+    `models`: the checkpoints already loaded."""
+    models = models or [load_module(p) for p in ckpts]
     wanted = settings(ckpts, tta, threshold, write, [m.geometry.key for m in models], data_root)
     prepare(output_dir, wanted, images, overwrite, rank_zero_only.rank == 0)
     done = written_names(output_dir, write, images)
@@ -280,8 +281,8 @@ def run(cfg: dict) -> tuple[str, int]:
     check_allocation(cfg["trainer"])
     ckpts = find_checkpoints(cfg["ckpt"])
     write = check_settings(cfg)
-    checkpoints = [read_checkpoint(p) for p in ckpts]  # every file is one of this project's before any work
-    meta = checkpoints[0]["hyper_parameters"].get("data") or {}
+    meta = read_checkpoint(ckpts[0])["hyper_parameters"].get("data") or {}
+    models = [load_module(p) for p in ckpts]  # every file a checkpoint of this project, whole, before any work
     root = Path(cfg["data"]["root"] or meta.get("root") or ".")
     output_dir = Path(cfg["output_dir"])
     if cfg["predict_on_val"]:
@@ -297,7 +298,7 @@ def run(cfg: dict) -> tuple[str, int]:
         images, ckpts, output_dir, trainer_kwargs(cfg["trainer"]), tta=cfg["tta"], write=write,
         threshold=cfg["threshold"], batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
         writer_threads=cfg["writer_threads"], bboxes=cfg["data"].get("bboxes"), overwrite=cfg["overwrite"],
-        data_root=str(root))
+        data_root=str(root), models=models)
     if not rank_zero:
         return "", 0
     line = f"predicted={count} skipped={len(images) - count - len(errors)} output_dir={output_dir}"
