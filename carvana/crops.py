@@ -24,6 +24,7 @@ from carvana import CarvanaError
 from carvana.cli import parse_words, run_or_exit
 from carvana.geometry import Box
 from carvana.io import atomic_path, is_temporary, read_probs8
+from carvana.progress import progress
 
 COLUMNS = ["img", "y_start", "y_end", "x_start", "x_end"]
 DEFAULTS = {"pred_dir": None, "out": None, "threshold": 0.5, "margin": 32, "multiple": 32, "workers": 4}
@@ -86,7 +87,8 @@ def write_bboxes(
         raise CarvanaError(f"cannot write {out_csv}: directory {out_csv.parent} does not exist")
     # cv2 decodes and labels without the GIL: threads are enough
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        rows = list(pool.map(lambda path: _bbox_row(path, threshold, margin, multiple), paths))
+        rows = list(progress(pool.map(lambda path: _bbox_row(path, threshold, margin, multiple), paths),
+                             "finding the car boxes", len(paths)))
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)

@@ -18,6 +18,7 @@ from carvana.crops import bbox_for, read_bboxes
 from carvana.geometry import Box, Geometry, cut_box
 from carvana.hardware import default_workers
 from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, car_id, check_photo, read_image, read_mask, read_probs8
+from carvana.progress import progress
 from carvana.pseudo import select_pseudo
 from carvana.transforms import train_transform
 
@@ -59,7 +60,8 @@ def check_files(images: list[Path], masks: list[Path], workers: int = 1) -> None
     corrupt JPEG), has its mask's size, and the first masks are not all empty (a wrong folder, or a format read as
     background)."""
     with Pool(max(1, workers)) as pool:  # processes: check_photo reads libjpeg's warnings from its own stderr
-        for image, mask, size in zip(images, masks, pool.imap(check_photo, images, chunksize=16)):
+        sizes = progress(pool.imap(check_photo, images, chunksize=16), "checking the photos", len(images))
+        for image, mask, size in zip(images, masks, sizes):
             with Image.open(mask) as msk:
                 if msk.size != size:
                     raise CarvanaError(f"photo {image} is {size[0]}x{size[1]} but its mask {mask} is "

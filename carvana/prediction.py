@@ -41,6 +41,7 @@ from carvana.io import (
 )
 from carvana.manifest import prepare, settings, written_names
 from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
+from carvana.progress import progress
 from carvana.slurm import check_allocation
 from carvana.submission.rle import rle_encode
 from carvana.submission.shards import RleShardWriter
@@ -203,7 +204,7 @@ def batches_to_do(images: list[Path], done: set[str], batch_size: int) -> list[P
 def dice_table(images: list[Path], pred_dir: Path, masks: list[Path], threshold: float) -> pd.DataFrame:
     """Per-photo Kaggle Dice of written predictions against their masks -> DataFrame[image, car, angle, dice]."""
     rows = []
-    for path, mask in zip(images, masks):
+    for path, mask in progress(list(zip(images, masks)), "scoring the predictions", len(images)):
         pred = torch.from_numpy(read_probs8(pred_dir / f"{path.stem}.png") > probs_cut(threshold))
         truth = torch.from_numpy(read_mask(mask))
         dice = float(dice_per_image(pred[None, None], truth[None, None])[0])
@@ -226,7 +227,7 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
         return 0, [], True
     # the photos set the size (masks come out at the photo's size, whatever the model was trained at); one size
     # per run, as batches need it: the most common one, from the file headers
-    size = pd.Series([photo_size(p) for p in todo]).mode()[0]
+    size = pd.Series([photo_size(p) for p in progress(todo, "reading the photos' sizes", len(todo))]).mode()[0]
     stacked_dirs = {tuple(m.hparams.get("data", {}).get("stacked_dirs") or []) for m in models}
     if len(stacked_dirs) > 1:
         raise CarvanaError(f"the checkpoints were trained on different data.stacked_dirs ({sorted(stacked_dirs)}): "

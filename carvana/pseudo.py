@@ -6,6 +6,7 @@ import numpy as np
 
 from carvana import CarvanaError
 from carvana.io import read_probs8
+from carvana.progress import progress
 
 # a pixel is confident when its probability is this far from 0.5 (below 0.1 or above 0.9)
 CONFIDENT_MARGIN = 0.4
@@ -35,7 +36,8 @@ def select_pseudo(image_dir: Path, pseudo: dict, n_train: int, seed: int) -> tup
     masks = [mask_dir / f"{p.stem}.png" for p in images]
     min_confidence = float(pseudo.get("min_confidence", 0.0))
     if min_confidence > 0:
-        keep = [i for i, m in enumerate(masks) if confidence(read_probs8(m)) >= min_confidence]
+        scored = progress(list(enumerate(masks)), "selecting the pseudo-labels", len(masks))
+        keep = [i for i, m in scored if confidence(read_probs8(m)) >= min_confidence]
         images, masks = [images[i] for i in keep], [masks[i] for i in keep]
     wanted = min(len(images), round(ratio / (1 - ratio) * n_train))
     chosen = sorted(np.random.default_rng(seed).choice(len(images), size=wanted, replace=False))

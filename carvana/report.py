@@ -27,6 +27,8 @@ from carvana.io import (
     read_mask,
     read_probs8,
 )
+from carvana.overlays import FN_COLOUR, FP_COLOUR, OUTLINE_COLOUR, draw_errors, draw_outline, label
+from carvana.progress import progress
 from carvana.report_html import oof_page, write_page
 from carvana.run_report import best_epoch, write_run_report
 
@@ -43,9 +45,6 @@ DEFAULTS = {
 }
 THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)  # 0.05 .. 0.95
 PREDICTION_NAME = re.compile(r"^.+_\d+$")  # <car>_<NN>: anything else in oof_dir (a report, a csv) is not a photo
-FP_COLOUR = (255, 0, 0)  # RGB red: car predicted where there is none
-FN_COLOUR = (0, 0, 255)  # RGB blue: car the prediction missed
-OUTLINE_COLOUR = (0, 200, 0)  # RGB green: the predicted car's outline
 TILE_WIDTH, COLUMNS = 384, 4  # a 1918x1280 photo becomes a 384x256 tile
 
 
@@ -129,26 +128,6 @@ def tables(preds: list[Path], hists: np.ndarray, threshold: float) -> dict[str, 
     return {"per_image": per_image, "per_car": mean_by("car"), "per_angle": mean_by("angle"), "thresholds": sweep}
 
 
-def draw_errors(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 RGB photo, HxW {0,1} pred and truth -> size=(h, w) RGB tile, FP pixels red, FN pixels blue."""
-    h, w = size
-    tile = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    for error, colour in ((pred > truth, FP_COLOUR), (truth > pred, FN_COLOUR)):
-        # any error pixel under a tile pixel colours it: a one-pixel edge error stays visible at 1/5 scale
-        shrunk = cv2.resize(error.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
-        tile[shrunk] = colour
-    return tile
-
-
-def label(tile: np.ndarray, lines: list[str]) -> None:
-    """Write `lines` white on a darkened band at the top of an RGB tile, and frame the tile (in place)."""
-    band = tile[: 8 + 18 * len(lines)]
-    band[:] = band // 3  # Carvana's studio background is near white: white text needs a dark band
-    for i, text in enumerate(lines):
-        cv2.putText(tile, text, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    cv2.rectangle(tile, (0, 0), (tile.shape[1] - 1, tile.shape[0] - 1), (64, 64, 64), 1)
-
-
 def find_photo(images_dir: Path, stem: str) -> Path:
     """The photo `<stem>.jpg` (or another image suffix) in `images_dir`."""
     if not images_dir.is_dir():
@@ -157,13 +136,6 @@ def find_photo(images_dir: Path, stem: str) -> Path:
     if not found:
         raise CarvanaError(f"photo {stem}.jpg is not in images_dir={images_dir}: set images_dir= or worst=0")
     return found[0]
-
-
-def draw_outline(tile: np.ndarray, pred: np.ndarray) -> None:
-    """Draw the outline of an HxW {0,1} pred, resized to the tile, two pixels wide on an RGB tile (in place)."""
-    small = cv2.resize(pred, tile.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(small, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(tile, contours, -1, OUTLINE_COLOUR, 2)  # a 1-pixel line is lost beside red and blue
 
 
 def worst_tiles(names: list[str], files: dict[str, tuple[Path, Path, Path]], threshold: float) -> list[np.ndarray]:
@@ -216,7 +188,7 @@ def write_report(
     # any photo may be among the worst: check them all before the long pass
     photos = [find_photo(Path(images_dir), p.stem) for p in preds] if worst else []
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        hists = np.stack(list(pool.map(histogram, preds, truths)))
+        hists = np.stack(list(progress(pool.map(histogram, preds, truths), "scoring the photos", len(preds))))
     result = tables(preds, hists, threshold)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

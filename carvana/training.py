@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar, TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger
 
 from carvana import CarvanaError
 from carvana.checkpoints import AtomicCheckpointIO, MetricsHistory, checkpointing
@@ -21,8 +21,10 @@ from carvana.folds import write_folds
 from carvana.geometry import Geometry
 from carvana.hardware import trainer_kwargs
 from carvana.io import check_threshold, remove_dead_temporaries
+from carvana.loggers import build_loggers
 from carvana.module import SegModule, read_checkpoint
 from carvana.network import resolve_preprocessing
+from carvana.overlays import ValidationOverlays
 from carvana.slurm import check_allocation
 
 KAGGLE = "kaggle competitions download -c carvana-image-masking-challenge"
@@ -161,10 +163,10 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.image_size)
     relaunch_job_not_sweep()
-    csv = CSVLogger(out_dir, name="csv", version="")
-    trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), callbacks=callbacks(cfg, out_dir, csv),
-                         logger=[csv, TensorBoardLogger(out_dir, name="tensorboard", version="")],
-                         plugins=[AtomicCheckpointIO()], default_root_dir=out_dir)
+    loggers = build_loggers(OmegaConf.to_container(cfg.logger), out_dir)
+    trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), logger=loggers,
+                         callbacks=callbacks(cfg, out_dir, loggers), plugins=[AtomicCheckpointIO()],
+                         default_root_dir=out_dir)
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {ckpt_path}", flush=True)
     with ddp_job_scope():
@@ -174,15 +176,16 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     return (float(score) if score is not None else float("nan")), checkpoint.best_model_path, trainer.is_global_zero
 
 
-def callbacks(cfg: DictConfig, out_dir: Path, csv: CSVLogger) -> list[pl.Callback]:
-    """The best checkpoint by val_dice and last.ckpt (also every checkpoint.every_minutes), the metrics log carried in
-    them, the LR at the scheduler's interval, early stopping, a bar."""
+def callbacks(cfg: DictConfig, out_dir: Path, loggers: list) -> list[pl.Callback]:
+    """The best checkpoint by val_dice and last.ckpt (also every checkpoint.every_minutes), the CSV log carried in
+    them, the LR at the scheduler's interval, early stopping, validation overlays, a bar."""
     found = [
         *checkpointing(out_dir / "checkpoints", f"{cfg.model.encoder_name}-fold{cfg.fold}-" +
                        "epoch{epoch:02d}-dice{val_dice:.4f}", cfg.checkpoint.every_minutes),
-        MetricsHistory(csv),
+        *[MetricsHistory(logger) for logger in loggers if isinstance(logger, CSVLogger)],
         LearningRateMonitor(),  # logging_interval=None: per step for the cyclic schedule, per epoch for cosine
         EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience),
+        ValidationOverlays(cfg.logger.images),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         found.append(RichProgressBar() if cfg.progress_bar == "rich" else TQDMProgressBar())

@@ -23,7 +23,8 @@ from carvana.hardware import default_workers
 from carvana.io import car_id, read_image, read_mask, read_probs8, write_image, write_probs8
 from carvana.module import SegModule, dice_per_image, load_module
 from carvana.prediction import to_probs8
-from carvana.submission import make_submission, rle_decode
+from carvana.submission.rle import rle_decode
+from carvana.submission.submit import make_submission
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
 SUMMARY = re.compile(

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 
 from carvana import CarvanaError
 from carvana.io import write_probs8
-from carvana.submission import make_submission, rle_decode, rle_encode
+from carvana.submission.rle import rle_decode, rle_encode
 from carvana.submission.shards import HEADER, RleShardWriter
-from carvana.submission.submit import combine
+from carvana.submission.submit import combine, make_submission
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from carvana import CarvanaError
+from carvana.progress import progress
 from carvana.submission.rle import parse_rle
 
 HEADER = "img,rle_mask"
@@ -130,7 +131,7 @@ def _read_rows(names: Sequence[str], found: dict[str, tuple[Path, Row]], size: i
     """The row of each name from its shard (an empty row for a name not found), checked as RLE of `size` pixels."""
     with contextlib.ExitStack() as stack:
         files = {}
-        for name in names:
+        for name in progress(names, "merging the RLE rows", len(names)):
             if name not in found:
                 yield f"{name},\n".encode()
                 continue

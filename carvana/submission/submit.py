@@ -12,8 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.progress import track
 
 from carvana import CarvanaError
 from carvana.io import (
@@ -26,6 +24,7 @@ from carvana.io import (
     remove_dead_temporaries,
 )
 from carvana.manifest import recorded_value
+from carvana.progress import progress
 from carvana.submission.rle import rle_encode
 from carvana.submission.shards import HEADER, SHARD_PATTERN, first_few, format_row, shard_rows
 
@@ -184,24 +183,14 @@ def png_rows(
 
 
 def _pool_map(encode: functools.partial, tasks: Sequence[tuple], workers: int) -> Iterator[bytes]:
-    """encode(task) for each task, in order, over `workers` processes, with a progress bar on stderr."""
-    console = Console(stderr=True)
-    # a bar only on a terminal (logs get none), gone when done so that an error is the only line left
-    bar = functools.partial(
-        track,
-        total=len(tasks),
-        description="encoding",
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
+    """encode(task) for each task, in order, over `workers` processes, with its progress."""
     if workers <= 1:
-        yield from bar(map(encode, tasks))
+        yield from progress(map(encode, tasks), "encoding the masks", len(tasks))
         return
     # processes, not threads: str/numpy work holds the GIL; one cv2 thread each, the processes are the parallelism
     with Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         rows = pool.imap(encode, tasks, chunksize=4)  # small chunks: the last ones finish together
-        yield from bar(rows)
+        yield from progress(rows, "encoding the masks", len(tasks))
 
 
 def _read_sized(path: str, shape: tuple[int, int]) -> np.ndarray:

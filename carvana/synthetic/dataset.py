@@ -9,6 +9,7 @@ import numpy as np
 
 from carvana import CarvanaError
 from carvana.io import write_image, write_mask_gif
+from carvana.progress import progress
 from carvana.submission.rle import rle_encode
 from carvana.synthetic.lowpoly import Car, car_parts, sample_car
 from carvana.synthetic.turntable import REF_SHAPE, render_photo
@@ -64,7 +65,7 @@ def _write_set(out: Path, train_cars: int, test_cars: int, shape: tuple[int, int
         car_id = master.bytes(6).hex()  # 12 lowercase hex digits, as Kaggle's
         ids += [car_id] if car_id not in ids else []
     masks, submission, metadata = [], [], []
-    for i, car_id in enumerate(ids):
+    for i, car_id in progress(list(enumerate(ids)), "rendering the synthetic cars", len(ids)):
         rng = np.random.default_rng([seed, i])
         rows, meta = _write_car(out, sample_car(car_id, rng), i < train_cars, shape, rng)
         (masks if i < train_cars else submission).extend(rows)

@@ -1,0 +1,39 @@
+"""The loggers of a training run, from conf/logger (logger=[csv,tensorboard,wandb,mlflow]): names become Lightning
+loggers here, each writing into the run folder unless told otherwise."""
+
+import importlib.util
+from pathlib import Path
+
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+from carvana import CarvanaError
+
+# name -> the package it needs and the extra that installs it (csv and tensorboard come with the project)
+PACKAGES = {"csv": None, "tensorboard": None, "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
+
+
+def build_loggers(chosen: dict, out_dir: Path) -> list[Logger]:
+    """Lightning loggers for the `logger` config (its keys other than `images` name them; their values are options)."""
+    loggers = []
+    for name, options in chosen.items():
+        if name == "images":
+            continue
+        if name not in PACKAGES:
+            raise CarvanaError(f"unknown logger '{name}': choose among {', '.join(PACKAGES)} (logger=[csv,wandb])")
+        needed = PACKAGES[name]
+        if needed and importlib.util.find_spec(needed[0]) is None:
+            raise CarvanaError(f'logger={name} needs the {needed[0]} package: pip install -e ".[{needed[1]}]"')
+        loggers.append(_make(name, dict(options or {}), out_dir))
+    return loggers
+
+
+def _make(name: str, options: dict, out_dir: Path) -> Logger:
+    if name == "csv":
+        return CSVLogger(out_dir, name="csv", version="")
+    if name == "tensorboard":
+        return TensorBoardLogger(out_dir, name="tensorboard", version="")
+    if name == "wandb":
+        return WandbLogger(save_dir=str(out_dir), project=options.get("project", "carvana"),
+                           offline=options.get("mode", "offline") == "offline")
+    uri = options.get("tracking_uri") or (out_dir / "mlruns").resolve().as_uri()  # a local store, no server
+    return MLFlowLogger(experiment_name=options.get("experiment_name", "carvana"), tracking_uri=uri)
