@@ -6,7 +6,8 @@ import cv2
 from carvana.geometry import Geometry
 
 
-def augmentations(hflip: float, affine: float, shift_limit: float, scale_limit: float, color: float) -> list:
+def augmentations(hflip: float = 0.5, affine: float = 0.5, shift_limit: float = 0.0625, scale_limit: float = 0.1,
+                  color: float = 0.5) -> list:
     """The seed's augmentations: horizontal flip, shift/scale, and colour (hue, saturation, brightness)."""
     return [
         A.HorizontalFlip(p=hflip),

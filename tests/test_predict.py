@@ -534,3 +534,13 @@ def test_bad_photo_error_goes_to_stderr(bad_photo_run: dict):
     """An unreadable photo is reported on stderr, like the other errors; stdout keeps the summary."""
     run = bad_photo_run["run"]
     assert [line for line in run.err.splitlines() if line.startswith("error:")] == run.errors()
+
+
+@pytest.mark.parametrize(("script", "own", "foreign"),
+                         [("predict.py", "ckpt:", "encoder"), ("submit.py", "rle_dir:", "trainer")])
+def test_each_entry_point_shows_only_its_own_keys(script: str, own: str, foreign: str):
+    proc = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0 and own in proc.stdout
+    assert foreign not in proc.stdout.split("Powered by Hydra")[0].replace("trainer: auto (default)", "")
+    assert "data: carvana" not in proc.stdout and "experiment" not in proc.stdout

@@ -420,3 +420,26 @@ def test_validation_on_two_ranks_scores_each_photo_once(trained_run: dict, carva
         assert proc.returncode == 0, proc.stderr[-3000:]
         dice.append(float(proc.stdout.strip().splitlines()[-1].split("=")[1]))
     assert dice[0] == pytest.approx(dice[1], abs=1e-6), dice
+
+
+def test_the_datamodule_reads_its_inputs_once(carvana_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """Lightning calls setup() again inside fit: the photos are checked (and pseudo-labels read) once."""
+    import carvana.data
+    from carvana.geometry import Geometry
+
+    dm = carvana.data.CarvanaDataModule(str(carvana_root), str(carvana_root / "folds.csv"), 0, Geometry(),
+                                        num_workers=0)
+    dm.setup("fit")
+    monkeypatch.setattr(carvana.data, "check_files", lambda *a, **k: pytest.fail("setup read the inputs twice"))
+    monkeypatch.setattr(carvana.data, "find_masks", lambda *a, **k: pytest.fail("setup read the inputs twice"))
+    dm.setup("fit")
+    assert len(dm.train_set) == 32 and len(dm.val_set) == 16
+
+
+def test_the_cyclic_schedule_is_logged_at_every_step(carvana_root: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    result_of(run_train(train_args(carvana_root, out, "optim.scheduler=cyclic", "optim.cyclic.step_size_up=2",
+                                   "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1")))
+    metrics = pd.read_csv(out / "csv" / "metrics.csv")
+    lrs = metrics.dropna(subset=["lr-Adam"])
+    assert len(lrs) >= 4 and lrs["lr-Adam"].nunique() >= 3  # one per step, moving with the cycle
