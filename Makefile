@@ -5,7 +5,7 @@ VENV := .venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev,export]"
 	touch $@
 
 .PHONY: demo test bench

@@ -28,7 +28,8 @@ from carvana.data import (
 from carvana.geometry import Geometry
 from carvana.hardware import default_workers, trainer_kwargs
 from carvana.io import angle_of, atomic_path, car_id, probs_cut, read_mask, read_probs8, write_probs8
-from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
+from carvana.export import check_onnx_run  # issue 10: ckpt=model.onnx
+from carvana.module import SegModule, dice_per_image, load_model, read_checkpoint
 from carvana.submission.rle import rle_encode
 from carvana.submission.shards import SHARD_PATTERN, RleShardWriter, scan_shard
 
@@ -37,7 +38,8 @@ WRITES = ("png", "rle")
 
 
 def find_checkpoints(ckpt: str | list[str] | None) -> list[Path]:
-    """Checkpoint paths from one path, a glob, or a list of either; a pattern matching nothing is an error."""
+    """Checkpoint (or exported .onnx) paths from one path, a glob, or a list of either; a pattern matching nothing is
+    an error."""
     if not ckpt:
         raise CarvanaError("ckpt= is required: a checkpoint, a glob of checkpoints, or a list [A, B]")
     paths = []
@@ -200,12 +202,13 @@ def dice_table(images: list[Path], pred_dir: Path, masks: list[Path], threshold:
 
 def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwargs: dict, tta: str = "none",
             write: list[str] = ("png",), threshold: float = 0.5, batch_size: int = 4, num_workers: int | None = None,
-            writer_threads: int = 4, bboxes: str | None = None) -> tuple[int, list[tuple[str, str]], bool]:
+            writer_threads: int = 4, bboxes: str | None = None, switches: dict | None = None
+            ) -> tuple[int, list[tuple[str, str]], bool]:
     """Predict the photos not yet written -> (photos predicted now, (name, error) of failed photos, is rank 0)."""
     bad = [w for w in write if w not in WRITES]
     if bad or not write:
         raise CarvanaError(f"write={list(write)}: choose png, rle or [png, rle]")
-    models = [load_module(p) for p in ckpts]
+    models = [load_model(p, switches) for p in ckpts]  # issue 10: .onnx files too; switches: model.compile, ...
     todo = [p for p in images if p.name not in written_names(output_dir, write, images)]
     if not todo:
         return 0, [], True
@@ -220,6 +223,7 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
     stacked = find_stacked(todo, dirs) if dirs else None
     writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
+    check_onnx_run(models, trainer.world_size)  # issue 10
     workers = default_workers(trainer.num_devices) if num_workers is None else num_workers
     dataset = PhotoDataset(todo, size, [m.geometry for m in models], stacked, car_boxes(models, bboxes, todo))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
@@ -248,7 +252,7 @@ def photo_size(path: Path) -> tuple[int, int]:
 def run(cfg: dict) -> tuple[str, int]:
     """predict.py's job from its plain config -> (summary line for rank 0, exit status); see conf/predict.yaml."""
     ckpts = find_checkpoints(cfg["ckpt"])
-    meta = read_checkpoint(ckpts[0])["hyper_parameters"].get("data") or {}
+    meta = read_checkpoint(ckpts[0], onnx=True)["hyper_parameters"].get("data") or {}  # issue 10: onnx=True
     root = Path(cfg["data"]["root"] or meta.get("root") or ".")
     write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
     output_dir = Path(cfg["output_dir"])
@@ -263,7 +267,7 @@ def run(cfg: dict) -> tuple[str, int]:
     count, errors, rank_zero = predict(
         images, ckpts, output_dir, trainer_kwargs(cfg["trainer"]), tta=cfg["tta"], write=write,
         threshold=cfg["threshold"], batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
-        writer_threads=cfg["writer_threads"], bboxes=cfg["data"].get("bboxes"))
+        writer_threads=cfg["writer_threads"], bboxes=cfg["data"].get("bboxes"), switches=cfg.get("model"))
     if not rank_zero:
         return "", 0
     line = f"predicted={count} skipped={len(images) - count - len(errors)} output_dir={output_dir}"
