@@ -85,8 +85,9 @@ def export_onnx(module: SegModule, path: Path) -> None:
         raise CarvanaError(f"{name} cannot be exported to ONNX by torch {torch.__version__} ({type(err).__name__}: "
                            f"{first}): predict with the checkpoint instead") from None
     model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(hparams), "carvana.outputs": ", ".join(OUTPUTS),
-                                        "carvana.input": f"image Bx{hparams['in_channels']}x{height}x{width} uint8 RGB"})
+    onnx.helper.set_model_props(model, {
+        METADATA_KEY: json.dumps(hparams), "carvana.outputs": ", ".join(OUTPUTS),
+        "carvana.input": f"image Bx{hparams['in_channels']}x{height}x{width} uint8 RGB"})
     model.producer_name = "carvana.export"
     onnx.save(model, str(path))
 
@@ -144,18 +145,11 @@ class OnnxModel(torch.nn.Module):
 
 
 def check_onnx_run(models: list, world_size: int) -> None:
-    """Refuse what predict.py does not do with ONNX files: several processes (DDP), and an ensemble of ONNX files
-    and checkpoints whose geometries differ."""
+    """Refuse ONNX files in several processes (DDP): onnxruntime takes the machine's cores or one GPU by itself."""
     onnx_models = [m for m in models if isinstance(m, OnnxModel)]
-    if not onnx_models:
-        return
-    if world_size > 1:
+    if onnx_models and world_size > 1:
         raise CarvanaError(f"{onnx_models[0].path}: ONNX models predict in one process (onnxruntime takes the "
                            f"machine's cores or one GPU), not {world_size}: use trainer=cpu or trainer=gpu")
-    keys = {m.geometry.key for m in models}
-    if len(onnx_models) < len(models) and len(keys) > 1:
-        raise CarvanaError(f"an ensemble of ONNX files and checkpoints needs one geometry, these have "
-                           f"{', '.join(sorted(keys))}: export every checkpoint, or ensemble checkpoints only")
 
 
 def parity(module: SegModule, model: OnnxModel, photo: Path) -> dict[str, float]:

@@ -97,15 +97,17 @@ class SegModule(pl.LightningModule):
         return self.geometry.to_full(self(image), size, boxes)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.criterion(self(batch["image"]), batch["mask"])
+        # the loss on float32 logits: under bf16-mixed/16-mixed autocast smp's Dice sums would be bf16 on the CPU
+        # (measured) and can overflow in float16 over a 1280x1920 mask (smp #463)
+        loss = self.criterion(self(batch["image"]).float(), batch["mask"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
                  batch_size=len(batch["image"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Kaggle's metric: each photo's Dice at its full size, averaged over photos (MeanMetric syncs the ranks)
-        logits = self.full_logits(batch["image"], batch["mask"].shape[-2:], batch.get("bbox"))
-        probs = logits.float().sigmoid()
+        logits = self.full_logits(batch["image"], batch["mask"].shape[-2:], batch.get("bbox")).float()  # as above
+        probs = logits.sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))
         self.val_soft_dice.update(dice_per_image(probs, batch["mask"]))
@@ -229,3 +231,14 @@ def load_model(path: str | Path, switches: dict | None = None) -> "SegModule | O
 
         return OnnxModel(path)
     return load_module(path, switches)
+
+
+def load_models(paths: list[Path], switches: dict | None = None) -> list:
+    """load_model of each path; an ensemble that mixes ONNX files and checkpoints must have one geometry."""
+    models = [load_model(p, switches) for p in paths]
+    kinds = {isinstance(m, SegModule) for m in models}
+    keys = sorted({m.geometry.key for m in models})
+    if len(kinds) > 1 and len(keys) > 1:
+        raise CarvanaError(f"an ensemble of ONNX files and checkpoints needs one geometry, these have "
+                           f"{', '.join(keys)}: export every checkpoint, or ensemble checkpoints only")
+    return models

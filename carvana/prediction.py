@@ -5,6 +5,7 @@ import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -25,11 +26,11 @@ from carvana.data import (
     split,
     to_tensor,
 )
+from carvana.export import check_onnx_run  # issue 10: ckpt=model.onnx
 from carvana.geometry import Geometry
 from carvana.hardware import default_workers, trainer_kwargs
 from carvana.io import angle_of, atomic_path, car_id, probs_cut, read_mask, read_probs8, write_probs8
-from carvana.export import check_onnx_run  # issue 10: ckpt=model.onnx
-from carvana.module import SegModule, dice_per_image, load_model, read_checkpoint
+from carvana.module import SegModule, dice_per_image, load_models, read_checkpoint
 from carvana.submission.rle import rle_encode
 from carvana.submission.shards import SHARD_PATTERN, RleShardWriter, scan_shard
 
@@ -110,8 +111,8 @@ class Ensemble(pl.LightningModule):
         count = len(self.models) * (2 if self.tta == "hflip" else 1)
         return total.div_(count) if count > 1 else total
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return to_probs8(self.probs(batch["inputs"], self.size, batch.get("bbox")))
+    def predict_step(self, batch: dict, batch_idx: int) -> "HostProbs8":
+        return copy_probs8(self.probs(batch["inputs"], self.size, batch.get("bbox")))  # issue 10: was to_probs8
 
 
 def to_probs8(probs: torch.Tensor) -> torch.Tensor:
@@ -126,6 +127,34 @@ def to_probs8(probs: torch.Tensor) -> torch.Tensor:
     for photo, dst in zip(probs[:, 0].float().numpy(), out):
         cv2.convertScaleAbs(photo, dst=dst, alpha=255.0)  # saturating, rounds half to even as torch.round does
     return torch.from_numpy(out)
+
+
+# issue 10: the GPU's copy back overlaps the next batch ----------------------------------------------------------
+class HostProbs8(NamedTuple):
+    """A batch's BxHxW uint8 probs8 in host memory, and the CUDA event after which they are there (None: already)."""
+
+    probs8: torch.Tensor
+    ready: torch.cuda.Event | None = None
+
+    def numpy(self) -> np.ndarray:
+        """BxHxW uint8, once the copy has landed (the writer's threads wait here, not the predict loop)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.probs8.numpy()
+
+
+def copy_probs8(probs: torch.Tensor) -> HostProbs8:
+    """to_probs8 without waiting: on a GPU the uint8 probs are copied into pinned host memory without blocking, so
+    the next batch is launched while this one comes back (.cpu() waited for the copy, every batch)."""
+    if probs.device.type != "cuda":
+        return HostProbs8(to_probs8(probs))
+    probs8 = probs.mul_(255).round_()[:, 0].to(torch.uint8)
+    host = torch.empty(probs8.shape, dtype=torch.uint8, pin_memory=True)  # torch's caching host allocator
+    host.copy_(probs8, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return HostProbs8(host, ready)
+# ---------------------------------------------------------------------------------------------------------------
 
 
 class MaskWriter(BasePredictionWriter):
@@ -145,18 +174,19 @@ class MaskWriter(BasePredictionWriter):
         if "rle" in self.write:
             self.shard = RleShardWriter(self.output_dir, trainer.global_rank)
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: torch.Tensor,
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: HostProbs8,
                            batch_indices: list[int] | None, batch: dict, batch_idx: int, dataloader_idx: int = 0
                            ) -> None:
-        for name, error, probs8 in zip(batch["name"], batch["error"], prediction.numpy()):
+        for i, (name, error) in enumerate(zip(batch["name"], batch["error"])):  # issue 10: index, not probs8
             if error:
                 self.errors.append((name, error))
                 continue
-            self.pending.append(self.pool.submit(self._write_one, name, probs8))
+            self.pending.append(self.pool.submit(self._write_one, name, prediction, i))  # issue 10
             while len(self.pending) > self.limit:
                 self._finish(self.pending.popleft())
 
-    def _write_one(self, name: str, probs8: np.ndarray) -> tuple[str, str | None]:
+    def _write_one(self, name: str, prediction: HostProbs8, index: int) -> tuple[str, str | None]:
+        probs8 = prediction.numpy()[index]  # issue 10: waits for the batch's copy from the GPU, in this thread
         if "png" in self.write:
             write_probs8(self.output_dir / f"{Path(name).stem}.png", probs8)
         return name, rle_encode(probs8 > self.cut) if self.shard else None  # encoded here, in the thread
@@ -208,7 +238,7 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
     bad = [w for w in write if w not in WRITES]
     if bad or not write:
         raise CarvanaError(f"write={list(write)}: choose png, rle or [png, rle]")
-    models = [load_model(p, switches) for p in ckpts]  # issue 10: .onnx files too; switches: model.compile, ...
+    models = load_models(ckpts, switches)  # issue 10: .onnx files too; switches: model.compile, ...
     todo = [p for p in images if p.name not in written_names(output_dir, write, images)]
     if not todo:
         return 0, [], True

@@ -84,3 +84,18 @@ def run_module(module: str, *words: str) -> subprocess.CompletedProcess:
     """python -m MODULE WORDS in the repository, as a user runs the small tools."""
     return subprocess.run([sys.executable, "-m", module, *words], cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=False)
+
+
+def write_checkpoint(path: Path, seed: int = 0, **hparams: object) -> Path:
+    """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters) of SegModule(**hparams), random
+    weights from `seed`: for tests that need a model's file, not its training."""
+    import pytorch_lightning as pl
+    import torch
+
+    from carvana.module import SegModule
+
+    torch.manual_seed(seed)
+    module = SegModule(**{"encoder_weights": None, "data": {}, **hparams})
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path
