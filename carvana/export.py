@@ -195,6 +195,7 @@ def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None
         raise CarvanaError(f"output={output}: no folder {output.parent}")
     module = load_module(ckpt, {"channels_last": False, "compile": False})  # speed switches mean nothing in ONNX
     photo = Path(photo) if photo else default_photo(module.hparams)
+    read_image(photo)  # a photo that cannot be read fails now, not after the export
     with atomic_path(output) as tmp:
         export_onnx(module, tmp)
         figures = parity(module, OnnxModel(tmp), photo)
