@@ -14,10 +14,10 @@ and the others go on (a stage whose input failed is skipped):
   train_ddp        trainer=ddp on every visible GPU (16-mixed), 1024x1024 crops
   predict_bench    bench/predict_throughput.py --encoder resnet50 --input-size full --precision 16-mixed
                    --channels-last --compile: e2e_vs_forward, forward and long-run photos/s, the switches' ratios
-  train_bench      bench/train_throughput.py --only-switches on the GPU: resnet50 U-Net at 1280x1920, bf16-mixed,
-                   Lightning images/s, channels_last_vs_default, compile_vs_default
   copy             predict() with the writer waiting on the copy's event against .cpu() after every batch
                    (resnet50 full size, 16-mixed): photos/s of each, async_copy_vs_sync, whether the PNGs are equal
+  train_bench      bench/train_throughput.py --only-switches on the GPU: resnet50 U-Net at 1280x1920, bf16-mixed,
+                   Lightning images/s, channels_last_vs_default, compile_vs_default (one round: compiling is long)
 Training stages are one short epoch (6 steps of 4 photos, 4 validation batches). Every stage also reports the peak
 GPU memory its (first) process allocated. The JSON file is rewritten after each stage: a run killed midway keeps
 what it measured.
@@ -59,8 +59,8 @@ STAGES = [
     ("train_bf16_crop", 75, "data"),
     ("train_ddp", 90, "data"),
     ("predict_bench", 150, None),
-    ("train_bench", 180, None),
     ("copy", 90, "data"),
+    ("train_bench", 180, None),
 ]
 
 
@@ -94,7 +94,7 @@ def commands(name: str, work: Path, results: dict) -> list[str]:
     if name == "train_bench":
         return [python, "-c", WRAP, "bench/train_throughput.py", "--only-switches", "--accelerator", "gpu",
                 "--precision", "bf16-mixed", "--encoder", "resnet50", "--size", "1280", "1920", "--batch-size", "4",
-                "--steps", "8", "--rounds", "2", "--channels-last", "--compile"]
+                "--steps", "8", "--rounds", "1", "--channels-last", "--compile"]
     return [python, __file__, "--stage", "copy", "--work", str(work)]
 
 

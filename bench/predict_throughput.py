@@ -30,7 +30,8 @@ e.g. `--encoder resnet50 --input-size full --precision 16-mixed --batch-size 8` 
 Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated synthetic car when they are
 absent. The last line is `e2e_vs_forward=<ratio>`.
 5. Switches (issue 10), each against the same model without it, on the same batches and cores, forward only
-   (Ensemble.probs as in 2.), in alternating rounds, the median of the per-round ratios (photos/s with / without):
+   (Ensemble.probs as in 2.), each round a pair of runs (the switch first every other round), the median of the
+   per-round ratios (photos/s with / without):
    --channels-last -> `channels_last_vs_default=`, --compile -> `compile_vs_default=` (its compilation untimed, in
    the warm-up), --runtime onnx -> `onnx_vs_torch=` (the model exported by carvana.export, its parity printed, run by
    onnxruntime). --compare-only skips 1.-4.
@@ -180,10 +181,13 @@ def compare_switches(args: argparse.Namespace, ckpt: Path, tmp: Path, photos: li
         print(f"{label}: warm-up (untimed) {time.perf_counter() - start:.1f} s", flush=True)
     time_forward(default, batches[:1], device, autocast)
     ratios = {label: [] for label in ensembles}
-    for _ in range(ROUNDS):
-        base = time_forward(default, batches, device, autocast)
+    for round_ in range(ROUNDS):
         for label, ensemble in ensembles.items():
-            ratios[label].append(base / time_forward(ensemble, batches, device, autocast))
+            # a pair of runs seconds apart, the switch first every other round: neither side always runs first
+            pair = (ensemble, default) if round_ % 2 else (default, ensemble)
+            seconds = [time_forward(e, batches, device, autocast) for e in pair]
+            base, switched = seconds if round_ % 2 == 0 else seconds[::-1]
+            ratios[label].append(base / switched)
     for label, values in ratios.items():
         print(f"{label} of each round: {', '.join(f'{r:.3f}' for r in values)} (forward photos/s, with / without)")
     return {label: sorted(values)[ROUNDS // 2] for label, values in ratios.items()}
@@ -263,9 +267,9 @@ def main() -> None:
         switches = {}
         if args.channels_last or args.compile or args.runtime == "onnx":
             switches = compare_switches(args, ckpt, tmp, photos, batches, device, autocast)
+        for label, ratio in switches.items():  # now: a run stopped during 1.-4. keeps them
+            print(f"{label}={ratio:.3f}", flush=True)
         if args.compare_only:
-            for label, ratio in switches.items():
-                print(f"{label}={ratio:.3f}")
             return
         # warm-up, untimed in the ratio
         time_e2e(photos[: args.batch_size], ckpt, tmp / "warmup", args, trainer)
@@ -314,8 +318,6 @@ def main() -> None:
     )
     print(f"rle_share={100 * rle_s / e2e_s:.1f}%")
     print(f"whole_call_vs_forward={forward_s / e2e_s:.3f}  ({n} photos, the run's start included)")
-    for label, ratio in switches.items():
-        print(f"{label}={ratio:.3f}")
     print(f"e2e_vs_forward={long_run * forward_s / n:.3f}")
 
 

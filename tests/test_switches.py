@@ -28,6 +28,7 @@ def unet_ckpt(carvana_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return write_checkpoint(path, arch="simple_unet", encoder_name="simple_unet", data={"root": str(carvana_root)})
 
 
+@pytest.mark.slow  # ~150 s on 2 busy CPU cores, most of it compiling
 def test_channels_last_and_compile_predict_like_the_default(unet_ckpt: Path, carvana_root: Path, tmp_path: Path):
     torch._dynamo.reset()
     outputs = {}
