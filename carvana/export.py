@@ -157,9 +157,6 @@ def parity(module: SegModule, model: OnnxModel, photo: Path) -> dict[str, float]
     output at the input size) and the share of mask pixels (probs > threshold) that differ."""
     image = read_image(photo)
     size = image.shape[:2]
-    if module.geometry.input_size is None and padded_size(*size) != padded_size(*photo_size_of(module.hparams)):
-        raise CarvanaError(f"photo={photo} is {size[1]}x{size[0]}: this full-size model predicts photos of "
-                           f"{photo_size_of(module.hparams)[1]}x{photo_size_of(module.hparams)[0]}")
     box = (0, size[0], 0, size[1])  # a car-box model sees the whole photo as its box: the check is of the network
     extra = [np.zeros(size, np.uint8)] * (module.hparams.in_channels - 3)  # stacked masks: empty
     net_input, stacked = module.geometry.to_input(image, extra, box)
@@ -195,11 +192,16 @@ def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None
         raise CarvanaError(f"output={output}: no folder {output.parent}")
     module = load_module(ckpt, {"channels_last": False, "compile": False})  # speed switches mean nothing in ONNX
     photo = Path(photo) if photo else default_photo(module.hparams)
-    read_image(photo)  # a photo that cannot be read fails now, not after the export
+    size = read_image(photo).shape[:2]  # a photo that cannot be read, or does not fit, fails now, not after the export
+    if module.geometry.input_size is None and padded_size(*size) != padded_size(*photo_size_of(module.hparams)):
+        height, width = photo_size_of(module.hparams)
+        raise CarvanaError(f"photo={photo} is {size[1]}x{size[0]}: this full-size model predicts photos of "
+                           f"{width}x{height}")
     with atomic_path(output) as tmp:
         export_onnx(module, tmp)
         figures = parity(module, OnnxModel(tmp), photo)
-        if figures["max_prob_diff"] > MAX_PROB_DIFF or figures["mask_diff_share"] > MAX_MASK_DIFF:
+        # `not <=`: a NaN fails too
+        if not (figures["max_prob_diff"] <= MAX_PROB_DIFF and figures["mask_diff_share"] <= MAX_MASK_DIFF):
             raise CarvanaError(f"the ONNX model differs from the checkpoint on {photo}: max_prob_diff="
                                f"{figures['max_prob_diff']:.2e} (limit {MAX_PROB_DIFF}), mask_diff_share="
                                f"{figures['mask_diff_share']:.2e} (limit {MAX_MASK_DIFF}): nothing written")

@@ -16,7 +16,7 @@ from conftest import REPO, write_checkpoint
 from test_predict import max_diff, predict_args, predict_here, shard_rows
 
 from carvana.export import MAX_MASK_DIFF, MAX_PROB_DIFF, METADATA_KEY, main
-from carvana.io import read_probs8
+from carvana.io import read_probs8, write_image
 from carvana.module import load_module, read_checkpoint
 from carvana.submission import rle_decode
 
@@ -176,7 +176,16 @@ def _no_output(tmp_path: Path) -> tuple[list[str], str]:
     return [f"ckpt={tmp_path / 'a.ckpt'}"], "output= is required"
 
 
-@pytest.mark.parametrize("case", [_other_architecture, _weights_of_another_network, _not_onnx_output, _no_output],
+def _photo_of_another_size(tmp_path: Path) -> tuple[list[str], str]:
+    """A full-size model of 64x96 photos checked on a 96x80 photo: refused before the export."""
+    ckpt = write_checkpoint(tmp_path / "full.ckpt", data={"image_size": [64, 96]})
+    write_image(tmp_path / "photo.jpg", np.zeros((80, 96, 3), np.uint8))
+    words = [f"ckpt={ckpt}", f"output={tmp_path / 'm.onnx'}", f"photo={tmp_path / 'photo.jpg'}"]
+    return words, "predicts photos of 96x64"
+
+
+@pytest.mark.parametrize("case", [_other_architecture, _weights_of_another_network, _not_onnx_output, _no_output,
+                                  _photo_of_another_size],
                          ids=lambda case: case.__name__.strip("_"))
 def test_export_refuses_bad_input_in_one_line(case, tmp_path: Path, capsys: pytest.CaptureFixture):
     words, message = case(tmp_path)
