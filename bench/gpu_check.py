@@ -258,11 +258,14 @@ def main() -> None:
                 results[name] = run_stage(name, min(cap, left), work, results)
             print(f"{name}: {results[name]['status']} ({results[name]['seconds']:.0f} s)", flush=True)
             write_json(args.out, environment, results)
+        print(table(results))
         logs = args.out.with_suffix(".logs")
-        shutil.rmtree(logs, ignore_errors=True)
-        shutil.copytree(work, logs, ignore=shutil.ignore_patterns("*.jpg", "*.gif", "*.png", "*.ckpt", "*.csv"))
-    print(table(results))
-    print(f"figures: {args.out}; each stage's output: {logs}/<stage>.log")
+        try:  # the stages' outputs without photos, masks and checkpoints
+            shutil.rmtree(logs, ignore_errors=True)
+            shutil.copytree(work, logs, ignore=shutil.ignore_patterns("*.jpg", "*.gif", "*.png", "*.ckpt", "*.csv"))
+            print(f"figures: {args.out}; each stage's output: {logs}/<stage>.log")
+        except OSError as err:
+            print(f"figures: {args.out}; the stages' logs could not be kept ({err})")
 
 
 if __name__ == "__main__":
