@@ -5,14 +5,19 @@ VENV := .venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev,export]"
 	touch $@
 
 .PHONY: demo test bench
 demo: $(VENV)/.installed
 	PYTHON=$(VENV)/bin/python bash scripts/demo.sh
 
-test: $(VENV)/.installed
+# the tests also try the optional loggers (wandb offline, mlflow's local store)
+$(VENV)/.installed-loggers: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[wandb,mlflow]"
+	touch $@
+
+test: $(VENV)/.installed-loggers
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(VENV)/.installed

@@ -29,6 +29,12 @@ forward's speed does not depend on them, but their noisy masks make the PNG writ
 e.g. `--encoder resnet50 --input-size full --precision 16-mixed --batch-size 8` (full: 1918x1280 padded to 1920).
 Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated synthetic car when they are
 absent. The last line is `e2e_vs_forward=<ratio>`.
+5. Switches, each against the same model without it, on the same batches and cores, forward only
+   (Ensemble.probs as in 2.), each round a pair of runs (the switch first every other round), the median of the
+   per-round ratios (photos/s with / without):
+   --channels-last -> `channels_last_vs_default=`, --compile -> `compile_vs_default=` (its compilation untimed, in
+   the warm-up), --runtime onnx -> `onnx_vs_torch=` (the model exported by carvana.export, its parity printed, run by
+   onnxruntime). --compare-only skips 1.-4.
 """
 
 import argparse
@@ -152,6 +158,41 @@ def rle_seconds(photos: list[Path], masks: list[np.ndarray]) -> tuple[float, flo
     return seconds, float(np.mean([row.count(b" ") / 2 for row in rows]))
 
 
+def compare_switches(args: argparse.Namespace, ckpt: Path, tmp: Path, photos: list[Path], batches: list[dict],
+                     device: torch.device, autocast) -> dict[str, float]:
+    """The median over ROUNDS of (photos/s with a switch) / (photos/s without) of the forward: {label: ratio}."""
+    variants = {}
+    if args.channels_last:
+        variants["channels_last_vs_default"] = load_module(ckpt, {"channels_last": True})
+    if args.compile:
+        variants["compile_vs_default"] = load_module(ckpt, {"compile": True})
+    if args.runtime == "onnx":
+        from carvana.export import OnnxModel, export
+
+        figures = export(ckpt, tmp / "bench.onnx", photos[0])
+        print(f"onnx: exported, parity on {figures['photo'].name}: max_prob_diff={figures['max_prob_diff']:.2e} "
+              f"mask_diff_share={figures['mask_diff_share']:.2e}", flush=True)
+        variants["onnx_vs_torch"] = OnnxModel(tmp / "bench.onnx")
+    default = Ensemble([load_module(ckpt, {"channels_last": False, "compile": False})]).to(device).eval()
+    ensembles = {label: Ensemble([model]).to(device).eval() for label, model in variants.items()}
+    for label, ensemble in ensembles.items():  # warm-up: compilation, onnxruntime's session
+        start = time.perf_counter()
+        time_forward(ensemble, batches[:1], device, autocast)
+        print(f"{label}: warm-up (untimed) {time.perf_counter() - start:.1f} s", flush=True)
+    time_forward(default, batches[:1], device, autocast)
+    ratios = {label: [] for label in ensembles}
+    for round_ in range(ROUNDS):
+        for label, ensemble in ensembles.items():
+            # a pair of runs seconds apart, the switch first every other round: neither side always runs first
+            pair = (ensemble, default) if round_ % 2 else (default, ensemble)
+            seconds = [time_forward(e, batches, device, autocast) for e in pair]
+            base, switched = seconds if round_ % 2 == 0 else seconds[::-1]
+            ratios[label].append(base / switched)
+    for label, values in ratios.items():
+        print(f"{label} of each round: {', '.join(f'{r:.3f}' for r in values)} (forward photos/s, with / without)")
+    return {label: sorted(values)[ROUNDS // 2] for label, values in ratios.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=64, help="photos of the long run (the short one has a quarter)")
@@ -176,6 +217,11 @@ def main() -> None:
         help="HxW network input of the random-weight model, or full (the photo padded to 1920, no resize)",
     )
     parser.add_argument("--precision", default="32", choices=["32", "16-mixed"], help="as trainer.precision")
+    parser.add_argument("--channels-last", action="store_true", help="also time the forward with model.channels_last")
+    parser.add_argument("--compile", action="store_true", help="also time the forward with model.compile")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="onnx: also time the exported model under onnxruntime (onnx_vs_torch)")
+    parser.add_argument("--compare-only", action="store_true", help="only the switches' comparison (5.)")
     args = parser.parse_args()
     if args.photos < 2 * args.batch_size:
         parser.error(f"--photos must be at least 2 batches ({2 * args.batch_size}): the short run has a quarter")
@@ -218,6 +264,13 @@ def main() -> None:
             flush=True,
         )
 
+        switches = {}
+        if args.channels_last or args.compile or args.runtime == "onnx":
+            switches = compare_switches(args, ckpt, tmp, photos, batches, device, autocast)
+        for label, ratio in switches.items():  # now: a run stopped during 1.-4. keeps them
+            print(f"{label}={ratio:.3f}", flush=True)
+        if args.compare_only:
+            return
         # warm-up, untimed in the ratio
         time_e2e(photos[: args.batch_size], ckpt, tmp / "warmup", args, trainer)
         time_forward(ensemble, batches[:1], device, autocast)

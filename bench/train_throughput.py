@@ -12,6 +12,12 @@
    GIF mask, the train transform with its augmentations) against carvana.io.read_image alone on the same files.
 
 The last line is `lightning_vs_plain=<ratio> loader_vs_decode=<ratio>` (the loader in the default crop mode).
+
+3. Switches: --channels-last and --compile add Lightning runs with model.channels_last / model.compile,
+   alternating with the default Lightning run (same weights, batches, steps; a compilation falls in the untimed
+   warm-up steps); `channels_last_vs_default=` and `compile_vs_default=` compare the best rounds' images/s.
+   --only-switches skips 1. and 2.; --accelerator gpu and --precision 16-mixed|bf16-mixed run them on a GPU
+   (bench/gpu_check.py does).
 """
 
 import argparse
@@ -114,16 +120,20 @@ class StepTimer(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: dict, batch: dict, batch_idx: int
     ) -> None:
         if batch_idx == self.steps - 1:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the GPU's queue is done, not only launched
             self.stamps.append(time.perf_counter())
             self.threads, self.training = torch.get_num_threads(), pl_module.training
         self.losses.append(outputs["loss"])
 
 
-def lightning_run(module: SegModule, loader: DataLoader, steps: int, threads: int) -> tuple[list[float], list[float]]:
+def lightning_run(module: SegModule, loader: DataLoader, steps: int, threads: int, accelerator: str = "cpu",
+                  precision: str = "32-true") -> tuple[list[float], list[float]]:
     """Time stamps as plain_run's of pl.Trainer.fit (no logger, checkpoints, bar or validation), and every loss."""
     timer = StepTimer(steps)
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        precision=precision,
         devices=1,
         max_steps=steps,
         logger=False,
@@ -159,6 +169,28 @@ def compare_loops(args: argparse.Namespace, loader: DataLoader) -> dict:
     if gap > LOSS_TOLERANCE:
         raise SystemExit(f"the loops diverge (loss gap {gap:.2e} > {LOSS_TOLERANCE}): they do not run the same steps")
     return {"stamps": stamps, "gap": gap, "losses": losses["plain"]}
+
+
+def switch_rates(args: argparse.Namespace, loader: DataLoader) -> dict[str, list[float]]:
+    """Images/s of each round of Lightning's fit: the default, then each switch asked for (fresh model, same
+    weights)."""
+    kwargs = {"encoder_name": args.encoder, "encoder_weights": None, "input_size": list(args.size)}
+    torch.manual_seed(0)
+    init = {k: v.clone() for k, v in SegModule(**kwargs).state_dict().items()}
+    variants = {"default": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True}}
+    variants = {name: v for name, v in variants.items() if name == "default" or getattr(args, name)}
+    rates = {name: [] for name in variants}
+    timed = (args.steps - WARMUP) * args.batch_size
+    for _ in range(args.rounds):
+        for name, switch in variants.items():
+            module = SegModule(**kwargs, **switch)
+            module.load_state_dict(init)
+            start = time.perf_counter()
+            stamps, _ = lightning_run(module, loader, args.steps, args.threads, args.accelerator, args.precision)
+            rates[name].append(timed / (stamps[-1] - stamps[0]))
+            print(f"  {name:<14} {rates[name][-1]:7.2f} images/s ({time.perf_counter() - start:.1f} s with its "
+                  "warm-up)", flush=True)
+    return rates
 
 
 def pipeline_rates(images: list[Path], masks: list[Path]) -> dict[str, float]:
@@ -202,6 +234,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=2, help="alternating plain/Lightning rounds; the best counts")
+    parser.add_argument("--channels-last", action="store_true", help="also time Lightning with model.channels_last")
+    parser.add_argument("--compile", action="store_true", help="also time Lightning with model.compile")
+    parser.add_argument("--only-switches", action="store_true", help="only the switches' comparison (3.)")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="of the switches' comparison")
+    parser.add_argument("--precision", default="32-true", help="of the switches' comparison: 16-mixed, bf16-mixed")
     args = parser.parse_args()
     if args.steps <= WARMUP:
         parser.error(f"--steps must exceed the {WARMUP} warm-up steps")
@@ -211,9 +248,22 @@ def main() -> None:
     warnings.filterwarnings("ignore", ".*`validation_step` but have no `val_dataloader`.*")  # no validation, on purpose
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's pytree helper against torch 2.14, harmless here
 
+    if (args.accelerator != "cpu" or args.precision != "32-true") and not args.only_switches:
+        parser.error("--accelerator and --precision are for the switches' comparison: add --only-switches")
     with tempfile.TemporaryDirectory() as tmp:
         images, masks, source = find_photos(Path(tmp))
         loader = preload(images, masks, list(args.size), args.batch_size, args.steps)
+        if args.channels_last or args.compile or args.only_switches:
+            print(f"switches: unet/{args.encoder}, batch {args.batch_size}, input {args.size[0]}x{args.size[1]}, "
+                  f"{args.accelerator}, precision {args.precision}, {args.steps} steps ({WARMUP} untimed), "
+                  f"{args.rounds} alternating rounds", flush=True)
+            rates = switch_rates(args, loader)
+            best = {name: max(values) for name, values in rates.items()}
+            print(f"lightning_images_per_s={best['default']:.2f}")
+            for name in [n for n in best if n != "default"]:
+                print(f"{name}_vs_default={best[name] / best['default']:.3f}")
+        if args.only_switches:
+            return
         loops = compare_loops(args, loader)
         rates = pipeline_rates(images, masks)
 

@@ -13,6 +13,9 @@ from carvana.losses import border_dice, build_loss
 from carvana.network import IMAGENET, build_network, encoder_layers_until
 
 SCHEDULERS = ("cosine", "plateau", "cyclic", "none")
+SWITCHES = ("channels_last", "compile")  # speed only: predict.py may change them on a trained checkpoint
+# what torch.compile raises when its backend cannot compile (dynamo wraps the backend's own errors in these)
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)
 
 
 def dice_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -37,7 +40,7 @@ class SegModule(pl.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
                  plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
                  freeze_encoder_until: str | None = None, threshold: float = 0.5, bn_recalibration_batches: int = 0,
-                 data: dict | None = None):
+                 data: dict | None = None, channels_last: bool = False, compile: bool = False):
         super().__init__()
         # `preprocessing` is resolved (mean/std/channel order, network.resolve_preprocessing); `data` (root, folds,
         # fold, photo size) is provenance: predict.py takes its defaults from it
@@ -47,6 +50,14 @@ class SegModule(pl.LightningModule):
         self.geometry = Geometry(crop_size, input_size, boxes)
         self.net = build_network(arch, encoder_name, encoder_weights, decoder_channels, in_channels)
         self.frozen_layers = encoder_layers_until(self.net.encoder, freeze_encoder_until)
+        # speed switches (model.channels_last, model.compile): the weights and their names stay as they are, so a
+        # checkpoint loads with the switches on or off
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.compile_checked = not compile  # torch.compile is lazy: a missing backend fails at the first forward
+        if compile:
+            self.net.compile()
         pre = preprocessing or IMAGENET
         self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -68,7 +79,18 @@ class SegModule(pl.LightningModule):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Bx3xhxw uint8 RGB network inputs (geometry.to_input; h, w divisible by 32) -> Bx1xhxw logits."""
-        return self.net(self.normalize(image))
+        x = self.normalize(image).contiguous(memory_format=self.memory_format)
+        if self.compile_checked:
+            return self.net(x)
+        try:
+            logits = self.net(x)
+        except COMPILE_ERRORS as err:
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise CarvanaError(f"model.compile=true: torch.compile failed at the first forward ({type(err).__name__}: "
+                               f"{reason}): install its backend's compiler (inductor: a C++ compiler on the CPU, "
+                               "triton on a GPU) or set model.compile=false") from None
+        self.compile_checked = True
+        return logits
 
     def full_logits(self, image: torch.Tensor, size: tuple[int, int], boxes: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -76,7 +98,9 @@ class SegModule(pl.LightningModule):
         return self.geometry.to_full(self(image), size, boxes)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.criterion(self(batch["image"]), batch["mask"])
+        # the loss on float32 logits: under bf16-mixed/16-mixed autocast smp's Dice sums would be bf16 on the CPU
+        # (measured) and can overflow in float16 over a 1280x1920 mask (smp #463)
+        loss = self.criterion(self(batch["image"]).float(), batch["mask"])
         self.log("train_loss_step", loss, prog_bar=True, batch_size=len(batch["image"]))
         self.train_loss.update(loss.detach())
         return loss
@@ -98,8 +122,8 @@ class SegModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Kaggle's metric: each photo's Dice at its full size, averaged over photos (MeanMetric syncs the ranks)
-        logits = self.full_logits(batch["image"], batch["mask"].shape[-2:], batch.get("bbox"))
-        probs = logits.float().sigmoid()
+        logits = self.full_logits(batch["image"], batch["mask"].shape[-2:], batch.get("bbox")).float()  # as above
+        probs = logits.sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))
         self.val_soft_dice.update(dice_per_image(probs, batch["mask"]))
@@ -174,11 +198,18 @@ def _flat(value: object) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
-def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
-    """A checkpoint of this project (a dict with SegModule hyperparameters); anything else is a CarvanaError."""
+def read_checkpoint(path: str | Path, key: str = "ckpt", onnx: bool = False) -> dict:
+    """A checkpoint of this project (a dict with SegModule hyperparameters); anything else is a CarvanaError. With
+    `onnx`, a .onnx file of carvana.export is read too: {"hyper_parameters": ...} from its metadata, no weights."""
     path = Path(path)
     if not path.is_file():
         raise CarvanaError(f"{key}={path}: no checkpoint at this path")
+    if path.suffix == ".onnx":
+        if not onnx:
+            raise CarvanaError(f"{key}={path} is an ONNX model: {key} takes a checkpoint of train.py (.ckpt)")
+        from carvana.export import read_onnx_hparams  # onnx only when an ONNX file is given
+
+        return {"hyper_parameters": read_onnx_hparams(path, key)}
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 -- torch raises many types for a file that is not a checkpoint
@@ -188,10 +219,12 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     return ckpt
 
 
-def load_module(path: str | Path) -> SegModule:
-    """Rebuild a trained SegModule from its checkpoint alone, without downloading pretrained weights."""
+def load_module(path: str | Path, switches: dict | None = None) -> SegModule:
+    """Rebuild a trained SegModule from its checkpoint alone, without downloading pretrained weights; `switches`
+    (channels_last, compile: a value, or None for the checkpoint's) override the speed switches it was trained with."""
     ckpt = read_checkpoint(path)
     hparams = {**ckpt["hyper_parameters"], "encoder_weights": None}
+    hparams.update({k: v for k, v in (switches or {}).items() if k in SWITCHES and v is not None})
     unknown = set(hparams) - set(inspect.signature(SegModule.__init__).parameters)
     if unknown:
         raise CarvanaError(f"checkpoint {path} is from another version of carvana (hyperparameters "
@@ -204,3 +237,24 @@ def load_module(path: str | Path) -> SegModule:
                            f"({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err})"
                            ) from None
     return module.eval()
+
+
+def load_model(path: str | Path, switches: dict | None = None) -> "SegModule | OnnxModel":  # noqa: F821
+    """What predict.py ensembles: a SegModule from a checkpoint, or an OnnxModel (carvana.export) from a .onnx file,
+    which predicts like one (`geometry`, `hparams`, uint8 inputs -> logits) with onnxruntime."""
+    if Path(path).suffix == ".onnx":
+        from carvana.export import OnnxModel
+
+        return OnnxModel(path)
+    return load_module(path, switches)
+
+
+def load_models(paths: list[Path], switches: dict | None = None) -> list:
+    """load_model of each path; an ensemble that mixes ONNX files and checkpoints must have one geometry."""
+    models = [load_model(p, switches) for p in paths]
+    kinds = {isinstance(m, SegModule) for m in models}
+    keys = sorted({m.geometry.key for m in models})
+    if len(kinds) > 1 and len(keys) > 1:
+        raise CarvanaError(f"an ensemble of ONNX files and checkpoints needs one geometry, these have "
+                           f"{', '.join(keys)}: export every checkpoint, or ensemble checkpoints only")
+    return models

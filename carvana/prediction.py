@@ -2,18 +2,13 @@
 
 import glob
 import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.callbacks import BasePredictionWriter
-from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
@@ -26,6 +21,7 @@ from carvana.data import (
     split,
     to_tensor,
 )
+from carvana.export import check_onnx_run
 from carvana.geometry import Geometry
 from carvana.hardware import default_workers, trainer_kwargs
 from carvana.io import (
@@ -37,21 +33,20 @@ from carvana.io import (
     probs_cut,
     read_mask,
     read_probs8,
-    write_probs8,
 )
 from carvana.manifest import prepare, settings, written_names
-from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
+from carvana.module import SegModule, dice_per_image, load_models, read_checkpoint
 from carvana.progress import progress
 from carvana.slurm import check_allocation
-from carvana.submission.rle import rle_encode
-from carvana.submission.shards import RleShardWriter
+from carvana.writer import HostProbs8, MaskWriter, copy_probs8
 
 TTAS = ("none", "hflip")
 WRITES = ("png", "rle")
 
 
 def find_checkpoints(ckpt: str | list[str] | None) -> list[Path]:
-    """Checkpoint paths from one path, a glob, or a list of either; a pattern matching nothing is an error."""
+    """Checkpoint (or exported .onnx) paths from one path, a glob, or a list of either; a pattern matching nothing is
+    an error."""
     if not ckpt:
         raise CarvanaError("ckpt= is required: a checkpoint, a glob of checkpoints, or a list [A, B]")
     paths = []
@@ -122,76 +117,8 @@ class Ensemble(pl.LightningModule):
         count = len(self.models) * (2 if self.tta == "hflip" else 1)
         return total.div_(count) if count > 1 else total
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return to_probs8(self.probs(batch["inputs"], self.size, batch.get("bbox")))
-
-
-def to_probs8(probs: torch.Tensor) -> torch.Tensor:
-    """Bx1xHxW probs in [0, 1] -> BxHxW uint8 0..255 on the CPU, rounded half to even.
-
-    On a GPU they are scaled and rounded there, and a quarter of the bytes comes back. On the CPU, one cv2 pass a
-    photo (read 10 MB, write 2.5 MB) instead of torch's three (scale, round, convert): 0.7 ms a photo instead of 1.5.
-    """
-    if probs.device.type != "cpu":
-        return probs.mul_(255).round_()[:, 0].to(torch.uint8).cpu()
-    out = np.empty((len(probs), *probs.shape[-2:]), np.uint8)
-    for photo, dst in zip(probs[:, 0].float().numpy(), out):
-        cv2.convertScaleAbs(photo, dst=dst, alpha=255.0)  # saturating, rounds half to even as torch.round does
-    return torch.from_numpy(out)
-
-
-class MaskWriter(BasePredictionWriter):
-    """Writes each batch as it comes (PNG probs8 and/or rows of this rank's RLE shard), in threads."""
-
-    def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int = 4,
-                 skip: set[str] = frozenset()):
-        super().__init__(write_interval="batch")
-        self.output_dir, self.write, self.cut = Path(output_dir), write, probs_cut(threshold)
-        self.skip = skip  # photos already written, predicted again only to keep the batches of an uninterrupted run
-        self.pool = ThreadPoolExecutor(max(1, threads))
-        self.pending: deque[Future] = deque()
-        self.limit = 4 * max(1, threads)  # bounded: memory does not grow with the number of photos
-        self.shard: RleShardWriter | None = None
-        self.errors: list[tuple[str, str]] = []  # (photo name, message) of photos that could not be predicted
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if "rle" in self.write:
-            self.shard = RleShardWriter(self.output_dir, trainer.global_rank)
-
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: torch.Tensor,
-                           batch_indices: list[int] | None, batch: dict, batch_idx: int, dataloader_idx: int = 0
-                           ) -> None:
-        for name, error, probs8 in zip(batch["name"], batch["error"], prediction.numpy()):
-            if name in self.skip:
-                continue
-            if error:
-                self.errors.append((name, error))
-                continue
-            self.pending.append(self.pool.submit(self._write_one, name, probs8))
-            while len(self.pending) > self.limit:
-                self._finish(self.pending.popleft())
-
-    def _write_one(self, name: str, probs8: np.ndarray) -> tuple[str, str | None]:
-        if "png" in self.write:
-            write_probs8(self.output_dir / f"{Path(name).stem}.png", probs8)
-        return name, rle_encode(probs8 > self.cut) if self.shard else None  # encoded here, in the thread
-
-    def _finish(self, future: Future) -> None:
-        name, rle = future.result()
-        if self.shard is not None:
-            self.shard.write(name, rle)
-
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        while self.pending:
-            self._finish(self.pending.popleft())
-        if self.shard is not None:
-            self.shard.close()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self.errors)
-            self.errors = [e for errors in gathered for e in errors]
-        trainer.strategy.barrier("predict-written")  # rank 0 reads every rank's files afterwards
+    def predict_step(self, batch: dict, batch_idx: int) -> HostProbs8:
+        return copy_probs8(self.probs(batch["inputs"], self.size, batch.get("bbox")))  # the copy back overlaps
 
 
 def batches_to_do(images: list[Path], done: set[str], batch_size: int) -> list[Path]:
@@ -215,13 +142,16 @@ def dice_table(images: list[Path], pred_dir: Path, masks: list[Path], threshold:
 def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwargs: dict, tta: str = "none",
             write: list[str] = ("png",), threshold: float = 0.5, batch_size: int = 4, num_workers: int | None = None,
             writer_threads: int = 4, bboxes: str | None = None, overwrite: bool = False, data_root: str = "",
-            models: list[SegModule] | None = None) -> tuple[int, list[tuple[str, str]], bool]:
+            models: list | None = None, switches: dict | None = None) -> tuple[int, list[tuple[str, str]], bool]:
     """Predict the photos not yet written -> (photos predicted now, (name, error) of failed photos, is rank 0);
-    `models`: the checkpoints already loaded."""
-    models = models or [load_module(p) for p in ckpts]
+    `models`: the checkpoints (or ONNX files) already loaded; `switches`: model.channels_last / model.compile."""
+    models = models or load_models(ckpts, switches)
+    writer = MaskWriter(output_dir, list(write), threshold, writer_threads)
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
+    check_onnx_run(models, trainer.world_size)  # before anything is written
     wanted = settings(ckpts, tta, threshold, write, [m.geometry.key for m in models], data_root)
-    prepare(output_dir, wanted, images, overwrite, rank_zero_only.rank == 0)
-    done = written_names(output_dir, write, images)
+    prepare(output_dir, wanted, images, overwrite, trainer.is_global_zero)
+    done = writer.skip = written_names(output_dir, write, images)
     todo = batches_to_do(images, done, batch_size)
     if not todo:
         return 0, [], True
@@ -234,8 +164,6 @@ def predict(images: list[Path], ckpts: list[Path], output_dir: Path, trainer_kwa
                            f"ensemble checkpoints of one stage only")
     dirs = list(stacked_dirs.pop())
     stacked = find_stacked(todo, dirs) if dirs else None
-    writer = MaskWriter(output_dir, list(write), threshold, writer_threads, skip=done)
-    trainer = pl.Trainer(**trainer_kwargs, callbacks=[writer], logger=False)
     workers = default_workers(trainer.num_devices) if num_workers is None else num_workers
     dataset = PhotoDataset(todo, size, [m.geometry for m in models], stacked, car_boxes(models, bboxes, todo))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
@@ -282,8 +210,8 @@ def run(cfg: dict) -> tuple[str, int]:
     check_allocation(cfg["trainer"])
     ckpts = find_checkpoints(cfg["ckpt"])
     write = check_settings(cfg)
-    meta = read_checkpoint(ckpts[0])["hyper_parameters"].get("data") or {}
-    models = [load_module(p) for p in ckpts]  # every file a checkpoint of this project, whole, before any work
+    meta = read_checkpoint(ckpts[0], onnx=True)["hyper_parameters"].get("data") or {}
+    models = load_models(ckpts, cfg.get("model"))  # every file whole and of this project, before any work
     root = Path(cfg["data"]["root"] or meta.get("root") or ".")
     output_dir = Path(cfg["output_dir"])
     if cfg["predict_on_val"]:

@@ -120,6 +120,7 @@ def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegMod
         plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
         freeze_encoder_epochs=m.freeze_encoder_epochs, freeze_encoder_until=m.freeze_encoder_until,
         threshold=m.threshold, bn_recalibration_batches=m.bn_recalibration_batches,
+        channels_last=m.channels_last, compile=m.compile,
         data={"root": str(cfg.data.root), "folds": str(cfg.data.folds), "fold": cfg.fold,
               "image_dir": cfg.data.image_dir, "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size,
               "stacked_dirs": [str(d) for d in cfg.data.stacked_dirs or []],

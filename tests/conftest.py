@@ -101,3 +101,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         banner = f"{len(skipped)} SLURM TESTS SKIPPED, NOTHING ABOUT SLURM WAS CHECKED"
         terminalreporter.write_sep("!", banner, red=True, bold=True)
         terminalreporter.write_line(reason, red=True, bold=True)
+
+
+def write_checkpoint(path: Path, seed: int = 0, **hparams: object) -> Path:
+    """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters) of SegModule(**hparams), random
+    weights from `seed`: for tests that need a model's file, not its training."""
+    import pytorch_lightning as pl
+    import torch
+
+    from carvana.module import SegModule
+
+    torch.manual_seed(seed)
+    module = SegModule(**{"encoder_weights": None, "data": {}, **hparams})
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path

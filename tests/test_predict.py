@@ -22,9 +22,9 @@ from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_
 from carvana.hardware import default_workers
 from carvana.io import car_id, read_image, read_mask, read_probs8, write_image, write_probs8
 from carvana.module import SegModule, dice_per_image, load_module
-from carvana.prediction import to_probs8
 from carvana.submission.rle import rle_decode
 from carvana.submission.submit import make_submission
+from carvana.writer import to_probs8
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
 SUMMARY = re.compile(

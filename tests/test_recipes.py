@@ -170,7 +170,7 @@ def test_crop_predictions_paste_into_full_carvana_size(shared_data: Path):
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
     assert batch["inputs"]["box64x96"].shape == (2, 3, 64, 96)
     with torch.no_grad():
-        probs = Ensemble([model], size=(1280, 1918)).predict_step(batch, 0)
+        probs = Ensemble([model], size=(1280, 1918)).predict_step(batch, 0).probs8  # HostProbs8 (issue 10)
     assert probs.shape == (2, 1280, 1918) and probs.dtype == torch.uint8
     assert (probs[:, box[0] : box[1], box[2] : box[3]] > 0).any()
     outside = probs.clone()
