@@ -35,5 +35,18 @@ def _make(name: str, options: dict, out_dir: Path) -> Logger:
     if name == "wandb":
         return WandbLogger(save_dir=str(out_dir), project=options.get("project", "carvana"),
                            offline=options.get("mode", "offline") == "offline")
-    uri = options.get("tracking_uri") or (out_dir / "mlruns").resolve().as_uri()  # a local store, no server
-    return MLFlowLogger(experiment_name=options.get("experiment_name", "carvana"), tracking_uri=uri)
+    if options.get("tracking_uri"):
+        return MLFlowLogger(experiment_name=options.get("experiment_name", "carvana"),
+                            tracking_uri=options["tracking_uri"])
+    # a local store in the run folder, no server: MLflow's SQLite store (its file store is refused since MLflow 3.x)
+    local = (out_dir / "mlflow").resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    return MLFlowLogger(experiment_name=options.get("experiment_name", "carvana"),
+                        tracking_uri=f"sqlite:///{local / 'mlflow.db'}", artifact_location=(local / "artifacts").as_uri())
+
+
+def finish_loggers(loggers: list[Logger]) -> None:
+    """End a wandb run now, not at exit: its closing lines ("Find logs at ...") come before train.py's last line."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()

@@ -11,7 +11,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from pytorch_lightning.loggers import CSVLogger
 
 from carvana import CarvanaError
@@ -21,7 +27,7 @@ from carvana.folds import write_folds
 from carvana.geometry import Geometry
 from carvana.hardware import trainer_kwargs
 from carvana.io import check_threshold, remove_dead_temporaries
-from carvana.loggers import build_loggers
+from carvana.loggers import build_loggers, finish_loggers
 from carvana.module import SegModule, read_checkpoint
 from carvana.network import resolve_preprocessing
 from carvana.overlays import ValidationOverlays
@@ -94,6 +100,8 @@ def check_settings(cfg: DictConfig) -> None:
     check_threshold(cfg.model.threshold, "model.threshold")
     limits = (("data.batch_size", cfg.data.batch_size, 1, int), ("data.num_workers", cfg.data.num_workers, 0, int),
               ("checkpoint.every_minutes", cfg.checkpoint.every_minutes, 1e-3, (int, float)))
+    if cfg.optim.ema_decay is not None and not 0 < cfg.optim.ema_decay < 1:
+        raise CarvanaError(f"optim.ema_decay={cfg.optim.ema_decay} must lie between 0 and 1 (e.g. 0.99), or null")
     for key, value, least, kind in limits:
         if value is None and key == "data.num_workers":  # null: the CPUs shared by the devices
             continue
@@ -120,7 +128,7 @@ def build_module(cfg: DictConfig, image_size: list[int] | None = None) -> SegMod
         plateau_patience=cfg.optim.plateau_patience, cyclic=OmegaConf.to_container(cfg.optim.cyclic),
         freeze_encoder_epochs=m.freeze_encoder_epochs, freeze_encoder_until=m.freeze_encoder_until,
         threshold=m.threshold, bn_recalibration_batches=m.bn_recalibration_batches,
-        channels_last=m.channels_last, compile=m.compile,
+        channels_last=m.channels_last, compile=m.compile, val_tta=m.val_tta,
         data={"root": str(cfg.data.root), "folds": str(cfg.data.folds), "fold": cfg.fold,
               "image_dir": cfg.data.image_dir, "val_mask_dir": cfg.data.val_mask_dir, "image_size": image_size,
               "stacked_dirs": [str(d) for d in cfg.data.stacked_dirs or []],
@@ -172,6 +180,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
         print(f"resuming from {ckpt_path}", flush=True)
     with ddp_job_scope():
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    finish_loggers(loggers)
     checkpoint = trainer.checkpoint_callback
     score = checkpoint.best_model_score
     return (float(score) if score is not None else float("nan")), checkpoint.best_model_path, trainer.is_global_zero
@@ -179,7 +188,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
 
 def callbacks(cfg: DictConfig, out_dir: Path, loggers: list) -> list[pl.Callback]:
     """The best checkpoint by val_dice and last.ckpt (also every checkpoint.every_minutes), the CSV log carried in
-    them, the LR at the scheduler's interval, early stopping, validation overlays, a bar."""
+    them, the LR at the scheduler's interval, early stopping, validation overlays, the weights' moving average
+    (optim.ema_decay), a bar."""
     found = [
         *checkpointing(out_dir / "checkpoints", f"{cfg.model.encoder_name}-fold{cfg.fold}-" +
                        "epoch{epoch:02d}-dice{val_dice:.4f}", cfg.checkpoint.every_minutes),
@@ -188,6 +198,8 @@ def callbacks(cfg: DictConfig, out_dir: Path, loggers: list) -> list[pl.Callback
         EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience),
         ValidationOverlays(cfg.logger.images),
     ]
+    if cfg.optim.ema_decay:  # validate and checkpoint an exponential moving average of the weights
+        found.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
     if cfg.trainer.get("enable_progress_bar", True):
         found.append(RichProgressBar() if cfg.progress_bar == "rich" else TQDMProgressBar())
     return found

@@ -47,7 +47,7 @@ def test_train_predict_submit(carvana_root: Path, tmp_path: Path):
     )
     for proc, out in zip(predicted, (png_dir, rle_dir)):
         assert proc.stdout.strip().splitlines()[-1] == f"predicted=16 skipped=0 output_dir={out}"
-    assert sorted(p.name for p in rle_dir.iterdir()) == ["rle-rank0.csv"]
+    assert sorted(p.name for p in rle_dir.iterdir()) == ["predict.json", "rle-rank0.csv"]
 
     sample = carvana_root / "sample_submission.csv"
     size = [f"height={TINY_SIZE[0]}", f"width={TINY_SIZE[1]}", f"sample_csv={sample}"]

@@ -21,6 +21,7 @@ from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_
 
 from carvana.hardware import default_workers
 from carvana.io import car_id, read_image, read_mask, read_probs8, write_image, write_probs8
+from carvana.manifest import MANIFEST
 from carvana.module import SegModule, dice_per_image, load_module
 from carvana.submission.rle import rle_decode
 from carvana.submission.submit import make_submission
@@ -102,8 +103,9 @@ def train_here(args: list[str]) -> Path:
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file of a directory: name -> (mtime in ns, bytes)."""
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.iterdir()) if p.is_file()}
+    """Every mask file of a directory (not its predict.json, which each run updates): name -> (mtime in ns, bytes)."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.iterdir())
+            if p.is_file() and p.name != MANIFEST}
 
 
 def photo_tensor(path: Path) -> torch.Tensor:
@@ -172,7 +174,7 @@ def test_png_per_photo_named_like_it_full_size(png_run: tuple[Run, Path], carvan
     summary = run.summary()
     assert (summary["predicted"], summary["skipped"], summary["out"]) == ("16", "0", str(out))
     assert run.out.count("predicted=") == 1
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in photos)  # nothing else
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *(f"{p.stem}.png" for p in photos)])  # no other
     expected = expected_pngs([load_module(ckpt_pad)], photos, tta=False)
     for photo in photos:
         png = cv2.imread(str(out / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)
@@ -282,7 +284,7 @@ def test_rle_rows_decode_to_the_thresholded_png(
     run, out = rle_run
     assert run.code == 0, run.out + run.err
     assert run.summary()["predicted"] == "16"
-    assert sorted(p.name for p in out.iterdir()) == ["rle-rank0.csv"]  # write=rle: no PNG
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "rle-rank0.csv"]  # write=rle: no PNG
     rows = shard_rows(out)
     photos = sorted(p.name for p in (carvana_root / "test").glob("*.jpg"))
     assert sorted(img for _, img, _ in rows) == photos
@@ -494,19 +496,17 @@ def _resize(photo: Path) -> None:
 
 @pytest.fixture(scope="module", params=[_truncate, _resize], ids=["truncated_jpeg", "photo_of_another_size"])
 def bad_photo_run(request, ckpt_pad: Path, carvana_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Six photos, the 4th spoilt, two of the good ones already predicted (random PNGs that must stay as they are)."""
+    """Six photos, the 4th spoilt, two of the good ones already predicted by an earlier run into the same folder (they
+    must stay as they are)."""
     tmp = tmp_path_factory.mktemp(request.param.__name__.strip("_"))
-    photos = [Path(shutil.copy(p, tmp)) for p in sorted((carvana_root / "test").glob("*.jpg"))[:6]]
     (tmp / "in").mkdir()
-    photos = [p.rename(tmp / "in" / p.name) for p in photos]
+    photos = [Path(shutil.copy(p, tmp / "in")) for p in sorted((carvana_root / "test").glob("*.jpg"))[:2]]
+    out, args = tmp / "pred", [f"input_dir={tmp / 'in'}", "num_workers=1", "batch_size=2"]
+    assert predict_here(predict_args(ckpt_pad, out, *args)).code == 0
+    photos += [Path(shutil.copy(p, tmp / "in")) for p in sorted((carvana_root / "test").glob("*.jpg"))[2:6]]
     request.param(photos[3])
-    out = tmp / "pred"
-    out.mkdir()
-    rng = np.random.default_rng(0)
-    for photo in photos[:2]:
-        write_probs8(out / f"{photo.stem}.png", rng.integers(0, 256, TINY_SIZE, dtype=np.uint8))
     before = snapshot(out)
-    run = predict_here(predict_args(ckpt_pad, out, f"input_dir={tmp / 'in'}", "num_workers=1", "batch_size=2"))
+    run = predict_here(predict_args(ckpt_pad, out, *args))
     return {"run": run, "photos": photos, "bad": photos[3], "out": out, "before": before}
 
 
@@ -518,7 +518,7 @@ def test_bad_photo_is_reported_and_the_others_predicted(bad_photo_run: dict):
     assert len(errors) == 1 and str(bad) in errors[0], errors
     assert ("truncated" in errors[0]) or ("96x80" in errors[0] and "96x64" in errors[0]), errors[0]
     good = [p for p in bad_photo_run["photos"] if p != bad]
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in good)  # none for the bad one
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *(f"{p.stem}.png" for p in good)])  # not the bad
     after = snapshot(out)
     assert {n: after[n] for n in bad_photo_run["before"]} == bad_photo_run["before"]  # earlier PNGs untouched
     for photo in good[2:]:
