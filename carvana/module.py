@@ -40,11 +40,13 @@ class SegModule(pl.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str = "cosine", min_lr: float = 1e-5,
                  plateau_patience: int = 3, cyclic: dict | None = None, freeze_encoder_epochs: int = 0,
                  freeze_encoder_until: str | None = None, threshold: float = 0.5, bn_recalibration_batches: int = 0,
-                 data: dict | None = None, channels_last: bool = False, compile: bool = False):
+                 data: dict | None = None, channels_last: bool = False, compile: bool = False, val_tta: str = "none"):
         super().__init__()
         # `preprocessing` is resolved (mean/std/channel order, network.resolve_preprocessing); `data` (root, folds,
         # fold, photo size) is provenance: predict.py takes its defaults from it
         self.save_hyperparameters()
+        if val_tta not in ("none", "hflip"):
+            raise CarvanaError(f"unknown model.val_tta={val_tta}: choose none or hflip")
         if scheduler not in SCHEDULERS:
             raise CarvanaError(f"unknown optim.scheduler '{scheduler}': choose one of {', '.join(SCHEDULERS)}")
         self.geometry = Geometry(crop_size, input_size, boxes)
@@ -122,7 +124,11 @@ class SegModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Kaggle's metric: each photo's Dice at its full size, averaged over photos (MeanMetric syncs the ranks)
-        logits = self.full_logits(batch["image"], batch["mask"].shape[-2:], batch.get("bbox")).float()  # as above
+        size, boxes = batch["mask"].shape[-2:], batch.get("bbox")
+        logits = self.full_logits(batch["image"], size, boxes).float()  # as above
+        if self.hparams.val_tta == "hflip":  # as predict.py tta=hflip: the mean of both probabilities
+            flipped = self.geometry.to_full(self(batch["image"].flip(-1)).flip(-1), size, boxes).float()
+            logits = torch.logit((logits.sigmoid() + flipped.sigmoid()) / 2, eps=1e-6)
         probs = logits.sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))

@@ -2,21 +2,62 @@
 
 import albumentations as A
 import cv2
+import numpy as np
 
 from carvana.geometry import Geometry
 
 
+class CarColor(A.ImageOnlyTransform):
+    """Recolour the car only, the studio as it is: hue anywhere on the circle, saturation x0..1.5 (0: a grey car),
+    brightness x0.3..1.5 (a black or a white car). Every Carvana photo has the same studio, so a model that sees the
+    car in every colour on an unchanged background learns "car versus studio" rather than the colours of its cars."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p=p)
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        return {"car": data["mask"] > 0, "hue": self.py_random.uniform(0, 180),
+                "saturation": self.py_random.uniform(0, 1.5), "value": self.py_random.uniform(0.3, 1.5)}
+
+    def apply(self, img: np.ndarray, car: np.ndarray, hue: float, saturation: float, value: float, **_) -> np.ndarray:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + hue) % 180
+        hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+        hsv[..., 2] = np.clip(hsv[..., 2] * value, 0, 255)
+        recoloured = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+        return np.where(car[..., None], recoloured, img)
+
+
 def augmentations(hflip: float = 0.5, affine: float = 0.5, shift_limit: float = 0.0625, scale_limit: float = 0.1,
-                  color: float = 0.5) -> list:
-    """The seed's augmentations: horizontal flip, shift/scale, and colour (hue, saturation, brightness)."""
-    return [
+                  rotate_limit: float = 0.0, color: float = 0.5, hue: float = 0.0, gray: float = 0.0,
+                  channel_shuffle: float = 0.0, contrast: float = 0.0, quality: float = 0.0, car_color: float = 0.0
+                  ) -> list:
+    """The seed's augmentations (horizontal flip, shift/scale, mild colour), then, each off at 0, the appearance of
+    cars of any colour and finish: hue over the whole circle, grayscale, channel shuffle, brightness/contrast/gamma,
+    blur/noise/JPEG quality, the car alone recoloured (CarColor). The values are probabilities, except the limits (fractions; rotation in degrees)."""
+    out = [
         A.HorizontalFlip(p=hflip),
         A.Affine(
             scale=(1 - scale_limit, 1 + scale_limit), translate_percent=(-shift_limit, shift_limit),
-            border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=affine,
+            rotate=(-rotate_limit, rotate_limit), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=affine,
         ),
         A.OneOf([A.HueSaturationValue(p=1), A.RandomBrightnessContrast(p=1), A.RGBShift(p=1)], p=color),
     ]
+    if car_color:
+        out.append(CarColor(p=car_color))
+    if hue:  # OpenCV's hue runs over 0..180: a shift of up to 90 reaches every colour
+        out.append(A.HueSaturationValue(hue_shift_limit=90, sat_shift_limit=40, val_shift_limit=0, p=hue))
+    if gray:
+        out.append(A.ToGray(p=gray))
+    if channel_shuffle:
+        out.append(A.ChannelShuffle(p=channel_shuffle))
+    if contrast:
+        out += [A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=contrast),
+                A.RandomGamma(gamma_limit=(60, 160), p=contrast)]
+    if quality:
+        out.append(A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 1.5), p=1), A.GaussNoise(std_range=(0.02, 0.08), p=1),
+                            A.ImageCompression(quality_range=(30, 90), p=1)], p=quality))
+    return out
 
 
 def train_transform(geometry: Geometry, augment: dict) -> A.Compose:
