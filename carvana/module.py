@@ -122,13 +122,19 @@ class SegModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_train_loss()  # an epoch without validation
 
+    def val_logits(self, image: torch.Tensor, size: tuple[int, int], boxes: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """Float32 logits at the photos' full `size` for validation; with model.val_tta=hflip those of the mean
+        probability with the flipped photo, as predict.py tta=hflip makes them."""
+        logits = self.full_logits(image, size, boxes).float()  # float32 under autocast: see training_step
+        if self.hparams.val_tta == "hflip":
+            flipped = self.geometry.to_full(self(image.flip(-1)).flip(-1), size, boxes).float()
+            logits = torch.logit((logits.sigmoid() + flipped.sigmoid()) / 2, eps=1e-6)
+        return logits
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Kaggle's metric: each photo's Dice at its full size, averaged over photos (MeanMetric syncs the ranks)
-        size, boxes = batch["mask"].shape[-2:], batch.get("bbox")
-        logits = self.full_logits(batch["image"], size, boxes).float()  # as above
-        if self.hparams.val_tta == "hflip":  # as predict.py tta=hflip: the mean of both probabilities
-            flipped = self.geometry.to_full(self(batch["image"].flip(-1)).flip(-1), size, boxes).float()
-            logits = torch.logit((logits.sigmoid() + flipped.sigmoid()) / 2, eps=1e-6)
+        logits = self.val_logits(batch["image"], batch["mask"].shape[-2:], batch.get("bbox"))
         probs = logits.sigmoid()
         pred = (probs > self.hparams.threshold).float()
         self.val_dice.update(dice_per_image(pred, batch["mask"]))

@@ -1,6 +1,7 @@
 """One training run from a composed Hydra config: data, model, callbacks, loggers, Lightning Trainer."""
 
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from carvana.module import SegModule, read_checkpoint
 from carvana.network import resolve_preprocessing
 from carvana.overlays import ValidationOverlays
 from carvana.slurm import check_allocation
+from carvana.transforms import augmentations
 
 KAGGLE = "kaggle competitions download -c carvana-image-masking-challenge"
 
@@ -100,6 +102,10 @@ def check_settings(cfg: DictConfig) -> None:
     check_threshold(cfg.model.threshold, "model.threshold")
     limits = (("data.batch_size", cfg.data.batch_size, 1, int), ("data.num_workers", cfg.data.num_workers, 0, int),
               ("checkpoint.every_minutes", cfg.checkpoint.every_minutes, 1e-3, (int, float)))
+    known = inspect.signature(augmentations).parameters
+    unknown = sorted(set(cfg.data.augment) - set(known))
+    if unknown:
+        raise CarvanaError(f"unknown data.augment key {unknown[0]}: choose among {', '.join(known)}")
     if cfg.optim.ema_decay is not None and not 0 < cfg.optim.ema_decay < 1:
         raise CarvanaError(f"optim.ema_decay={cfg.optim.ema_decay} must lie between 0 and 1 (e.g. 0.99), or null")
     for key, value, least, kind in limits:
