@@ -42,7 +42,8 @@ def _make(name: str, options: dict, out_dir: Path) -> Logger:
     local = (out_dir / "mlflow").resolve()
     local.mkdir(parents=True, exist_ok=True)
     return MLFlowLogger(experiment_name=options.get("experiment_name", "carvana"),
-                        tracking_uri=f"sqlite:///{local / 'mlflow.db'}", artifact_location=(local / "artifacts").as_uri())
+                        tracking_uri=f"sqlite:///{local / 'mlflow.db'}",
+                        artifact_location=(local / "artifacts").as_uri())
 
 
 def finish_loggers(loggers: list[Logger]) -> None:

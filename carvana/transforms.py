@@ -34,7 +34,8 @@ def augmentations(hflip: float = 0.5, affine: float = 0.5, shift_limit: float = 
                   ) -> list:
     """The seed's augmentations (horizontal flip, shift/scale, mild colour), then, each off at 0, the appearance of
     cars of any colour and finish: hue over the whole circle, grayscale, channel shuffle, brightness/contrast/gamma,
-    blur/noise/JPEG quality, the car alone recoloured (CarColor). The values are probabilities, except the limits (fractions; rotation in degrees)."""
+    blur/noise/JPEG quality, the car alone recoloured (CarColor). The values are probabilities, except the limits
+    (fractions; rotation in degrees)."""
     out = [
         A.HorizontalFlip(p=hflip),
         A.Affine(

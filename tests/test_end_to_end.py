@@ -56,7 +56,7 @@ def test_train_predict_submit(carvana_root: Path, tmp_path: Path):
         ["submit.py", f"masks_dir={png_dir}", f"output={from_png}", *size, f"hydra.run.dir={tmp_path / 'h1'}"],
         ["submit.py", f"rle_dir={rle_dir}", f"output={from_rle}", *size, f"hydra.run.dir={tmp_path / 'h2'}"],
     )
-    assert [proc.stdout.strip() for proc in submitted] == [str(from_png), str(from_rle)]
+    assert [proc.stdout.strip().splitlines()[-1] for proc in submitted] == [str(from_png), str(from_rle)]  # last line
 
     text, table = read_csv_gz(from_png)
     names = pd.read_csv(sample)["img"].tolist()

@@ -70,7 +70,8 @@ def test_a_logger_without_its_package_is_one_line(carvana_root: Path, tmp_path: 
 
 
 def test_an_unknown_logger_lists_the_valid_ones(carvana_root: Path, tmp_path: Path):
-    proc = run_train(train_args(carvana_root, tmp_path / "run", "logger=neptune"), timeout=120)  # a list names no options (Hydra)
+    # one name: Hydra lists the group's options (for a list, logger=[csv,neptune], it only says it could not load it)
+    proc = run_train(train_args(carvana_root, tmp_path / "run", "logger=neptune"), timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     options = proc.stderr.split("Available options", 1)[-1]
     assert all(name in options for name in ("csv", "tensorboard", "wandb", "mlflow"))

@@ -16,7 +16,7 @@ from carvana.transforms import CarColor, augmentations
 
 
 def photo_and_mask(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    photo = sorted((root / "train").glob("*.jpg"))[0]
+    photo = min((root / "train").glob("*.jpg"))
     return read_image(photo), read_mask(root / "train_masks" / f"{photo.stem}_mask.gif")
 
 
