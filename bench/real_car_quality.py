@@ -5,7 +5,7 @@
     python bench/real_car_quality.py --real /work/shared/data/real ...   (from a git worktree elsewhere)
 
 Each seed trains the issue's check command (encoder=mobilenet, no pretrained weights, data.crop_size=null,
-data.input_size=[320,480], 40 epochs, trainer=cpu) plus the overrides, e.g. `experiment=small_data`.
+data.input_size=[320,480], 40 epochs, trainer=cpu) plus the overrides, e.g. `data.augment.car_color=0.8`.
 --mode unseen (default): all 16 photos of the training car train (fold 1), the 3 photos of 2 other cars in
 real/val validate (fold 0). --mode angles: some angles of the training car are held out instead (optimistic: the
 same car). Prints each epoch's val_dice per seed, each seed's best, and last
