@@ -51,11 +51,12 @@ class MetricsHistory(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = state_dict.get("metrics_csv")
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # right after the checkpoint is restored, before anything is logged: also when the run it resumes had already
+        # ended (killed after its last checkpoint, or a finished run started again), where no training starts
         if self.rows is None or not trainer.is_global_zero:
             return
-        writer = self.logger.experiment
-        writer.save()  # anything logged before training (hyperparameters) goes first, then is replaced
+        writer = self.logger.experiment  # CSVLogger deletes the metrics.csv it finds when it creates its writer
         with atomic_path(writer.metrics_file_path) as tmp:
             tmp.write_bytes(self.rows.encode())
         # the writer appends under the header it knows: the restored one (it rewrites the file when a key is new)

@@ -209,6 +209,17 @@ def test_init_from_starts_from_the_checkpoint_weights(trained_run: dict, carvana
         assert torch.equal(new["state_dict"][key], init["state_dict"][key]), key
 
 
+def test_a_finished_run_started_again_keeps_its_metrics(trained_run: dict, carvana_root: Path, tmp_path: Path):
+    """A run folder whose last.ckpt is its last epoch: started again, it has nothing to train, and its metrics.csv
+    stays as it was (Lightning's CSVLogger would delete it; MetricsHistory writes back the rows the checkpoint holds)."""
+    out = shutil.copytree(trained_run["out"], tmp_path / "run")
+    before = (out / "csv" / "metrics.csv").read_bytes()
+    proc = run_train(train_args(carvana_root, out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming from" in proc.stdout
+    assert (out / "csv" / "metrics.csv").read_bytes() == before
+
+
 def test_ckpt_path_resumes_the_run(trained_run: dict, carvana_root: Path, tmp_path: Path):
     """ckpt_path=last.ckpt of a 1-epoch run with max_epochs=2 trains epoch 1 only, continuing the global step."""
     out = tmp_path / "run"
@@ -218,8 +229,10 @@ def test_ckpt_path_resumes_the_run(trained_run: dict, carvana_root: Path, tmp_pa
     )
     _, ckpt = result_of(proc)
     metrics = val_metrics(out)
-    assert metrics["epoch"].tolist() == [1]
-    assert metrics["step"].min() >= 8
+    assert metrics["epoch"].tolist() == [0, 1]  # epoch 0's row travels in the checkpoint (MetricsHistory)
+    first = val_metrics(trained_run["out"]).iloc[0]
+    pd.testing.assert_series_equal(metrics.iloc[0][first.index], first)
+    assert metrics["step"].iloc[1] >= 8
     resumed = load_ckpt(out / "checkpoints" / "last.ckpt")
     assert (resumed["epoch"], resumed["global_step"]) == (1, 10)  # 8 steps of epoch 0, then 2
     assert CKPT_NAME.match(ckpt.name)["epoch"] == "01"
