@@ -1,7 +1,7 @@
 """Carvana-layout datasets: photos `{car}_{NN}.jpg`, masks `{car}_{NN}_mask.gif` or predicted `{car}_{NN}.png`."""
 
-import multiprocessing
 from collections.abc import Callable, Iterator
+from multiprocessing import Pool
 from pathlib import Path
 
 import albumentations as A
@@ -59,10 +59,7 @@ def check_files(images: list[Path], masks: list[Path], workers: int = 1) -> None
     """Before a long run: every photo decodes whole (carvana.io.check_photo: a random or garbled file, a truncated or
     corrupt JPEG), has its mask's size, and the first masks are not all empty (a wrong folder, or a format read as
     background)."""
-    # processes: check_photo reads libjpeg's warnings from its own stderr. Spawned, not forked: a fork of a process
-    # with threads (a SLURM job under submitit) can copy a lock held by another thread, and the worker waits on it
-    # forever (seen: a job stuck at "checking the photos" until cancelled)
-    with multiprocessing.get_context("spawn").Pool(max(1, workers)) as pool:
+    with Pool(max(1, workers)) as pool:  # processes: check_photo reads libjpeg's warnings from its own stderr
         sizes = progress(pool.imap(check_photo, images, chunksize=16), "checking the photos", len(images))
         for image, mask, size in zip(images, masks, sizes):
             with Image.open(mask) as msk:
