@@ -1,7 +1,6 @@
 """Carvana-layout datasets: photos `{car}_{NN}.jpg`, masks `{car}_{NN}_mask.gif` or predicted `{car}_{NN}.png`."""
 
 from collections.abc import Callable, Iterator
-from multiprocessing import Pool
 from pathlib import Path
 
 import albumentations as A
@@ -17,7 +16,7 @@ from carvana import CarvanaError
 from carvana.crops import bbox_for, read_bboxes
 from carvana.geometry import Box, Geometry, cut_box
 from carvana.hardware import default_workers
-from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, car_id, check_photo, read_image, read_mask, read_probs8
+from carvana.io import IMAGE_SUFFIXES, MASK_PATTERNS, car_id, check_photos, read_image, read_mask, read_probs8
 from carvana.progress import progress
 from carvana.pseudo import select_pseudo
 from carvana.transforms import train_transform
@@ -59,13 +58,12 @@ def check_files(images: list[Path], masks: list[Path], workers: int = 1) -> None
     """Before a long run: every photo decodes whole (carvana.io.check_photo: a random or garbled file, a truncated or
     corrupt JPEG), has its mask's size, and the first masks are not all empty (a wrong folder, or a format read as
     background)."""
-    with Pool(max(1, workers)) as pool:  # processes: check_photo reads libjpeg's warnings from its own stderr
-        sizes = progress(pool.imap(check_photo, images, chunksize=16), "checking the photos", len(images))
-        for image, mask, size in zip(images, masks, sizes):
-            with Image.open(mask) as msk:
-                if msk.size != size:
-                    raise CarvanaError(f"photo {image} is {size[0]}x{size[1]} but its mask {mask} is "
-                                       f"{msk.size[0]}x{msk.size[1]}: photo and mask must have the same size")
+    sizes = progress(check_photos(images, workers), "checking the photos", len(images))
+    for image, mask, size in zip(images, masks, sizes):
+        with Image.open(mask) as msk:
+            if msk.size != size:
+                raise CarvanaError(f"photo {image} is {size[0]}x{size[1]} but its mask {mask} is "
+                                   f"{msk.size[0]}x{msk.size[1]}: photo and mask must have the same size")
     checked = masks[:MASKS_CHECKED]
     if checked and not any(read_mask(m).any() for m in checked):
         raise CarvanaError(f"the first {len(checked)} masks (e.g. {checked[0]}) hold no car at all: check "
