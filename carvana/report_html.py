@@ -116,7 +116,7 @@ def plot_angles(per_angle: pd.DataFrame, per_image: pd.DataFrame) -> str:
     ax.plot(per_image.angle, per_image.dice, ".", color="#333", markersize=3, label="photo")
     ax.set(xlabel="angle (the photo's _NN)", ylabel="Dice", xticks=range(1, 17), xlim=(0.4, 16.6))
     ax.set_ylim(*zoom(per_image.dice))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False, fontsize=8)  # above: bars reach any corner
     return figure_uri(fig)
 
 
@@ -158,9 +158,10 @@ def plot_histogram(per_image: pd.DataFrame) -> str:
 
 
 def zoom(values: pd.Series) -> tuple[float, float]:
-    """Axis limits around Dice values: from a little below their min to 1, as they crowd near 1 on a 0..1 axis."""
+    """Axis limits around Dice values, as they crowd near 1 on a 0..1 axis: from half their spread below their min (the
+    worst bar stays a third of the axis high, not a sliver) to 1."""
     low = float(values.min())
-    return max(0.0, low - 0.1 * (1 - low) - 1e-4), 1.0 + 0.02 * (1 - low) + 1e-4
+    return max(0.0, low - 0.5 * (1 - low) - 1e-4), 1.0 + 0.02 * (1 - low) + 1e-4
 
 
 def oof_page(tables: dict[str, pd.DataFrame], overlays: list[tuple[str, float, np.ndarray]], source: str,

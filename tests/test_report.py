@@ -482,3 +482,13 @@ def test_reports_render_in_chromium(oof: dict, run_dir: Path) -> None:
         assert len(decoded) == pages[path] and decoded == [[True, w, h] for w, h in expected], (path, decoded)
         shot = cv2.imread(str(path.with_suffix(".png")))  # the screenshot, beside the page it shows
         assert shot.shape[1] == 1280 and shot.shape[0] > 800 and shot.std() > 10, shot.shape
+
+
+@pytest.mark.parametrize("dice", [[0.995, 0.99, 0.97], [0.9, 0.6, 0.98], [0.999, 0.9985]])
+def test_dice_axes_show_the_worst_bar(dice: list[float]):
+    """The Dice plots zoom on their values, but the worst bar keeps a visible share of the axis (not a sliver) and
+    the best fits under the top."""
+    from carvana.report_html import zoom
+    low, high = zoom(pd.Series(dice))
+    assert 0 <= low < min(dice) and high > max(dice)
+    assert (min(dice) - low) / (high - low) > 0.25
