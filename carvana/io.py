@@ -131,8 +131,8 @@ def check_photo(path: str | os.PathLike) -> tuple[int, int]:
 
     libjpeg decodes corrupt data with a mere warning on the process's stderr (what cv2 and PIL then return looks like
     a photo): the warnings are read back from file descriptor 2, so call this in a process of its own, one photo at a
-    time (check_photos runs it in worker processes). At 1/8 scale in grey the decoder still reads every coefficient: 1.6 ms a
-    1918x1280 photo instead of 17.
+    time (check_photos runs it in worker processes). At 1/8 scale in grey the decoder still reads every coefficient:
+    1.6 ms a 1918x1280 photo instead of 17.
     """
     path = Path(path)
     try:

@@ -116,7 +116,8 @@ def plot_angles(per_angle: pd.DataFrame, per_image: pd.DataFrame) -> str:
     ax.plot(per_image.angle, per_image.dice, ".", color="#333", markersize=3, label="photo")
     ax.set(xlabel="angle (the photo's _NN)", ylabel="Dice", xticks=range(1, 17), xlim=(0.4, 16.6))
     ax.set_ylim(*zoom(per_image.dice))
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False, fontsize=8)  # above: bars reach any corner
+    # above the plot: the bars can reach any corner of it
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False, fontsize=8)
     return figure_uri(fig)
 
 

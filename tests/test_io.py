@@ -1,5 +1,7 @@
 """carvana.io against the real Carvana files: palette GIF masks, RGB photos, truncated JPEGs, atomic writes."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -8,7 +10,8 @@ import pytest
 from PIL import Image
 
 from carvana import CarvanaError
-from carvana.io import atomic_path, probs_cut, read_image, read_mask, write_mask_gif
+from carvana.io import atomic_path, check_photos, probs_cut, read_image, read_mask, write_mask_gif
+from tests.conftest import REPO
 
 CAR = "0cdf5b5d0ce1"
 
@@ -161,3 +164,25 @@ def test_atomic_path_keeps_the_old_file_when_the_block_raises(tmp_path: Path):
 def test_probs_cut_is_the_float_threshold(threshold: float):
     probs = np.arange(256, dtype=np.uint8)
     np.testing.assert_array_equal(probs > probs_cut(threshold), probs.astype(np.float64) > threshold * 255)
+
+
+def test_check_photos_gives_the_sizes_in_order_and_names_the_first_bad_photo(real: Path, tmp_path: Path):
+    photos = sorted((real / "train").glob("*.jpg"))[:5] + sorted((real / "test").glob("*.jpg"))[:3]
+    assert list(check_photos(photos, workers=3)) == [Image.open(p).size for p in photos]
+    garbled = tmp_path / "garbled.jpg"
+    data = bytearray(photos[0].read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)  # image data zeroed: libjpeg only warns
+    garbled.write_bytes(bytes(data))
+    with pytest.raises(CarvanaError, match=r"garbled\.jpg is corrupt"):
+        list(check_photos(photos[:4] + [garbled] + photos[4:], workers=2))
+
+
+def test_check_photos_from_a_script_without_a_main_guard_runs_it_once(real: Path, tmp_path: Path):
+    """Its workers are fresh interpreters: multiprocessing's spawn would import the calling script again in each."""
+    script = tmp_path / "check.py"
+    script.write_text("from pathlib import Path\nfrom carvana.io import check_photos\nprint('ran')\n"
+                      f"print(len(list(check_photos(sorted(Path({str(real / 'train')!r}).glob('*.jpg')), 2))))\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ran", "16"]

@@ -211,7 +211,8 @@ def test_init_from_starts_from_the_checkpoint_weights(trained_run: dict, carvana
 
 def test_a_finished_run_started_again_keeps_its_metrics(trained_run: dict, carvana_root: Path, tmp_path: Path):
     """A run folder whose last.ckpt is its last epoch: started again, it has nothing to train, and its metrics.csv
-    stays as it was (Lightning's CSVLogger would delete it; MetricsHistory writes back the rows the checkpoint holds)."""
+    stays as it was (Lightning's CSVLogger would delete it; MetricsHistory writes back the rows the checkpoint
+    holds)."""
     out = shutil.copytree(trained_run["out"], tmp_path / "run")
     before = (out / "csv" / "metrics.csv").read_bytes()
     proc = run_train(train_args(carvana_root, out))
