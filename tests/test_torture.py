@@ -77,45 +77,52 @@ def no_temporaries(directory: Path) -> None:
     assert not left, left
 
 
-@pytest.mark.slow
-def test_training_killed_and_resumed_writes_the_metrics_of_an_uninterrupted_run(carvana_root: Path, tmp_path: Path):
-    """3 epochs; kill -9 anywhere, start again in the same run folder (it resumes from its last.ckpt): the same
-    metrics.csv, byte for byte, as a run that was never stopped (every draw is a function of seed, epoch, photo)."""
-    def command(out: Path) -> list[str]:
-        return [sys.executable, "train.py", *train_args(carvana_root, out, "trainer.max_epochs=3", "data.num_workers=1",
-                                                        "trainer.log_every_n_steps=2")]
+def resumable_training(carvana_root: Path, out: Path) -> list[str]:
+    """3 tiny epochs in `out`; started again in the same folder, the run resumes from its last.ckpt."""
+    return [sys.executable, "train.py", *train_args(carvana_root, out, "trainer.max_epochs=3", "data.num_workers=2",
+                                                    "trainer.log_every_n_steps=2")]
 
-    duration = timed_run(command(tmp_path / "straight"))
-    outcomes = killed_then_finished(command(tmp_path / "killed"), duration)
-    straight, killed = (tmp_path / name / "csv" / "metrics.csv" for name in ("straight", "killed"))
-    assert killed.read_bytes() == straight.read_bytes(), (outcomes, killed.read_text(), straight.read_text())
+
+@pytest.fixture(scope="module")
+def straight_metrics(carvana_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, float]:
+    """The metrics.csv of resumable_training never stopped, and its wall-clock seconds."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    duration = timed_run(resumable_training(carvana_root, out))
+    return (out / "csv" / "metrics.csv").read_bytes(), duration
+
+
+@pytest.mark.slow
+def test_training_killed_and_resumed_writes_the_metrics_of_an_uninterrupted_run(carvana_root: Path, tmp_path: Path,
+                                                                                straight_metrics: tuple[bytes, float]):
+    """kill -9 anywhere, start again in the same run folder: the same metrics.csv, byte for byte, as a run that was
+    never stopped (every draw is a function of seed, epoch, photo)."""
+    straight, duration = straight_metrics
+    outcomes = killed_then_finished(resumable_training(carvana_root, tmp_path / "killed"), duration)
+    killed = tmp_path / "killed" / "csv" / "metrics.csv"
+    assert killed.read_bytes() == straight, (outcomes, killed.read_text(), straight.decode())
     assert sorted(pd.read_csv(killed)["epoch"].dropna().unique()) == [0, 1, 2]
     no_temporaries(tmp_path / "killed")
 
 
 @pytest.mark.slow
-def test_kill_after_epoch_1_of_3_resumes_exactly(carvana_root: Path, tmp_path: Path):
+def test_kill_after_epoch_1_of_3_resumes_exactly(carvana_root: Path, tmp_path: Path,
+                                                 straight_metrics: tuple[bytes, float]):
     """The issue's own case: kill -9 as soon as epoch 1's validation is logged (its checkpoint being written or
     written), start again in the same folder: the same metrics.csv as a run never stopped."""
-    def command(out: Path) -> list[str]:
-        return [sys.executable, "train.py", *train_args(carvana_root, out, "trainer.max_epochs=3", "data.num_workers=2",
-                                                        "trainer.log_every_n_steps=2")]
-
-    timed_run(command(tmp_path / "straight"))
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(resumable_training(carvana_root, out), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = out / "csv" / "metrics.csv"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not validated(metrics, epoch=1):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    rerun = run_train(train_args(carvana_root, out, "trainer.max_epochs=3", "data.num_workers=2",
-                                 "trainer.log_every_n_steps=2"))
+    rerun = subprocess.run(resumable_training(carvana_root, out), cwd=REPO, capture_output=True, text=True,
+                           timeout=600, check=False)
     result_of(rerun)
     assert "resuming from" in rerun.stdout
-    assert metrics.read_bytes() == (tmp_path / "straight" / "csv" / "metrics.csv").read_bytes()
+    assert metrics.read_bytes() == straight_metrics[0]
 
 
 @pytest.mark.slow
@@ -295,7 +302,7 @@ BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
                                             "mismatch.ckpt"),
     "predict: other settings in the folder": ("predict.py",
                                               lambda s: _predict(s, f"output_dir={s['earlier']}", "write=[png,rle]",
-                                                                 "tta=hflip", "threshold=0.3"), "tta"),
+                                                                 "tta=none", "threshold=0.3"), "tta"),
     "submit: threshold 2": ("submit.py", lambda s: _submit(s, "threshold=2"), "threshold=2"),
     "submit: other threshold than the shards'": ("submit.py", lambda s: _submit(s, "threshold=0.5"), "0.3"),
     "submit: output under a file": ("submit.py",
