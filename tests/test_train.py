@@ -32,7 +32,8 @@ def val_metrics(out: Path) -> pd.DataFrame:
 
 
 def recompute_val_dice(root: Path, fold: int, ckpt: Path) -> tuple[float, int]:
-    """Mean per-image Dice of a checkpoint over every validation photo of `fold` -> (dice, number of photos)."""
+    """Mean per-image Dice of a checkpoint over every validation photo of `fold` -> (dice, number of photos), as its
+    model.val_tta says (hflip: the mean probability with the flipped photo's)."""
     module = load_module(ckpt)
     folds = pd.read_csv(root / "folds.csv", dtype={"id": str})
     cars = set(folds["id"][folds["fold"] == fold])
@@ -42,7 +43,10 @@ def recompute_val_dice(root: Path, fold: int, ckpt: Path) -> tuple[float, int]:
         for photo in photos:
             image = torch.from_numpy(read_image(photo)).permute(2, 0, 1)[None]
             mask = torch.from_numpy(read_mask(root / "train_masks" / f"{photo.stem}_mask.gif")).float()[None, None]
-            pred = (module(image).sigmoid() > 0.5).float()
+            probs = module(image).sigmoid()
+            if module.hparams.val_tta == "hflip":
+                probs = (probs + module(image.flip(-1)).sigmoid().flip(-1)) / 2
+            pred = (probs > 0.5).float()
             dices.append(dice_per_image(pred, mask))
     return torch.cat(dices).mean().item(), len(photos)
 
