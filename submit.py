@@ -1,31 +1,18 @@
-"""Write Kaggle's submission: python submit.py [masks_dir=DIR | rle_dir=DIR] (see conf/submit.yaml)."""
-
-import sys
+"""Write Kaggle's submission: python submit.py [probs_dir=DIR | rle_dir=DIR] (conf/submit.yaml, --help)."""
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from carvana import CarvanaError
-from carvana.submission.submit import find_predictions, make_submission
-
-PREDICT_OUTPUT = "predictions/test"  # predict.py's default output_dir (conf/predict.yaml)
+from carvana.cli import entry_point
 
 
 @hydra.main(config_path="conf", config_name="submit", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        if settings["masks_dir"] is None and settings["rle_dir"] is None:
-            found = find_predictions(PREDICT_OUTPUT)
-            kind = "RLE shards" if "rle_dir" in found else "PNG masks"
-            print(f"reading the {kind} in {PREDICT_OUTPUT} (predict.py's default output_dir)", file=sys.stderr)
-            settings.update(found)
-        path = make_submission(**settings)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(path, flush=True)
+    from carvana.submission import main as submit  # after Hydra parsed the command line: --help stays fast
+
+    submit(OmegaConf.to_container(cfg, resolve=True))
 
 
 if __name__ == "__main__":
+    entry_point("submit", renamed={"masks_dir": "probs_dir"})
     main()

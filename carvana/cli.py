@@ -1,38 +1,191 @@
-"""`key=value` command lines of the small tools (python -m carvana.crops / carvana.report)."""
+"""One command-line style for every tool: `key=value` words over a YAML file of conf/ (Hydra's override grammar, as
+train.py's), `--help` written from that file's own comments, renamed keys kept for a release with a notice, and
+expected errors as one `error:` line with exit status 2."""
 
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf import OmegaConf
 
 from carvana import CarvanaError
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 T = TypeVar("T")
-_KINDS = {int: "an integer", bool: "true or false", str: "a string"}
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*?)\s*(#\s?(?P<comment>.*))?$")
+_COMMENT = re.compile(r"^(?P<indent> *)#\s?(?P<text>.*)$")
 
 
-def parse_words(argv: list[str], defaults: dict, example: str, types: dict[str, type | tuple]) -> dict:
-    """`key=value` words over `defaults`; a word without '=', an unknown key or a value of the wrong type is refused."""
-    bad = [word for word in argv if "=" not in word]
+def conf_value(name: str, key: str) -> object:
+    """A default of conf/<name>.yaml (e.g. conf_value('data/carvana', 'root')): tools take their defaults from the
+    one file that states them."""
+    return OmegaConf.select(OmegaConf.load(CONF / f"{name}.yaml"), key)
+
+
+def rename_keys(words: list[str], renamed: dict[str, str]) -> list[str]:
+    """Command-line words with renamed keys given their new names, one notice on stderr for each."""
+    out = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        bare = key.lstrip("+~")
+        if eq and bare in renamed:
+            print(f"warning: {bare}= is now {renamed[bare]}= ({bare}= goes in the next release)", file=sys.stderr)
+            word = f"{key[: len(key) - len(bare)]}{renamed[bare]}={value}"
+        out.append(word)
+    return out
+
+
+def compose(name: str, words: list[str], renamed: dict[str, str] | None = None) -> dict:
+    """conf/<name>.yaml with the `key=value` words applied (Hydra's grammar) -> a plain dict. A word that is not
+    key=value, an unknown key, or a value of another type than the key's default is a CarvanaError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    words = rename_keys(words, renamed or {})
+    bad = [word for word in words if "=" not in word]
     if bad:
-        raise CarvanaError(f"'{bad[0]}' is not key=value: use e.g. {example}")
-    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise CarvanaError(f"unknown key '{unknown[0]}': choose from {', '.join(defaults)}")
-    cfg = {**defaults, **given}
-    for key, kind in types.items():
-        value = cfg[key]
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-            raise CarvanaError(f"{key}={value} is not {_KINDS.get(kind, 'a number')}")
-    return cfg
+        raise CarvanaError(f"'{bad[0]}' is not key=value: see --help")
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = hydra_compose(config_name=name, overrides=words)
+    except HydraException as err:
+        unknown = re.search(r"Key '([^']+)' is not in struct", str(err))
+        if unknown:
+            keys = ", ".join(k for k in defaults if k not in ("defaults", "hydra"))
+            raise CarvanaError(f"unknown key '{unknown[1]}': choose from {keys} (see --help)") from None
+        raise CarvanaError(f"cannot read the command line: {str(err).splitlines()[0]}") from None
+    values = OmegaConf.to_container(cfg, resolve=True)
+    for key, default in defaults.items():
+        check_type(key, values.get(key), default)
+    return values
 
 
-def run_or_exit(argv: list[str], doc: str, work: Callable[[list[str]], T]) -> T:
-    """`-h` prints `doc` and exits 0; a CarvanaError of `work(argv)` prints one `error:` line and exits 2."""
-    if argv and argv[0] in ("-h", "--help"):
-        print(doc.strip())
+def check_type(key: str, value: object, default: object) -> None:
+    """Refuse a value of another kind than the key's default (an int for an int, a number for a float...)."""
+    kind = type(default)
+    if default is None or value is None or kind not in _KINDS:
+        return
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if not ok:
+        raise CarvanaError(f"{key}={value} is not {_KINDS[kind]}")
+
+
+def check_threshold(threshold: object, key: str = "threshold") -> float:
+    """A probability cut strictly inside (0, 1), else a CarvanaError naming the key: at 0 or 1 every pixel (or none)
+    would be car, and the submission would be silently empty or full."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise CarvanaError(f"{key}={threshold} is a probability: choose a value strictly between 0 and 1 (e.g. 0.5)")
+    return float(threshold)
+
+
+def help_text(name: str, groups: dict[str, str] | None = None) -> str:
+    """--help of a tool from conf/<name>.yaml: its opening comment (what it does, the usage and common commands),
+    then every key with its default and its comment; `groups` adds the keys of a group's file under a prefix
+    (e.g. {'data': 'data/carvana'}), and the options of every config group of the defaults list."""
+    text = (CONF / f"{name}.yaml").read_text()
+    intro = []
+    for line in text.splitlines():
+        match = _COMMENT.match(line)
+        if not match:
+            break
+        intro.append(match["text"])
+    out = [*intro, "", "Keys (key=value: the default, then what it means):", *describe(CONF / f"{name}.yaml")]
+    for prefix, file in (groups or {}).items():
+        out += describe(CONF / f"{file}.yaml", prefix)
+    group_dirs = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    chosen = [g for g in group_dirs if re.search(rf"^\s*- (optional )?(override /)?{g}:", text, re.MULTILINE)]
+    if chosen:
+        out += ["", "Groups (group=option):"]
+        out += [f"  {g}: {' | '.join(sorted(f.stem for f in (CONF / g).glob('*.yaml')))}" for g in chosen]
+    return "\n".join(out)
+
+
+def comments(lines: list[str]) -> dict[str, str]:
+    """The comment of each key of a YAML file's lines (nested keys dotted): its own, the indented comment lines
+    under it, and the comment lines just above it."""
+    found, path, above, last = {}, [], [], None
+    for line in lines:
+        match = _LINE.match(line)
+        if match:
+            depth = len(match["indent"]) // 2
+            path = path[:depth] + [match["key"]]
+            last = ".".join(path)
+            found[last] = " ".join([*above, match["comment"] or ""]).strip()
+            above = []
+            continue
+        comment = _COMMENT.match(line)
+        if comment and len(comment["indent"]) >= 16 and last:  # the comment column: the line above goes on
+            found[last] = f"{found[last]} {comment['text'].strip()}".strip()
+        elif comment and not line.startswith("# @package"):
+            above.append(comment["text"].strip())
+        elif not line.strip():
+            above = []
+    return found
+
+
+def plain(value: object) -> str:
+    """A config value as one types it on the command line: null, true, [1024, 1024]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(plain(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {plain(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def describe(path: Path, prefix: str = "") -> list[str]:
+    """`  key=default  comment` for each leaf of a YAML file (nested keys dotted, under `prefix`); the defaults list
+    and hydra's block are left out, and the opening comment of the file is the help's, not a key's."""
+    lines = path.read_text().splitlines()
+    while lines and (_COMMENT.match(lines[0]) or not lines[0].strip()):
+        lines = lines[1:]
+    notes = comments(lines)
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    out = []
+
+    def walk(node: dict, keys: list[str]) -> None:
+        for key, value in node.items():
+            if not keys and key in ("defaults", "hydra"):
+                continue
+            dotted = ".".join([*keys, str(key)])
+            if isinstance(value, dict) and value:
+                if dotted in notes and notes[dotted]:
+                    out.append(f"  {'.'.join(filter(None, [prefix, dotted]))}.*  {notes[dotted]}")
+                walk(value, [*keys, str(key)])
+                continue
+            shown = plain(value)
+            note = notes.get(dotted, "")
+            out.append(f"  {'.'.join(filter(None, [prefix, dotted]))}={shown}  {note}".rstrip())
+
+    walk(values, [])
+    return out
+
+
+def entry_point(name: str, groups: dict[str, str] | None = None, renamed: dict[str, str] | None = None) -> None:
+    """What train.py, predict.py and submit.py do before Hydra reads their command line: `-h`/`--help` prints the
+    help of conf/<name>.yaml and exits 0 (Hydra's own: --hydra-help); renamed keys get their new names."""
+    if any(word in ("-h", "--help") for word in sys.argv[1:]):
+        print(help_text(name, groups))
+        sys.exit(0)
+    sys.argv[1:] = rename_keys(sys.argv[1:], renamed or {})
+
+
+def run_or_exit(argv: list[str], help_of: str, work: Callable[[list[str]], T]) -> T:
+    """`-h`/`--help` prints the help of conf/<help_of>.yaml and exits 0; a CarvanaError of `work(argv)` prints one
+    `error:` line and exits 2."""
+    if any(word in ("-h", "--help") for word in argv):
+        print(help_text(help_of))
         sys.exit(0)
     try:
         return work(argv)

@@ -4,6 +4,8 @@ import os
 
 import torch
 
+from carvana import CarvanaError
+
 
 def trainer_kwargs(trainer: dict) -> dict:
     """conf/trainer as Lightning's Trainer takes it: precision=auto becomes mixed precision on a GPU (bf16 where the
@@ -13,6 +15,16 @@ def trainer_kwargs(trainer: dict) -> dict:
         gpu = torch.cuda.is_available() and kwargs.get("accelerator") in ("auto", "gpu", "cuda")
         kwargs["precision"] = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
     return kwargs
+
+
+def check_accelerator(trainer: dict) -> None:
+    """trainer.accelerator=gpu (trainer=gpu, trainer=ddp) on a machine where torch sees no GPU: one line, not
+    Lightning's traceback."""
+    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CarvanaError(f"trainer.accelerator={trainer['accelerator']}, but torch sees no GPU here "
+                           f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'}): use "
+                           "trainer=cpu, "
+                           "or trainer=auto to take the GPUs when there are some")
 
 
 def default_workers(devices: int) -> int:

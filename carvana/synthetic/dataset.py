@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from carvana import CarvanaError
-from carvana.io import write_image, write_mask_gif
+from carvana.data.io import write_image, write_mask_gif
+from carvana.data.rle import rle_encode
 from carvana.progress import progress
-from carvana.submission.rle import rle_encode
 from carvana.synthetic.lowpoly import Car, car_parts, sample_car
 from carvana.synthetic.turntable import REF_SHAPE, render_photo
 
@@ -96,8 +96,8 @@ def is_complete(root: str | os.PathLike) -> bool:
                     for n in train) and all((root / "test" / n).is_file() for n in test))
 
 
-def make_dataset(root: str | os.PathLike, train_cars: int = 8, test_cars: int = 2,
-                 size: tuple[int, int] = REF_SHAPE, seed: int = 0, overwrite: bool = False) -> Path:
+def make_dataset(root: str | os.PathLike, train_cars: int, test_cars: int, size: tuple[int, int], seed: int,
+                 overwrite: bool = False) -> Path:
     """Generate a synthetic set in Carvana's layout at root, size = (height, width); the same seed, the same bytes."""
     root, (height, width) = Path(root), size
     if train_cars < 1 or test_cars < 0:
@@ -107,7 +107,7 @@ def make_dataset(root: str | os.PathLike, train_cars: int = 8, test_cars: int = 
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         what = "a complete data set" if is_complete(root) else "not empty"
         raise CarvanaError(f"{root} already exists and is {what}: delete it, choose another root, "
-                           "or overwrite it (--overwrite)")
+                           "or overwrite it (overwrite=true)")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = (root.with_name(f".{root.name}.{what}{os.getpid()}") for what in ("tmp", "old"))
     try:

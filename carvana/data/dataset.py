@@ -1,0 +1,165 @@
+"""Photos as the network sees them, with their masks: the training set (transformed, augmented from the sampler's
+seeds), the validation set (the network's input at evaluation, the mask at the photo's own size), and batches of
+photos of one size."""
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, Dataset, DistributedSampler
+
+from carvana import CarvanaError
+from carvana.data.boxes import Box, cut_box
+from carvana.data.geometry import Geometry
+from carvana.data.io import probs_cut, read_image, read_mask, read_probs8
+
+
+class SegDataset(Dataset):
+    """Photos as the network sees them, 3(+k stacked)xhxw uint8, with their {0,1} masks as 1xHxW float.
+
+    With a transform (training) photo, mask and stacked channels are transformed together: the geometry's sizing, then
+    augmentations drawn from the seed the sampler gives with the index. Without one (validation) the photo goes
+    through `geometry.to_input` and the mask stays at the photo's own size, for Kaggle's metric.
+    """
+
+    def __init__(self, images: list[Path], masks: list[Path] | None, geometry: Geometry,
+                 transform: A.Compose | None = None, stacked: list[list[Path]] | None = None,
+                 boxes: dict[str, Box] | None = None, soft_masks: Iterable[Path] = ()):
+        self.images, self.masks, self.geometry, self.transform = images, masks, geometry, transform
+        # second stage: per photo, the probability masks other models predicted for it, as extra input channels
+        self.stacked = stacked
+        # car boxes (data.bboxes): the model sees each photo's box
+        self.boxes = boxes
+        # pseudo-labels: predicted probabilities (predict.py's PNGs) that serve as masks, cut at 0.5
+        self.soft_masks = frozenset(soft_masks)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, index: int) -> dict:
+        """The photo (HxWx3 uint8 RGB), mask (HxW {0,1} or None), stacked channels and box of photo `index`."""
+        path = self.images[index]
+        image = read_image(path)
+        mask = None if self.masks is None else self.read_mask(self.masks[index])
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise CarvanaError(f"mask {self.masks[index]} is {mask.shape[0]}x{mask.shape[1]} (height x width), photo "
+                               f"{path} is {image.shape[0]}x{image.shape[1]}")
+        extra = [read_stacked(p, image.shape[:2]) for p in self.stacked[index]] if self.stacked else []
+        box = self.boxes[path.name] if self.boxes is not None else None
+        return {"image": image, "mask": mask, "extra": extra, "box": box}
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """A mask, or a pseudo-label's probabilities cut at 0.5 -> HxW uint8 {0,1}."""
+        return (read_probs8(path) > probs_cut(0.5)).astype(np.uint8) if path in self.soft_masks else read_mask(path)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, key)  # the sampler's (index, seed), or an index
+        raw = self.read(index)
+        image, mask, extra, box = raw["image"], raw["mask"], raw["extra"], raw["box"]
+        item = {"name": self.images[index].name, "size": torch.tensor(image.shape[:2])}
+        if box is not None:
+            item["bbox"] = torch.tensor(box)
+        if self.transform is not None:
+            if box is not None:
+                image, mask, extra = cut_box(image, box), cut_box(mask, box), [cut_box(e, box) for e in extra]
+            self.transform.set_random_seed(seed)  # albumentations draws from its own state, not torch's
+            # stacked channels follow the geometry (as masks, nearest) but not the colour augmentations
+            out = self.transform(image=image, mask=mask, **({"masks": extra} if extra else {}))
+            image, mask, extra = out["image"], out["mask"], list(out.get("masks", []))
+        else:
+            image, extra = self.geometry.to_input(image, extra, box)
+        item["image"] = to_tensor(np.dstack([image, *extra]) if extra else image)
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
+        return item
+
+
+class AugmentSampler(DistributedSampler):
+    """This rank's training photos in an order, and each with the seed of its augmentations, drawn from (seed, the
+    global step when the pass starts, photo): a run resumed from an epoch's checkpoint draws what an uninterrupted run
+    draws, whatever the workers. The global step, not Lightning's set_epoch: a resumed run's first loader is made
+    before Lightning sets the epoch (its iterator prefetches at once), but after it restores the step."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, step: Callable[[], int]) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.step = step
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the pass's draws follow the global step (see the class)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        self.epoch = self.step()  # DistributedSampler shuffles with seed + epoch
+        for index in super().__iter__():
+            yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+
+
+class SizeBatchSampler(BatchSampler):
+    """Batches of photos of one size, from the indices of `sampler` in their order: a batch of full-size masks (or
+    outputs) must share a shape. One size: the plain batches of the sampler's order. (A BatchSampler, with its
+    drop_last, so that Lightning re-creates it as it is when it wraps a loader.)"""
+
+    def __init__(self, sampler: Iterable[int], sizes: list[tuple[int, int]], batch_size: int,
+                 drop_last: bool = False) -> None:
+        self.sampler, self.sizes, self.batch_size, self.drop_last = sampler, sizes, batch_size, drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        open_batches: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index in self.sampler:
+            batch = open_batches[self.sizes[index]]
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield list(batch)
+                batch.clear()
+        if not self.drop_last:
+            yield from (batch for batch in open_batches.values() if batch)
+
+    def __len__(self) -> int:
+        counts: dict[tuple[int, int], int] = defaultdict(int)
+        for index in self.sampler:
+            counts[self.sizes[index]] += 1
+        return sum(n // self.batch_size if self.drop_last else -(-n // self.batch_size) for n in counts.values())
+
+
+def pad_collate(items: list[dict]) -> dict:
+    """Training items whose photos differ in size (the whole photo, padded to a multiple of 32 each) -> a batch padded
+    at the bottom and the right to the largest, masks padded as background, as each photo's own padding is."""
+    height = max(item["image"].shape[-2] for item in items)
+    width = max(item["image"].shape[-1] for item in items)
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key in ("image", "mask"):
+            values = [F.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2])) for v in values]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+def read_stacked(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A stacked-channel probability mask (HxW probs8) of the photo's size (h, w)."""
+    probs8 = read_probs8(path)
+    if probs8.shape != size:
+        raise CarvanaError(f"stacked mask {path} is {probs8.shape[0]}x{probs8.shape[1]}, its photo {size[0]}x{size[1]}"
+                           " (height x width)")
+    return probs8
+
+
+def find_stacked(images: list[Path], dirs: list[str | Path]) -> list[list[Path]]:
+    """For each photo, its `<stem>.png` in every stacked directory; a missing one is reported with the count."""
+    stacked, missing = [], []
+    for image in images:
+        paths = [Path(d) / f"{image.stem}.png" for d in dirs]
+        missing += [p for p in paths if not p.exists()]
+        stacked.append(paths)
+    if missing:
+        raise CarvanaError(f"{len(missing)} stacked mask(s) missing (data.stacked_dirs), first: {missing[0]}; predict "
+                           f"them with predict.py (predict_on_val=true for training photos) or drop that directory")
+    return stacked
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -1,0 +1,86 @@
+"""Where a data set's files are and what their names mean: the photos of a folder, the mask of each photo, the group a
+photo belongs to (Carvana's car: all 16 angles of a car share a fold) and its angle."""
+
+import os
+import re
+from pathlib import Path
+
+from carvana import CarvanaError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+# Carvana's GIFs first, then PNG masks, then masks named as their photo (a folder of masks, or predict.py's output)
+MASK_PATTERNS = ("{}_mask.gif", "{}_mask.png", "{}.png", "{}.gif")
+CAR_GROUP = r"^(.+)_\d+$"  # Carvana's car id: '0cdf5b5d0ce1' of '0cdf5b5d0ce1_05'
+_ANGLE = re.compile(r"^.+_(\d+)$")
+
+
+def car_id(path: str | os.PathLike) -> str:
+    """The car of a photo in Kaggle's naming: '0cdf5b5d0ce1' for '0cdf5b5d0ce1_05.jpg'."""
+    return Path(path).stem.rsplit("_", 1)[0]
+
+
+def angle_of(path: str | os.PathLike) -> int | None:
+    """The turntable angle of a photo, 1..16: 5 for '0cdf5b5d0ce1_05.jpg'; None for a name without one."""
+    match = _ANGLE.match(Path(path).stem)
+    return int(match[1]) if match else None
+
+
+def group_pattern(regex: str | None, key: str = "data.group") -> re.Pattern:
+    """The compiled group regex (its first group names a photo's group); null: each photo is its own group."""
+    try:
+        pattern = re.compile(regex if regex is not None else r"^(.*)$")
+    except re.error as err:
+        raise CarvanaError(f"{key}={regex!r} is not a regular expression ({err})") from None
+    if pattern.groups < 1:
+        raise CarvanaError(f"{key}={regex!r} has no group: write the part that names the group in parentheses, "
+                           r"e.g. '^(.+)_\d+$'")
+    return pattern
+
+
+def group_of(path: str | os.PathLike, pattern: re.Pattern, key: str = "data.group") -> str:
+    """The group of a photo: the first group of `pattern` matched on its name without suffix."""
+    match = pattern.search(Path(path).stem)
+    if match is None or match[1] is None:
+        raise CarvanaError(f"photo {Path(path).name} does not match {key}={pattern.pattern!r}: fix the regex, or "
+                           "rename the photo")
+    return match[1]
+
+
+def list_images(directory: str | os.PathLike, key: str = "data.root") -> list[Path]:
+    """The photos of a directory, sorted; a missing or empty directory, or a name that is not valid UTF-8, is a
+    CarvanaError naming `key`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CarvanaError(f"photo directory {directory} does not exist: check {key}")
+    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                    and p.is_file())
+    if not images:
+        raise CarvanaError(f"photo directory {directory} holds no photos ({', '.join(IMAGE_SUFFIXES)}): check {key}")
+    for image in images:
+        try:
+            image.name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(image.name).decode("utf-8", errors="replace")
+            raise CarvanaError(f"photo {directory / shown} has a name that is not valid UTF-8: rename it") from None
+    return images
+
+
+def find_masks(images: list[Path], mask_dir: str | os.PathLike, key: str = "data.train_mask_dir") -> list[Path]:
+    """The mask of each photo in `mask_dir` (MASK_PATTERNS, in that order); the missing ones are reported in one
+    line with their count."""
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise CarvanaError(f"mask directory {mask_dir} does not exist: check {key}")
+    present = set(os.listdir(mask_dir))
+    masks, missing = [], []
+    for image in images:
+        found = next((name for p in MASK_PATTERNS if (name := p.format(image.stem)) in present), None)
+        masks.append(mask_dir / found if found else None)
+        if not found:
+            missing.append(image.name)
+    if missing:
+        raise CarvanaError(
+            f"{len(missing)} photo(s) have no mask in {mask_dir} (expected {MASK_PATTERNS[0].format('<name>')} or "
+            f"{MASK_PATTERNS[2].format('<name>')}), first: {', '.join(missing[:5])}; add the masks or remove the photos"
+        )
+    return masks

@@ -1,0 +1,125 @@
+"""The network: any smp architecture (or the 4th-place solution's SimpleUnet) from plain values, its pretrained weights
+and the preprocessing those weights were trained with."""
+
+import inspect
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from segmentation_models_pytorch.encoders import get_preprocessing_params
+
+from carvana import CarvanaError
+from carvana.model.simple_unet import SimpleUnet
+
+ARCHITECTURES = (*smp.MODEL_ARCHITECTURES_MAPPING, "simple_unet")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# torchvision's ImageNet statistics in 0..255 units: what a network trained from scratch is normalised with
+IMAGENET = {"name": "imagenet", "input_space": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+
+
+def is_local(weights: str | None) -> bool:
+    """Whether model.encoder_weights names a local file rather than pretrained weights to download."""
+    return weights is not None and (Path(weights).suffix in WEIGHT_SUFFIXES or "/" in weights)
+
+
+def check_encoder(name: str, weights: str | None) -> None:
+    """Refuse an unknown encoder, or pretrained weights it does not have, with the valid choices."""
+    if name.startswith("tu-"):
+        if not timm.is_model(name[3:]):
+            raise CarvanaError(f"unknown timm encoder '{name}' (model.encoder_name): see timm.list_models()")
+        if weights not in (None, "imagenet") and not is_local(weights):
+            raise CarvanaError(f"model.encoder_weights={weights}: a tu- encoder takes imagenet (its timm pretrained "
+                               "tag: tu-<model>.<tag>), null or a local weights file")
+        return
+    names = smp.encoders.get_encoder_names()
+    if name not in names:
+        raise CarvanaError(f"unknown encoder '{name}' (model.encoder_name): use encoder=resnet50 or encoder=mobilenet, "
+                           f"an smp encoder ({', '.join(names[:8])}, ...) or tu-<timm name>")
+    known = list(smp.encoders.encoders[name]["pretrained_settings"])
+    if weights is not None and not is_local(weights) and weights not in known:
+        raise CarvanaError(f"encoder {name} has no pretrained weights '{weights}' (model.encoder_weights): choose "
+                           f"{', '.join(known) or 'none'}, null, or a local weights file")
+
+
+def build_network(arch: str, encoder_name: str, encoder_weights: str | None, decoder_channels: list[int],
+                  in_channels: int) -> torch.nn.Module:
+    """An smp architecture (any of smp.create_model's) or simple_unet, 1 output channel, with its encoder's weights:
+    downloaded (imagenet, ...), none, or a local file."""
+    if arch == "simple_unet":  # the 4th-place solution's from-scratch second stage: no encoder to pretrain
+        return SimpleUnet(in_channels=in_channels, classes=1)
+    if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
+        raise CarvanaError(f"unknown model.arch '{arch}': choose one of {', '.join(ARCHITECTURES)}")
+    check_encoder(encoder_name, encoder_weights)
+    kwargs = {}
+    # decoder_channels means a list of widths to the U-Net family only (an int elsewhere): the others keep smp's own
+    param = inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[arch]).parameters.get("decoder_channels")
+    if param is not None and isinstance(param.default, (list, tuple)):
+        kwargs["decoder_channels"] = tuple(decoder_channels)
+    if arch == "dpt":  # its ViT encoders are built for 224x224 squares; Carvana's inputs are not
+        kwargs["dynamic_img_size"] = True
+    weights = None if is_local(encoder_weights) else encoder_weights
+    if weights == "imagenet" and encoder_name.startswith("tu-"):
+        weights = True  # smp's way to ask timm for the name's pretrained tag
+    try:
+        net = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights, in_channels=in_channels,
+                               classes=1, **kwargs)
+    except OSError as err:  # huggingface_hub / urllib: no network, no cache
+        raise CarvanaError(f"cannot download the {encoder_weights} weights of {encoder_name} ({type(err).__name__}): "
+                           "without a network set model.encoder_weights=null or a local weights file") from None
+    except ValueError as err:  # an architecture that does not take this encoder (e.g. dpt needs a tu- ViT)
+        raise CarvanaError(f"model.arch={arch} with model.encoder_name={encoder_name}: {err}") from None
+    if is_local(encoder_weights):
+        load_encoder_weights(net.encoder, encoder_weights)
+    return net
+
+
+def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
+    """Load a local weights file (state dict of the encoder's backbone) for clusters without internet."""
+    if not Path(path).is_file():
+        raise CarvanaError(f"model.encoder_weights={path}: no weights file at this path")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CarvanaError(f"weights file {path} lacks {len(missing)} encoder tensors (first: {missing[0]})")
+    encoder.load_state_dict({k: state[k] for k in own})
+
+
+def resolve_preprocessing(preprocessing: dict, encoder_name: str, encoder_weights: str | None) -> dict:
+    """`preprocessing=auto` -> the channel order and mean/std (0..255 units) the encoder's pretrained weights were
+    trained with: timm's pretrained_cfg for tu- encoders, smp's hub config for smp's (fetched with the weights).
+    An explicit preprocessing (imagenet, caffe, tf) is kept as it is."""
+    if preprocessing["name"] != "auto":
+        return preprocessing
+    if encoder_weights is None or encoder_name == "simple_unet":
+        return IMAGENET  # no pretrained weights: any standardisation serves
+    if is_local(encoder_weights):
+        raise CarvanaError(f"preprocessing=auto cannot tell how the weights in {encoder_weights} were trained: choose "
+                           "preprocessing=imagenet (torchvision/timm ImageNet weights), caffe or tf")
+    if encoder_name.startswith("tu-"):
+        cfg = timm.models.get_pretrained_cfg(encoder_name[3:])
+        if cfg is None:
+            raise CarvanaError(f"timm has no pretrained configuration for {encoder_name}: set preprocessing=imagenet")
+        settings = {"input_space": "RGB", "input_range": [0, 1], "mean": cfg.mean, "std": cfg.std}
+    else:
+        try:
+            settings = get_preprocessing_params(encoder_name, pretrained=encoder_weights)
+        except OSError as err:
+            raise CarvanaError(f"cannot download the preprocessing of {encoder_name}.{encoder_weights} "
+                               f"({type(err).__name__}): set preprocessing=imagenet|caffe|tf") from None
+    scale = 255.0 if max(settings.get("input_range", [0, 1])) <= 1 else 1.0
+    return {"name": f"{encoder_name}.{encoder_weights}", "input_space": settings.get("input_space", "RGB"),
+            "mean": [float(m) * scale for m in settings["mean"]], "std": [float(s) * scale for s in settings["std"]]}
+
+
+def encoder_layers_until(encoder: torch.nn.Module, last: str | None) -> list[torch.nn.Module]:
+    """The encoder's top-level layers from the first up to `last` included (model.freeze_encoder_until)."""
+    if last is None:
+        return []
+    names = [name for name, _ in encoder.named_children()]
+    if last not in names:
+        raise CarvanaError(f"model.freeze_encoder_until={last} is not a layer of this encoder: one of "
+                           f"{', '.join(names)}")
+    return list(encoder.children())[: names.index(last) + 1]

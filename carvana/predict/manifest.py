@@ -1,0 +1,148 @@
+"""A prediction folder knows what made it. predict.json holds one entry per set of settings that wrote into the folder
+(the checkpoints with the SHA-256 of their files, TTA, threshold, outputs, geometry, data root) with the photos it
+covers: the seed's stacked recipe writes the out-of-fold masks of five checkpoints and the test photos of their
+ensemble into one folder. A rerun over photos written with the same settings resumes; over photos written with other
+settings (or by nobody on record) it stops with what differs, unless overwrite=true starts those photos afresh.
+submit.py reads the threshold and the data root from it."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+from carvana import CarvanaError
+from carvana.files import atomic_path, is_temporary, remove_dead_temporaries
+from carvana.predict.shards import SHARD_PATTERN, scan_shard
+
+MANIFEST = "predict.json"
+COMPARED = ("checkpoints", "tta", "threshold", "write", "geometry")
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (a checkpoint: its weights), read in 16 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def settings(ckpts: list[Path], tta: str, threshold: float, write: list[str], geometry: list[str],
+             data_root: str) -> dict:
+    """The settings a predict.py run's outputs depend on (COMPARED), and the data root its photos come from."""
+    return {"checkpoints": [{"path": str(p), "sha256": sha256(p)} for p in ckpts], "tta": tta,
+            "threshold": threshold, "write": sorted(write), "geometry": geometry, "data_root": data_root}
+
+
+def read_manifest(directory: str | Path) -> list[dict]:
+    """The entries recorded in a prediction folder (settings and their photos), [] when it has none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CarvanaError(f"{path} is not predict.py's record ({err}): remove it, or choose another folder") from None
+
+
+def prepare(output_dir: Path, wanted: dict, images: list[Path], overwrite: bool, rank_zero: bool) -> None:
+    """Make output_dir ready for a run of the `wanted` settings over `images`; see the module's docstring. Only rank 0
+    removes and records; temporaries that killed processes of this host left are removed by every rank."""
+    remove_dead_temporaries(output_dir)
+    entries = read_manifest(output_dir)
+    names = {p.name for p in images}
+    mine = {key: wanted[key] for key in COMPARED}
+    others = [e for e in entries if {key: e["settings"].get(key) for key in COMPARED} != mine]
+    clash = {name for e in others for name in e["photos"]} & names
+    recorded = {name for e in entries for name in e["photos"]}
+    unrecorded = existing_outputs(output_dir, images) - recorded
+    if (clash or unrecorded) and not overwrite:
+        what = ("predictions of other settings (" + _difference(others, wanted) + ")") if clash else \
+            "predictions that predict.py did not record"
+        raise CarvanaError(f"output_dir={output_dir} holds {what} for {len(clash or unrecorded)} of these photos: "
+                           "start them afresh with overwrite=true, or choose another output_dir")
+    if not rank_zero:
+        return
+    remove_outputs(output_dir, [p for p in images if p.name in clash | unrecorded])
+    kept = [{**e, "photos": sorted(set(e["photos"]) - names)} for e in others]
+    same = [e for e in entries if e not in others]
+    photos = sorted(names.union(*(e["photos"] for e in same)))
+    record = [e for e in kept if e["photos"]] + [{"settings": wanted, "photos": photos}]
+    with atomic_path(output_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"entries": record}) + "\n")
+
+
+def existing_outputs(output_dir: Path, images: list[Path]) -> set[str]:
+    """The names of `images` that already have a PNG in output_dir or a row in its RLE shards."""
+    in_shards = {row.name for shard in output_dir.glob(SHARD_PATTERN) for row in scan_shard(shard)[0]}
+    return {p.name for p in images if (output_dir / f"{p.stem}.png").exists() or p.name in in_shards}
+
+
+def remove_outputs(output_dir: Path, images: list[Path]) -> None:
+    """Remove the PNGs of `images` and their rows from the RLE shards (each shard rewritten atomically)."""
+    names = {p.name for p in images}
+    for photo in images:
+        (output_dir / f"{photo.stem}.png").unlink(missing_ok=True)
+    for shard in sorted(output_dir.glob(SHARD_PATTERN)) if names else []:
+        rows, _ = scan_shard(shard)
+        if any(row.name in names for row in rows):
+            with open(shard, "rb") as f, atomic_path(shard) as tmp, open(tmp, "wb") as out:
+                out.write(f.readline())  # the header
+                for row in rows:
+                    f.seek(row.start)
+                    line = f.read(row.length)
+                    if row.name not in names:
+                        out.write(line)
+
+
+def written_names(output_dir: Path, write: list[str], images: list[Path]) -> set[str]:
+    """Photos whose every requested output is already there (a restart skips them)."""
+    done = {p.name for p in images}
+    if "png" in write:
+        done &= {p.name for p in images if (output_dir / f"{p.stem}.png").exists()}
+    if "rle" in write:
+        # a line without its newline is a half-written row of a killed run: not done
+        done &= {row.name for shard in output_dir.glob(SHARD_PATTERN) for row in scan_shard(shard)[0]}
+    return done
+
+
+class Predictions(NamedTuple):
+    """What predict.py wrote into a folder: the probability PNGs of its photos, and its RLE shards."""
+
+    pngs: list[Path]
+    shards: list[Path]
+
+
+def find_predictions(directory: str | Path, key: str = "probs_dir") -> Predictions:
+    """The predictions in `directory`: the PNGs of the photos predict.json records (every PNG when the folder has no
+    record: predictions made elsewhere), and the RLE shards; a missing folder, or none of either, is a CarvanaError
+    naming `key`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CarvanaError(f"{key}={directory} does not exist: give the output_dir of predict.py")
+    recorded = {Path(name).stem for entry in read_manifest(directory) for name in entry["photos"]}
+    pngs = sorted(p for p in directory.glob("*.png") if not is_temporary(p) and (not recorded or p.stem in recorded))
+    shards = sorted(directory.glob(SHARD_PATTERN))
+    if not pngs and not shards:
+        raise CarvanaError(f"{key}={directory} holds no predictions (neither <photo>.png probabilities nor "
+                           f"{SHARD_PATTERN} shards): run python predict.py ckpt=... output_dir={directory} first")
+    return Predictions(pngs, shards)
+
+
+def recorded_values(directories: list[str | Path], key: str) -> list:
+    """The values of a setting (threshold, data_root) recorded in prediction folders, each once, sorted by their
+    JSON text; [] when none is recorded."""
+    values = {json.dumps(e["settings"].get(key)) for d in directories for e in read_manifest(d)}
+    return [json.loads(v) for v in sorted(values)]
+
+
+def _difference(others: list[dict], wanted: dict) -> str:
+    """What differs between the recorded settings and the wanted ones, e.g. 'tta: none -> hflip'."""
+    parts = []
+    for key in COMPARED:
+        before = {json.dumps(e["settings"].get(key)) for e in others}
+        if before != {json.dumps(wanted[key])}:
+            shown = "other checkpoints or weights" if key == "checkpoints" else \
+                f"{key}: {', '.join(sorted(before))} -> {json.dumps(wanted[key])}"
+            parts.append(shown)
+    return "; ".join(parts)

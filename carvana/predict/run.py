@@ -1,0 +1,156 @@
+"""predict.py's job (conf/predict.yaml): full-size masks of a folder of photos from checkpoints alone, resumable, with
+the out-of-fold Dice table of a fold."""
+
+import glob
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from carvana import CarvanaError
+from carvana.cli import check_threshold
+from carvana.data.boxes import load_boxes
+from carvana.data.dataset import find_stacked
+from carvana.data.folds import read_folds, split
+from carvana.data.io import probs_cut, read_mask, read_probs8
+from carvana.data.layout import CAR_GROUP, angle_of, find_masks, group_of, group_pattern, list_images
+from carvana.data.photo_check import check_photos
+from carvana.files import atomic_path, check_writable_dir
+from carvana.hardware import check_accelerator, default_workers, trainer_kwargs
+from carvana.model.loading import load_models, read_checkpoint
+from carvana.model.losses import dice_per_image
+from carvana.model.tta import check_tta
+from carvana.predict.ensemble import Ensemble, PredictData, PredictDataset, batches_to_do, check_onnx_run
+from carvana.predict.manifest import prepare, settings, written_names
+from carvana.predict.writer import MaskWriter
+from carvana.progress import progress
+from carvana.slurm import check_allocation
+
+WRITES = ("png", "rle")
+
+
+def find_checkpoints(ckpt: str | list[str] | None) -> list[Path]:
+    """Checkpoint (or exported .onnx) paths from one path, a glob, or a list of either; a pattern matching nothing is
+    an error."""
+    if not ckpt:
+        raise CarvanaError("ckpt= is required: a checkpoint, a glob of checkpoints, or a list [A, B]")
+    paths = []
+    for item in [ckpt] if isinstance(ckpt, str) else list(ckpt):
+        found = sorted(glob.glob(str(item))) if glob.has_magic(str(item)) else [item]
+        if not found:
+            raise CarvanaError(f"ckpt={item} matches no checkpoint")
+        paths += [Path(p) for p in found]
+    return paths
+
+
+def check_settings(cfg: dict) -> list[str]:
+    """predict.py's keys checked before any model is read -> the outputs asked for (write as a list)."""
+    write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
+    if not write or any(w not in WRITES for w in write):
+        raise CarvanaError(f"write={cfg['write']}: choose png, rle or [png, rle]")
+    check_tta(cfg["tta"], "tta")
+    check_threshold(cfg["threshold"])
+    for key, least in (("batch_size", 1), ("writer_threads", 1), ("num_workers", 0)):
+        value = cfg[key]
+        if (value is not None or key != "num_workers") and (not isinstance(value, int) or value < least):
+            raise CarvanaError(f"{key}={value} must be an integer >= {least}")
+    check_accelerator(cfg["trainer"])
+    return write
+
+
+def dice_table(images: list[Path], probs_dir: Path, masks: list[Path], threshold: float, group: str | None
+               ) -> pd.DataFrame:
+    """Per-photo Kaggle Dice of written predictions against their masks -> DataFrame[image, group, angle, dice]."""
+    rows, pattern = [], group_pattern(group)
+    for path, mask in progress(list(zip(images, masks)), "scoring the predictions", len(images)):
+        pred = torch.from_numpy(read_probs8(probs_dir / f"{path.stem}.png") > probs_cut(threshold))
+        truth = torch.from_numpy(read_mask(mask))
+        dice = float(dice_per_image(pred[None, None], truth[None, None])[0])
+        rows.append({"image": path.name, "car": group_of(path, pattern), "angle": angle_of(path), "dice": dice})
+    return pd.DataFrame(rows)
+
+
+def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Path, trainer: pl.Trainer, writer:
+            MaskWriter, cfg: dict, write: list[str], data_root: str, bboxes: str | None) -> int:
+    """Predict the photos not yet written into output_dir -> how many were predicted now."""
+    check_onnx_run(models, trainer.world_size)  # before anything is written
+    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, [m.geometry.key for m in models], data_root)
+    prepare(output_dir, wanted, images, cfg["overwrite"], trainer.is_global_zero)
+    done = writer.skip = written_names(output_dir, write, images)
+    # the photos are checked as training checks them (a corrupt one stops the run before any work), and give their
+    # sizes: masks come out at each photo's own size, batches hold photos of one size
+    sizes = [c.size for c in progress(check_photos(images, default_workers(1)), "checking the photos", len(images))]
+    todo = batches_to_do(images, sizes, done, cfg["batch_size"])
+    if not todo:
+        return 0
+    photos = [images[i] for i in todo]
+    stacked_dirs = {tuple(m.hparams.get("data", {}).get("stacked_dirs") or []) for m in models}
+    if len(stacked_dirs) > 1:
+        raise CarvanaError(f"the checkpoints were trained on different data.stacked_dirs ({sorted(stacked_dirs)}): "
+                           f"ensemble checkpoints of one stage only")
+    dirs = list(stacked_dirs.pop())
+    dataset = PredictDataset(photos, [m.geometry for m in models], find_stacked(photos, dirs) if dirs else None,
+                             car_boxes(models, bboxes, photos))
+    workers = default_workers(trainer.num_devices) if cfg["num_workers"] is None else cfg["num_workers"]
+    data = PredictData(dataset, [sizes[i] for i in todo], cfg["batch_size"], workers)
+    trainer.predict(Ensemble(models, cfg["tta"]), datamodule=data, return_predictions=False)
+    return sum(p.name not in done for p in photos)
+
+
+def car_boxes(models: list, bboxes: str | None, images: list[Path]) -> dict | None:
+    """The photos' car boxes when a model was trained on them: from `bboxes`, else the checkpoint's data.bboxes."""
+    if not any(m.geometry.boxes for m in models):
+        return None
+    path = bboxes or next((m.hparams.get("data") or {}).get("bboxes") for m in models if m.geometry.boxes)
+    return load_boxes(path, images)
+
+
+def run(cfg: dict) -> tuple[str, int]:
+    """predict.py's job from its plain config -> (summary line for rank 0, exit status); see conf/predict.yaml."""
+    check_allocation(cfg["trainer"])
+    ckpts = find_checkpoints(cfg["ckpt"])
+    write = check_settings(cfg)
+    meta = read_checkpoint(ckpts[0], onnx=True)["hyper_parameters"].get("data") or {}
+    models = load_models(ckpts, cfg["model"])  # every file whole and of this project, before any work
+    root = Path(cfg["data"]["root"] or meta.get("root") or ".")
+    output_dir = Path(cfg["output_dir"])
+    if cfg["predict_on_val"]:
+        if "png" not in write:
+            raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
+        fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
+        folds = read_folds(cfg["data"]["folds"] or meta.get("folds"))
+        photos = list_images(root / meta.get("image_dir", "train"), "data.root")
+        images = split(photos, folds, fold, group_pattern(meta.get("group", CAR_GROUP)))[1]
+        masks = find_masks(images, root / meta.get("val_mask_dir", "train_masks"))  # before the long run starts
+    else:
+        images = list_images(cfg["input_dir"] or root / "test", "input_dir")
+    check_writable_dir(output_dir, "output_dir")
+    writer = MaskWriter(output_dir, write, cfg["threshold"], cfg["writer_threads"])
+    trainer = pl.Trainer(**trainer_kwargs(cfg["trainer"]), callbacks=[writer], logger=False,
+                         use_distributed_sampler=False)
+    count = predict(images, ckpts, models, output_dir, trainer, writer, cfg, write, str(root),
+                    cfg["data"]["bboxes"])
+    if not trainer.is_global_zero:
+        return "", 0
+    line = f"predicted={count} skipped={len(images) - count} output_dir={output_dir}"
+    if cfg["predict_on_val"]:
+        table = dice_table(images, output_dir, masks, cfg["threshold"], meta.get("group", CAR_GROUP))
+        table_path = output_dir / f"dice_fold{fold}.csv"
+        with atomic_path(table_path) as tmp:
+            table.to_csv(tmp, index=False)
+        line += f" val_dice={table.dice.mean():.4f} dice_table={table_path}"
+    return line, 0
+
+
+def main(cfg: dict) -> None:
+    """predict.py: run, print rank 0's summary line; expected errors: one line, exit status 2."""
+    try:
+        line, status = run(cfg)
+    except CarvanaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if line:
+        print(line, flush=True)
+    sys.exit(status)

@@ -1,0 +1,104 @@
+"""The writer of predict.py: each batch's probabilities come back from the device without stopping it, and threads
+write them as they come (8-bit PNGs and/or rows of this rank's RLE shard), never holding more than a few batches."""
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from carvana.data.io import probs_cut, write_probs8
+from carvana.data.rle import rle_encode
+from carvana.predict.shards import RleShardWriter
+
+
+def to_probs8(probs: torch.Tensor) -> torch.Tensor:
+    """Bx1xHxW probs in [0, 1] -> BxHxW uint8 0..255 on the CPU, rounded half to even.
+
+    On a GPU they are scaled and rounded there, and a quarter of the bytes comes back. On the CPU, one cv2 pass a
+    photo (read 10 MB, write 2.5 MB) instead of torch's three (scale, round, convert): 0.7 ms a photo instead of 1.5.
+    """
+    if probs.device.type != "cpu":
+        return probs.mul_(255).round_()[:, 0].to(torch.uint8).cpu()
+    out = np.empty((len(probs), *probs.shape[-2:]), np.uint8)
+    for photo, dst in zip(probs[:, 0].float().numpy(), out):
+        cv2.convertScaleAbs(photo, dst=dst, alpha=255.0)  # saturating, rounds half to even as torch.round does
+    return torch.from_numpy(out)
+
+
+class HostProbs8(NamedTuple):
+    """A batch's BxHxW uint8 probs8 in host memory, and the CUDA event after which they are there (None: already)."""
+
+    probs8: torch.Tensor
+    ready: torch.cuda.Event | None = None
+
+    def numpy(self) -> np.ndarray:
+        """BxHxW uint8, once the copy has landed (the writer's threads wait here, not the predict loop)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.probs8.numpy()
+
+
+def copy_probs8(probs: torch.Tensor) -> HostProbs8:
+    """to_probs8 without waiting: on a GPU the uint8 probs are copied into pinned host memory without blocking, so
+    the next batch is launched while this one comes back (.cpu() waited for the copy, every batch)."""
+    if probs.device.type != "cuda":
+        return HostProbs8(to_probs8(probs))
+    probs8 = probs.mul_(255).round_()[:, 0].to(torch.uint8)
+    host = torch.empty(probs8.shape, dtype=torch.uint8, pin_memory=True)  # torch's caching host allocator
+    host.copy_(probs8, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return HostProbs8(host, ready)
+
+
+class MaskWriter(BasePredictionWriter):
+    """Writes each batch as it comes (PNG probs8 and/or rows of this rank's RLE shard), in threads."""
+
+    def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int):
+        super().__init__(write_interval="batch")
+        self.output_dir, self.write, self.cut = Path(output_dir), write, probs_cut(threshold)
+        # photos already written, predicted again only to keep an uninterrupted run's batches
+        self.skip: set[str] = set()
+        self.pool = ThreadPoolExecutor(max(1, threads))
+        self.pending: deque[Future] = deque()
+        self.limit = 4 * max(1, threads)  # bounded: memory does not grow with the number of photos
+        self.shard: RleShardWriter | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if "rle" in self.write:
+            self.shard = RleShardWriter(self.output_dir, trainer.global_rank)
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: HostProbs8,
+                           batch_indices: list[int] | None, batch: dict, batch_idx: int, dataloader_idx: int = 0
+                           ) -> None:
+        for i, name in enumerate(batch["name"]):  # the writer threads take the arrays
+            if name in self.skip:
+                continue
+            self.pending.append(self.pool.submit(self._write_one, name, prediction, i))
+            while len(self.pending) > self.limit:
+                self._finish(self.pending.popleft())
+
+    def _write_one(self, name: str, prediction: HostProbs8, index: int) -> tuple[str, str | None]:
+        probs8 = prediction.numpy()[index]  # waits for the batch's copy from the GPU, in this thread
+        if "png" in self.write:
+            write_probs8(self.output_dir / f"{Path(name).stem}.png", probs8)
+        return name, rle_encode(probs8 > self.cut) if self.shard else None  # encoded here, in the thread
+
+    def _finish(self, future: Future) -> None:
+        name, rle = future.result()
+        if self.shard is not None:
+            self.shard.write(name, rle)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        while self.pending:
+            self._finish(self.pending.popleft())
+        if self.shard is not None:
+            self.shard.close()
+        trainer.strategy.barrier("predict-written")  # rank 0 reads every rank's files afterwards

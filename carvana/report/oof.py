@@ -1,0 +1,148 @@
+"""The out-of-fold report: per-photo, per-group (Carvana's car) and per-angle Dice, a threshold sweep, the worst
+photos drawn, as CSVs and report.html (python -m carvana.report, conf/report.yaml)."""
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from carvana import CarvanaError
+from carvana.data.io import image_size, read_image, read_mask, read_probs8, write_png
+from carvana.data.layout import CAR_GROUP, IMAGE_SUFFIXES, angle_of, find_masks, group_of, group_pattern
+from carvana.files import atomic_path
+from carvana.predict.manifest import find_predictions
+from carvana.progress import progress
+from carvana.report.html import oof_page, write_page
+from carvana.report.overlays import FN_COLOUR, FP_COLOUR, OUTLINE_COLOUR, draw_errors, draw_outline, label
+
+THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)  # 0.05 .. 0.95
+TILE_WIDTH, COLUMNS = 384, 4  # a 1918x1280 photo becomes a 384x256 tile
+
+
+def find_truths(preds: list[Path], masks_dir: Path) -> list[Path]:
+    """The true mask of each prediction in `masks_dir`, with its size checked from the file headers."""
+    truths = find_masks(preds, masks_dir, "masks_dir")
+    for pred, truth in zip(preds, truths):
+        if image_size(pred) != image_size(truth):
+            raise CarvanaError(
+                f"prediction {pred} is {'x'.join(map(str, image_size(pred)))} but its mask {truth} is "
+                f"{'x'.join(map(str, image_size(truth)))} (height x width): predict at the photos' own size"
+            )
+    return truths
+
+
+def histogram(pred_path: Path, truth_path: Path) -> np.ndarray:
+    """2x256 int64 pixel counts by predicted value 0..255: row 0 background pixels, row 1 car pixels."""
+    probs, truth = read_probs8(pred_path), read_mask(truth_path)
+    assert probs.shape == truth.shape and probs.size < 2**24, (pred_path, probs.shape, truth.shape)
+    every = cv2.calcHist([probs], [0], None, [256], [0, 256]).ravel()
+    car = cv2.calcHist([probs], [0], truth, [256], [0, 256]).ravel()
+    return np.stack([every - car, car]).astype(np.int64)  # float32 counts are exact below 2**24 pixels
+
+
+def dice_curve(hists: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Nx2x256 histograms -> NxT Dice of `probs > t * 255` per photo and threshold; two empty masks give 1."""
+    # tail[..., k]: pixels with value >= k, i.e. predicted car by every threshold with k-1 <= t * 255 < k
+    tail = np.concatenate([np.cumsum(hists[..., ::-1], axis=-1)[..., ::-1], np.zeros((*hists.shape[:2], 1), int)], -1)
+    first = np.array([(np.arange(256) <= t * 255).sum() for t in thresholds])  # smallest value above t * 255
+    tp, fp = tail[:, 1, first], tail[:, 0, first]
+    fn = hists[:, 1].sum(-1, keepdims=True) - tp
+    total = 2 * tp + fp + fn
+    return np.where(total > 0, 2 * tp / np.maximum(total, 1), 1.0)
+
+
+def tables(preds: list[Path], hists: np.ndarray, threshold: float, group: str) -> dict[str, pd.DataFrame]:
+    """per_image, per_car (Carvana's names; per_group for other groups), per_angle (Carvana's names only) and
+    thresholds tables from the photos' histograms, hardest first."""
+    pattern, unit = group_pattern(group, "group"), "car" if group == CAR_GROUP else "group"
+    per_image = pd.DataFrame({"image": [p.stem for p in preds], unit: [group_of(p, pattern, "group") for p in preds],
+                              "dice": dice_curve(hists, np.array([threshold]))[:, 0]})
+    if unit == "car":
+        per_image.insert(2, "angle", [angle_of(p) for p in preds])
+
+    def mean_by(key: str) -> pd.DataFrame:
+        table = per_image.groupby(key).dice.agg(["mean", "size"]).rename(columns={"mean": "dice", "size": "n"})
+        return table.reset_index().sort_values(["dice", key], kind="stable").reset_index(drop=True)
+
+    sweep = pd.DataFrame({"threshold": THRESHOLDS, "dice": dice_curve(hists, THRESHOLDS).mean(0)})
+    result = {"per_image": per_image, f"per_{unit}": mean_by(unit), "thresholds": sweep}
+    return {**result, "per_angle": mean_by("angle")} if unit == "car" else result
+
+
+def find_photo(images_dir: Path, stem: str) -> Path:
+    """The photo `<stem>.jpg` (or another photo suffix) in `images_dir`."""
+    if not images_dir.is_dir():
+        raise CarvanaError(f"images_dir={images_dir} does not exist: set images_dir= or data_root=, or worst=0")
+    found = [images_dir / f"{stem}{s}" for s in IMAGE_SUFFIXES if (images_dir / f"{stem}{s}").exists()]
+    if not found:
+        raise CarvanaError(f"photo {stem}.jpg is not in images_dir={images_dir}: set images_dir= or worst=0")
+    return found[0]
+
+
+def worst_tiles(names: list[str], files: dict[str, tuple[Path, Path, Path]], threshold: float) -> list[np.ndarray]:
+    """Photo names and their (prediction, mask, photo) files -> RGB tiles TILE_WIDTH wide: errors and outline drawn."""
+    tiles = []
+    for name in names:
+        pred_path, truth_path, photo_path = files[name]
+        image, truth = read_image(photo_path), read_mask(truth_path)
+        height, width = truth.shape
+        size = (round(TILE_WIDTH * height / width), TILE_WIDTH)
+        if image.shape[:2] != truth.shape:
+            raise CarvanaError(
+                f"photo {photo_path} is {image.shape[1]}x{image.shape[0]} but its mask is "
+                f"{truth.shape[1]}x{truth.shape[0]}: images_dir= is not the masks' photos"
+            )
+        pred = (read_probs8(pred_path) > threshold * 255).astype(np.uint8)
+        tile = draw_errors(image, pred, truth, size)
+        draw_outline(tile, pred)
+        tiles.append(tile)
+    return tiles
+
+
+def gallery(tiles: list[np.ndarray], captions: list[list[str]]) -> np.ndarray:
+    """Equal-size RGB tiles and their caption lines -> one RGB board of labelled tiles, COLUMNS wide."""
+    h, w = max(t.shape[0] for t in tiles), TILE_WIDTH  # photos of several sizes: a row as high as its tallest
+    columns = min(COLUMNS, len(tiles))
+    board = np.zeros((-(-len(tiles) // columns) * h, columns * w, 3), np.uint8)
+    for i, (tile, lines) in enumerate(zip(tiles, captions)):
+        r, c = divmod(i, columns)
+        cell = board[r * h : r * h + tile.shape[0], c * w : (c + 1) * w]
+        cell[:] = tile
+        label(cell, lines)
+    return board
+
+
+def write_report(probs_dir: str, output_dir: str, masks_dir: str, images_dir: str, threshold: float, worst: int,
+                 workers: int, group: str) -> dict[str, pd.DataFrame]:
+    """Write per_image/per_car/per_angle/thresholds.csv, worst.png and report.html into output_dir -> the tables."""
+    if not 0 <= threshold < 1:
+        raise CarvanaError(f"threshold={threshold}: choose a probability in [0, 1)")
+    if worst < 0:
+        raise CarvanaError(f"worst={worst}: choose a number of photos >= 0")
+    preds = find_predictions(probs_dir).pngs
+    if not preds:
+        raise CarvanaError(f"probs_dir={probs_dir} holds no <photo>.png predictions: run predict.py with write=png")
+    truths = find_truths(preds, Path(masks_dir))
+    # any photo may be among the worst: check them all before the long pass
+    photos = [find_photo(Path(images_dir), p.stem) for p in preds] if worst else []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        hists = np.stack(list(progress(pool.map(histogram, preds, truths), "scoring the photos", len(preds))))
+    result = tables(preds, hists, threshold, group)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in result.items():
+        with atomic_path(out / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    overlays = []
+    if worst:
+        rows = result["per_image"].sort_values(["dice", "image"], kind="stable").head(worst)
+        files = dict(zip(result["per_image"].image, zip(preds, truths, photos)))
+        tiles = worst_tiles(list(rows.image), files, threshold)
+        board = gallery(tiles, [[name, f"dice {dice:.4f}"] for name, dice in zip(rows.image, rows.dice)])
+        write_png(out / "worst.png", board)
+        overlays = list(zip(rows.image, rows.dice, tiles))
+    colours = {"false positive": FP_COLOUR, "false negative": FN_COLOUR, "predicted outline": OUTLINE_COLOUR}
+    write_page(out / "report.html", oof_page(result, overlays, probs_dir, threshold, colours))
+    return result

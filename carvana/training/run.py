@@ -1,0 +1,180 @@
+"""train.py's job: one fold from the composed Hydra config (conf/config.yaml): settings checked, data checked, the
+model and its data built from plain values, Lightning's Trainer run, the best checkpoint reported."""
+
+import inspect
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+from carvana import CarvanaError
+from carvana.cli import check_threshold
+from carvana.data.datamodule import SegDataModule
+from carvana.data.folds import write_folds
+from carvana.data.geometry import Geometry
+from carvana.data.transforms import augmentations
+from carvana.files import remove_dead_temporaries
+from carvana.hardware import check_accelerator, trainer_kwargs
+from carvana.model.loading import init_from, read_checkpoint
+from carvana.model.module import SegModule
+from carvana.model.network import resolve_preprocessing
+from carvana.slurm import check_allocation
+from carvana.training.callbacks import callbacks
+from carvana.training.ddp import ddp_job_scope, relaunch_job_not_sweep
+from carvana.training.loggers import build_loggers, finish_loggers
+from carvana.training.resume import AtomicCheckpointIO
+
+KAGGLE = "kaggle competitions download -c carvana-image-masking-challenge"
+MADE_FOLDS = "folds.csv"  # in the run folder: the folds made by data.group when data.folds is null
+
+
+def check_data(data: DictConfig, seed: int) -> None:
+    """The synthetic set (data=synthetic) is generated when missing; real data that is not there gets the one-line
+    hint of where it goes and how to get it. Nothing is written into a folder the user named that is not empty."""
+    root = Path(data.root)
+    if "generate" in data:
+        from carvana.synthetic import is_complete, make_dataset  # the renderer only when the demo asks for it
+
+        if not is_complete(root):
+            gen = data.generate
+            print(f"generating the synthetic Carvana set in {root} ...", flush=True)
+            make_dataset(root, gen.train_cars, gen.test_cars, (gen.height, gen.width), gen.seed)
+        if data.folds and not Path(data.folds).exists():
+            # a few cars: any stratification class would hold fewer cars than folds
+            write_folds(root / "metadata.csv", data.folds, data.n_folds, seed, stratify=None)
+        return
+    if not (root / data.image_dir).is_dir():
+        raise CarvanaError(f"no Carvana data in {root} (data.root): get it with `{KAGGLE}` and unzip train.zip, "
+                           f"train_masks.zip, test.zip and the csvs into {root}; or run the demo on the synthetic set: "
+                           "python train.py data=synthetic (or make demo)")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Values refused when the config is read, before any data is touched."""
+    check_threshold(cfg.model.threshold, "model.threshold")
+    known = inspect.signature(augmentations).parameters
+    unknown = sorted(set(cfg.data.augment) - set(known))
+    if unknown:
+        raise CarvanaError(f"unknown data.augment key {unknown[0]}: choose among {', '.join(known)}")
+    if cfg.optim.ema_decay is not None and not 0 < cfg.optim.ema_decay < 1:
+        raise CarvanaError(f"optim.ema_decay={cfg.optim.ema_decay} must lie between 0 and 1 (e.g. 0.99), or null")
+    limits = (("data.batch_size", cfg.data.batch_size, 1, int), ("data.num_workers", cfg.data.num_workers, 0, int),
+              ("checkpoint.every_minutes", cfg.checkpoint.every_minutes, 1e-3, (int, float)),
+              ("trainer.max_epochs", cfg.trainer.max_epochs, 1, int), ("data.n_folds", cfg.data.n_folds, 2, int))
+    for key, value, least, kind in limits:
+        if value is None and key == "data.num_workers":  # null: the CPUs shared by the devices
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind) or value < least:
+            raise CarvanaError(f"{key}={value} must be a number >= {least}")
+    for key in ("lr", "min_lr"):
+        value = cfg.optim[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise CarvanaError(f"optim.{key}={value} must be a learning rate > 0 (e.g. 1e-3)")
+    if cfg.optim.weight_decay < 0:
+        raise CarvanaError(f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0")
+    check_accelerator(cfg.trainer)
+
+
+def geometry_of(data: DictConfig) -> Geometry:
+    """The input mode of the data config (carvana.data.geometry)."""
+    return Geometry(_list(data.crop_size), _list(data.input_size), boxes=data.bboxes is not None)
+
+
+def build_module(cfg: DictConfig, data: dict) -> SegModule:
+    """The SegModule of a config: plain values only, so its checkpoint rebuilds it without the config; `data` is the
+    provenance the checkpoint keeps (predict.py's defaults)."""
+    m, geometry = cfg.model, geometry_of(cfg.data)
+    preprocessing = OmegaConf.to_container(cfg.preprocessing)
+    module = SegModule(
+        arch=m.arch, encoder_name=m.encoder_name, encoder_weights=m.encoder_weights,
+        decoder_channels=list(m.decoder_channels), in_channels=3 + len(cfg.data.stacked_dirs or []),
+        preprocessing=resolve_preprocessing(preprocessing, m.encoder_name, m.encoder_weights),
+        crop_size=_list(geometry.crop_size), input_size=_list(geometry.input_size), boxes=geometry.boxes,
+        loss=OmegaConf.to_container(cfg.loss), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+        scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr, plateau_patience=cfg.optim.plateau_patience,
+        cyclic=OmegaConf.to_container(cfg.optim.cyclic, resolve=True), freeze_encoder_epochs=m.freeze_encoder_epochs,
+        freeze_encoder_until=m.freeze_encoder_until, threshold=m.threshold,
+        bn_recalibration_batches=m.bn_recalibration_batches, channels_last=m.channels_last, compile=m.compile,
+        val_tta=m.val_tta, data=data,
+    )
+    if m.init_from:
+        init_from(module, m.init_from)
+    return module
+
+
+def build_datamodule(cfg: DictConfig, out_dir: Path) -> SegDataModule:
+    """The fold's data, every input checked now, before the Trainer starts other processes."""
+    d = cfg.data
+    dm = SegDataModule(
+        root=d.root, image_dir=d.image_dir, train_mask_dir=d.train_mask_dir, val_mask_dir=d.val_mask_dir,
+        folds=d.folds, fold=cfg.fold, group=d.group, n_folds=d.n_folds, geometry=geometry_of(d),
+        batch_size=d.batch_size, num_workers=d.num_workers, augment=OmegaConf.to_container(d.augment),
+        stacked_dirs=list(d.stacked_dirs or []), bboxes=d.bboxes,
+        pseudo={"dir": d.pseudo_dir, "image_dir": d.pseudo_image_dir, "ratio": d.pseudo_ratio,
+                "min_confidence": d.pseudo_min_confidence},
+        seed=cfg.seed, made_folds=out_dir / MADE_FOLDS,
+    )
+    dm.setup()
+    return dm
+
+
+def provenance(cfg: DictConfig, dm: SegDataModule) -> dict:
+    """Where the model's data came from, kept in its checkpoint: predict.py's defaults (predict_on_val, input_dir)."""
+    d = cfg.data
+    return {"root": str(d.root), "folds": str(dm.folds), "fold": cfg.fold, "image_dir": d.image_dir,
+            "val_mask_dir": d.val_mask_dir, "group": d.group, "image_size": dm.image_size,
+            "stacked_dirs": [str(s) for s in d.stacked_dirs or []],
+            "bboxes": None if d.bboxes is None else str(d.bboxes)}
+
+
+def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
+    """Train one fold; return (best val_dice, best checkpoint path, whether this process is rank 0)."""
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a key an experiment requires (???) first
+    check_settings(cfg)
+    check_allocation(cfg.trainer)
+    check_data(cfg.data, cfg.seed)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    out_dir = Path(out_dir)
+    remove_dead_temporaries(out_dir / "checkpoints")
+    # a run folder that holds a last.ckpt resumes from it: a requeued cluster job, a run started again by hand
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = cfg.ckpt_path or (str(last) if last.is_file() else None)
+    if ckpt_path:
+        read_checkpoint(ckpt_path, key="ckpt_path")  # a missing or foreign file fails here, in one line
+    dm = build_datamodule(cfg, out_dir)
+    module = build_module(cfg, provenance(cfg, dm))
+    relaunch_job_not_sweep()
+    loggers = build_loggers(OmegaConf.to_container(cfg.logger), out_dir)
+    trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), logger=loggers,
+                         callbacks=callbacks(cfg, out_dir, loggers), plugins=[AtomicCheckpointIO()],
+                         default_root_dir=out_dir, use_distributed_sampler=False)
+    if ckpt_path and trainer.is_global_zero:
+        print(f"resuming from {ckpt_path}", flush=True)
+    with ddp_job_scope():
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    finish_loggers(loggers)
+    checkpoint = trainer.checkpoint_callback
+    score = checkpoint.best_model_score
+    return (float(score) if score is not None else float("nan")), checkpoint.best_model_path, trainer.is_global_zero
+
+
+def main(cfg: DictConfig) -> float:
+    """train.py: train, print rank 0's `val_dice=... checkpoint=...` line; expected errors: one line, exit 2."""
+    try:
+        val_dice, ckpt, rank_zero = train(cfg, HydraConfig.get().runtime.output_dir)
+    except CarvanaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as err:  # a ??? an experiment requires
+        print(f"error: {str(err).splitlines()[0]}: give it on the command line", file=sys.stderr)
+        sys.exit(2)
+    if rank_zero:
+        print(f"val_dice={val_dice:.4f} checkpoint={ckpt}", flush=True)
+    return val_dice
+
+
+def _list(value: object) -> list | None:
+    return None if value is None else list(value)
