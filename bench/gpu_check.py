@@ -154,7 +154,7 @@ def run_stage(name: str, limit: float, work: Path, results: dict) -> dict:
 
 def stage_data(work: Path) -> None:
     """The synthetic set at Kaggle's size, few cars (fast), and its folds."""
-    from carvana.folds import write_folds
+    from carvana.data.folds import write_folds
     from carvana.synthetic import make_dataset
 
     start = time.perf_counter()
@@ -170,7 +170,7 @@ def stage_copy(work: Path) -> None:
     import pytorch_lightning as pl
 
     from carvana import prediction
-    from carvana.module import SegModule
+    from carvana.model.module import SegModule
 
     torch.manual_seed(0)
     module = SegModule(encoder_name="resnet50", encoder_weights=None, data={"image_size": [1280, 1918]})

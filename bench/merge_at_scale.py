@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.submit_speed import synthetic_probs
-from carvana.submission.rle import rle_encode
-from carvana.submission.shards import HEADER, RleShardWriter
-from carvana.submission.submit import make_submission
+from carvana.data.rle import rle_encode
+from carvana.predict.shards import HEADER, RleShardWriter
+from carvana.submission import make_submission
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_submission.csv"
 

@@ -23,11 +23,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from carvana.data import CarvanaDataModule
-from carvana.folds import write_folds
-from carvana.geometry import Geometry
-from carvana.module import SegModule
-from carvana.overlays import ValidationOverlays
+from carvana.data.datamodule import SegDataModule
+from carvana.data.folds import write_folds
+from carvana.data.geometry import Geometry
+from carvana.model.module import SegModule
+from carvana.training.callbacks import ValidationOverlays
 from carvana.synthetic import make_dataset
 
 REAL_FOLD_PHOTOS = 1018  # 5,088 photos in 5 folds
@@ -59,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # two folds of `cars` cars: fold 0 validates
         root = make_dataset(Path(tmp) / "data", train_cars=2 * cars, test_cars=0, seed=0)
         write_folds(root / "metadata.csv", root / "folds.csv", n_folds=2, stratify=None)
-        dm = CarvanaDataModule(root, root / "folds.csv", fold=0, geometry=Geometry(input_size=args.size), batch_size=4,
+        dm = SegDataModule(root, root / "folds.csv", fold=0, geometry=Geometry(input_size=args.size), batch_size=4,
                                num_workers=2)
         module = SegModule(encoder_weights=None, input_size=args.size)
         overlays, clock = ValidationOverlays(args.images), Clock()

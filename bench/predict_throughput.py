@@ -11,7 +11,7 @@
    throughput of a long run, and `e2e_vs_forward` compares that with the forward. The whole-call ratio of the
    N-photo run (`whole_call_vs_forward`) is printed too.
 2. forward: photos/s of Ensemble.probs on the same photos already in memory as the loader gives them (decoded and
-   resized to the network's input by PhotoDataset, batched, on the device), up to the full-size probabilities; the
+   resized to the network's input by PredictDataset, batched, on the device), up to the full-size probabilities; the
    same checkpoint, batch size and torch threads: the most the pipeline could reach.
 They are run once untimed first (warm-up), then timed in rounds of the three, one after the other, ROUNDS times. Each
 round gives its own ratio from its own three times, and the median of those ratios is the result: this machine's
@@ -50,13 +50,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from carvana.data import list_images
+from carvana.data.layout import list_images
 from carvana.hardware import default_workers
-from carvana.io import read_image, read_probs8, write_probs8
-from carvana.module import SegModule, load_module
-from carvana.prediction import Ensemble, PhotoDataset, predict
-from carvana.submission.rle import rle_decode, rle_encode
-from carvana.submission.shards import format_row
+from carvana.data.io import read_image, read_probs8, write_probs8
+from carvana.model.module import SegModule
+from carvana.model.loading import load_module
+from carvana.predict.ensemble import Ensemble, PredictDataset
+from carvana.predict.run import predict
+from carvana.data.rle import rle_decode, rle_encode
+from carvana.predict.shards import format_row
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TEST = ROOT.parent / "shared" / "data" / "real" / "test"
@@ -167,7 +169,8 @@ def compare_switches(args: argparse.Namespace, ckpt: Path, tmp: Path, photos: li
     if args.compile:
         variants["compile_vs_default"] = load_module(ckpt, {"compile": True})
     if args.runtime == "onnx":
-        from carvana.export import OnnxModel, export
+        from carvana.model.onnx import OnnxModel
+        from carvana.export import export
 
         figures = export(ckpt, tmp / "bench.onnx", photos[0])
         print(f"onnx: exported, parity on {figures['photo'].name}: max_prob_diff={figures['max_prob_diff']:.2e} "
@@ -248,7 +251,7 @@ def main() -> None:
         model = load_module(ckpt)
         ensemble = Ensemble([model]).to(device).eval()
         input_size, key = model.hparams.input_size, model.geometry.key
-        dataset = PhotoDataset(photos, SIZE, [model.geometry])
+        dataset = PredictDataset(photos, SIZE, [model.geometry])
         images = torch.stack([dataset[i]["inputs"][key] for i in range(len(photos))]).to(device)
         batches = [{key: chunk} for chunk in images.split(args.batch_size)]
         autocast = torch.autocast(

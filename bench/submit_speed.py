@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from carvana.io import write_probs8
-from carvana.submission.rle import rle_encode
-from carvana.submission.shards import RleShardWriter
-from carvana.submission.submit import make_submission
+from carvana.data.io import write_probs8
+from carvana.data.rle import rle_encode
+from carvana.predict.shards import RleShardWriter
+from carvana.submission import make_submission
 
 H, W = 1280, 1918
 DISTINCT = 16  # distinct synthetic cars, cycled over the N files

@@ -8,7 +8,7 @@
    zero_grad/backward/step): same initial weights, same batches, same threads, same steps, the first WARMUP steps
    untimed. Both read the same pre-loaded, pre-collated in-memory batches, so the loops are compared, not the
    loading. The two alternate (plain, Lightning, plain, ...); the best round of each gives the ratio.
-2. images/s of one data-loading worker (in-process) on 1918x1280 photos: CarvanaDataset.__getitem__ (JPEG decode,
+2. images/s of one data-loading worker (in-process) on 1918x1280 photos: SegDataset.__getitem__ (JPEG decode,
    GIF mask, the train transform with its augmentations) against carvana.io.read_image alone on the same files.
 
 The last line is `lightning_vs_plain=<ratio> loader_vs_decode=<ratio>` (the loader in the default crop mode).
@@ -34,11 +34,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from carvana.data import CarvanaDataset, find_masks, list_images
-from carvana.geometry import Geometry
-from carvana.io import read_image, read_mask
-from carvana.module import SegModule
-from carvana.transforms import train_transform
+from carvana.data.dataset import SegDataset
+from carvana.data.layout import find_masks, list_images
+from carvana.data.geometry import Geometry
+from carvana.data.io import read_image, read_mask
+from carvana.model.module import SegModule
+from carvana.data.transforms import train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"  # 16 Kaggle photos: real JPEG content decodes at the real speed
@@ -77,7 +78,7 @@ class Batches(Dataset):
 def preload(images: list[Path], masks: list[Path], size: list[int], batch_size: int, steps: int) -> DataLoader:
     """`steps` batches of Bx3xHxW uint8 photos and Bx1xHxW masks resized to `size`, decoded once, cycling the photos."""
     no_augment = {"hflip": 0.0, "affine": 0.0, "shift_limit": 0.0, "scale_limit": 0.0, "color": 0.0}
-    dataset = CarvanaDataset(images, masks, transform=train_transform(Geometry(input_size=size), no_augment))
+    dataset = SegDataset(images, masks, transform=train_transform(Geometry(input_size=size), no_augment))
     items = [dataset[i] for i in range(len(dataset))]
     batches = []
     for step in range(steps):
@@ -201,13 +202,13 @@ def pipeline_rates(images: list[Path], masks: list[Path]) -> dict[str, float]:
     variants = {  # the first is the reference, the third gives loader_vs_decode
         "JPEG decode only: carvana.io.read_image": lambda i: read_image(images[i]),
         "GIF mask only: carvana.io.read_mask": lambda i: read_mask(masks[i]),
-        f"CarvanaDataset, crop {crop[0]}x{crop[1]} + augment (default)": CarvanaDataset(
+        f"SegDataset, crop {crop[0]}x{crop[1]} + augment (default)": SegDataset(
             images, masks, transform=train_transform(Geometry(crop_size=crop), augment)
         ).__getitem__,
-        f"CarvanaDataset, resize {resize[0]}x{resize[1]} + augment": CarvanaDataset(
+        f"SegDataset, resize {resize[0]}x{resize[1]} + augment": SegDataset(
             images, masks, transform=train_transform(Geometry(input_size=resize), augment)
         ).__getitem__,
-        "CarvanaDataset, no transform (validation)": CarvanaDataset(images, masks).__getitem__,
+        "SegDataset, no transform (validation)": SegDataset(images, masks).__getitem__,
     }
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(PIPELINE_PASSES):

@@ -54,7 +54,7 @@ def compose(name: str, words: list[str], renamed: dict[str, str] | None = None) 
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = hydra_compose(config_name=name, overrides=words)
     except HydraException as err:
-        unknown = re.search(r"Key '([^']+)' is not in struct", str(err))
+        unknown = re.search(r"Key '([^']+)' is not in struct", f"{err} {err.__cause__}")
         if unknown:
             keys = ", ".join(k for k in defaults if k not in ("defaults", "hydra"))
             raise CarvanaError(f"unknown key '{unknown[1]}': choose from {keys} (see --help)") from None
@@ -160,7 +160,7 @@ def describe(path: Path, prefix: str = "") -> list[str]:
                 continue
             dotted = ".".join([*keys, str(key)])
             if isinstance(value, dict) and value:
-                if dotted in notes and notes[dotted]:
+                if notes.get(dotted):
                     out.append(f"  {'.'.join(filter(None, [prefix, dotted]))}.*  {notes[dotted]}")
                 walk(value, [*keys, str(key)])
                 continue

@@ -25,12 +25,37 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def carvana_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Carvana-layout set (3 training cars x 16 photos of 64x96, 1 test car) with its folds.csv (3 folds)."""
-    from carvana.folds import write_folds
+    from carvana.data.folds import write_folds
     from carvana.synthetic import make_dataset
 
     root = make_dataset(tmp_path_factory.mktemp("carvana") / "data", train_cars=3, test_cars=1, size=TINY_SIZE, seed=0)
-    write_folds(root / "metadata.csv", root / "folds.csv", n_folds=3, stratify=None)
+    write_folds(root / "metadata.csv", root / "folds.csv", n_folds=3, seed=80, stratify=None)
     return root
+
+
+def compose_train(*overrides: str) -> "DictConfig":  # noqa: F821
+    """conf/config.yaml composed with `overrides` as train.py composes it (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def augment(**probabilities: float) -> dict:
+    """data.augment of conf/data/carvana.yaml, with `probabilities` changed (e.g. hflip=0, affine=0, color=0)."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "carvana.yaml").augment)
+    return {**defaults, **probabilities}
+
+
+def tiny_module(**hparams: object) -> "SegModule":  # noqa: F821
+    """A SegModule of the real config's defaults (no pretrained weights), `hparams` overriding its arguments."""
+    from carvana.model.module import SegModule
+    from carvana.training.run import module_kwargs
+
+    kwargs = module_kwargs(compose_train("model.encoder_weights=null", "data.crop_size=null"), {})
+    return SegModule(**{**kwargs, **hparams})
 
 
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
@@ -104,15 +129,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def write_checkpoint(path: Path, seed: int = 0, **hparams: object) -> Path:
-    """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters) of SegModule(**hparams), random
-    weights from `seed`: for tests that need a model's file, not its training."""
+    """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters) of tiny_module(**hparams),
+    random weights from `seed`: for tests that need a model's file, not its training."""
     import pytorch_lightning as pl
     import torch
 
-    from carvana.module import SegModule
-
     torch.manual_seed(seed)
-    module = SegModule(**{"encoder_weights": None, "data": {}, **hparams})
+    module = tiny_module(**hparams)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": pl.__version__}, path)
     return path
+
+
+def submission(sample_csv: Path, output: Path, **settings: object) -> Path:
+    """make_submission with conf/submit.yaml's defaults and `settings` (e.g. probs_dir=, height=, width=)."""
+    from carvana.cli import compose
+    from carvana.submission import make_submission
+
+    return make_submission(**{**compose("submit", []), "sample_csv": sample_csv, "output": output, **settings})

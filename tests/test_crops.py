@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from carvana import CarvanaError
-from carvana.crops import bbox_for, car_bbox, main, read_bboxes, write_bboxes
-from carvana.geometry import cut_box
-from carvana.io import read_mask, write_probs8
+from carvana.crops import main
+from carvana.data.boxes import car_bbox, cut_box, load_boxes, read_bboxes, write_bboxes
+from carvana.data.io import read_mask, write_probs8
 from tests.conftest import run_module
 
 FULL = (1280, 1918)
@@ -61,7 +61,7 @@ def test_clipped_at_the_border_of_a_non_square_photo():
 def test_car_wider_than_any_multiple_window_gets_the_whole_side():
     mask = np.zeros(FULL, np.uint8)
     mask[500:700, 10:1910] = 1  # 1900 wide: no multiple of 32 <= 1918 holds it
-    y0, y1, x0, x1 = car_bbox(mask)
+    y0, y1, x0, x1 = car_bbox(mask, margin=32, multiple=32)
     assert (x0, x1) == (0, 1918)
     assert (y1 - y0) % 32 == 0 and contains((y0, y1, x0, x1), 468, 732, 10, 1910)
 
@@ -69,12 +69,12 @@ def test_car_wider_than_any_multiple_window_gets_the_whole_side():
 def test_margin_gives_way_before_the_car():
     mask = np.zeros(FULL, np.uint8)
     mask[500:700, 20:1880] = 1  # 1860 + 64 > 1888 = 59 * 32, the widest multiple window
-    y0, y1, x0, x1 = car_bbox(mask)
+    y0, y1, x0, x1 = car_bbox(mask, margin=32, multiple=32)
     assert x1 - x0 == 1888 and contains((y0, y1, x0, x1), 500, 700, 20, 1880)
 
 
 def test_empty_mask_gives_the_whole_photo():
-    assert car_bbox(np.zeros(FULL, np.uint8)) == (0, 1280, 0, 1918)
+    assert car_bbox(np.zeros(FULL, np.uint8), margin=32, multiple=32) == (0, 1280, 0, 1918)
 
 
 def test_random_boxes_hold_the_car_and_stay_inside():
@@ -99,7 +99,7 @@ def test_random_boxes_hold_the_car_and_stay_inside():
 def test_real_masks_give_multiple_boxes_around_the_car(shared_data: Path):
     for path in sorted((shared_data / "real" / "train_masks").glob("*.gif"))[:4]:
         mask = read_mask(path)
-        box = car_bbox(mask)
+        box = car_bbox(mask, margin=32, multiple=32)
         ys, xs = np.nonzero(mask)
         assert box[1] - box[0] < 1280 and (box[1] - box[0]) % 32 == 0 and (box[3] - box[2]) % 32 == 0
         # the largest component is nearly the whole car: few mask pixels fall outside the box
@@ -110,7 +110,7 @@ def test_real_masks_give_multiple_boxes_around_the_car(shared_data: Path):
 
 
 def test_box_cut_at_full_size():
-    """Cutting a box out (carvana.geometry.cut_box, what training and prediction do with bboxes.csv) at 1918x1280."""
+    """Cutting a box out (carvana.data.boxes.cut_box, what training and prediction do with bboxes.csv) at 1918x1280."""
     rng = np.random.default_rng(1)
     box = (96, 1024, 1030, 1918)
     image = rng.integers(0, 256, size=(*FULL, 3), dtype=np.uint8)
@@ -126,7 +126,7 @@ def test_write_read_bboxes_round_trip(tmp_path: Path):
     car[40:60, 50:90] = 255
     write_probs8(preds / "aaa_01.png", car)
     write_probs8(preds / "aaa_02.png", np.zeros((128, 192), np.uint8))
-    table = write_bboxes(preds, tmp_path / "bboxes.csv", margin=8, multiple=32)
+    table = write_bboxes(preds, tmp_path / "bboxes.csv", threshold=0.5, margin=8, multiple=32, workers=2)
     assert list(table.columns) == ["img", "y_start", "y_end", "x_start", "x_end"]
     on_disk = pd.read_csv(tmp_path / "bboxes.csv")
     pd.testing.assert_frame_equal(on_disk, table)
@@ -142,10 +142,9 @@ def test_missing_row_names_the_file(tmp_path: Path):
     pd.DataFrame([["aaa_01.jpg", 0, 32, 0, 64]], columns=["img", "y_start", "y_end", "x_start", "x_end"]).to_csv(
         path, index=False
     )
-    boxes = read_bboxes(path)
-    assert bbox_for(boxes, "aaa_01.jpg", path) == (0, 32, 0, 64)
-    with pytest.raises(CarvanaError, match=f"bboxes.csv {path} has no row for aaa_02.jpg: "):
-        bbox_for(boxes, "aaa_02.jpg", path)
+    assert load_boxes(path, [Path("aaa_01.jpg")]) == {"aaa_01.jpg": (0, 32, 0, 64)}
+    with pytest.raises(CarvanaError, match=f"bboxes.csv {path} has no row for 1 photo\\(s\\), first: aaa_02.jpg: "):
+        load_boxes(path, [Path("aaa_01.jpg"), Path("aaa_02.jpg")])
 
 
 def test_read_bboxes_refuses_missing_file_and_columns(tmp_path: Path):
@@ -158,15 +157,25 @@ def test_read_bboxes_refuses_missing_file_and_columns(tmp_path: Path):
 
 def test_cli_writes_bboxes(tmp_path: Path, capsys: pytest.CaptureFixture):
     write_probs8(tmp_path / "aaa_01.png", np.full((64, 96), 255, np.uint8))
-    main([f"pred_dir={tmp_path}", f"out={tmp_path / 'b.csv'}", "margin=0"])
+    main([f"probs_dir={tmp_path}", f"output={tmp_path / 'b.csv'}", "margin=0"])
     lines = capsys.readouterr().out.splitlines()  # after the progress lines
     assert lines[-2:] == ["boxes=1 mean_box=64x96 max_box=64x96", str(tmp_path / "b.csv")]
     assert read_bboxes(tmp_path / "b.csv") == {"aaa_01.jpg": (0, 64, 0, 96)}
 
 
 def test_cli_error_exits_2_in_one_line(tmp_path: Path):
-    proc = run_module("carvana.crops", f"pred_dir={tmp_path / 'nope'}", "out=b.csv")
+    proc = run_module("carvana.crops", f"probs_dir={tmp_path / 'nope'}", "output=b.csv")
     assert proc.returncode == 2
-    expected = f"error: pred_dir {tmp_path / 'nope'} is not a directory: give the first stage's PNG predictions"
+    expected = f"error: probs_dir={tmp_path / 'nope'} is not a directory: give the first stage's PNG predictions"
     assert proc.stderr.strip().splitlines() == [expected]
+
+
+def test_cli_old_keys_work_for_a_release_with_a_notice(tmp_path: Path):
+    """pred_dir= and out= were renamed probs_dir= and output=: they still work, with one warning line each."""
+    write_probs8(tmp_path / "aaa_01.png", np.full((64, 96), 255, np.uint8))
+    proc = run_module("carvana.crops", f"pred_dir={tmp_path}", f"out={tmp_path / 'b.csv'}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["warning: pred_dir= is now probs_dir= (pred_dir= goes in the next release)",
+                                        "warning: out= is now output= (out= goes in the next release)"]
+    assert read_bboxes(tmp_path / "b.csv") == {"aaa_01.jpg": (0, 64, 0, 96)}
     assert "Traceback" not in proc.stderr + proc.stdout

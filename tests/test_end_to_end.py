@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, TINY_SIZE, result_of, run_train, train_args
 
-from carvana.io import read_probs8
-from carvana.submission.rle import rle_decode
+from carvana.data.io import read_probs8
+from carvana.data.rle import rle_decode
 
 
 def run_together(*commands: list[str], timeout: float = 300) -> list[subprocess.CompletedProcess]:

@@ -15,10 +15,11 @@ import torch
 from conftest import REPO, write_checkpoint
 from test_predict import max_diff, predict_args, predict_here, shard_rows
 
-from carvana.export import MAX_MASK_DIFF, MAX_PROB_DIFF, METADATA_KEY, main
-from carvana.io import read_probs8, write_image
-from carvana.module import load_module, read_checkpoint
-from carvana.submission.rle import rle_decode
+from carvana.data.io import read_probs8, write_image
+from carvana.data.rle import rle_decode
+from carvana.export import MAX_MASK_DIFF, MAX_PROB_DIFF, main
+from carvana.model.loading import load_module, read_checkpoint
+from carvana.model.onnx import METADATA_KEY
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
 FIGURES = re.compile(r"max_prob_diff=(?P<prob>\S+) \(limit [^)]+\) mask_diff_share=(?P<mask>\S+) \(limit")

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from carvana import CarvanaError
-from carvana.folds import make_folds, write_folds
-from carvana.io import car_id
+from carvana.data.folds import make_folds, write_folds
+from carvana.data.layout import car_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def train_cars(metadata: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def folds(metadata: pd.DataFrame) -> pd.DataFrame:
-    return make_folds(metadata)
+    return make_folds(metadata, 5, 80, "stratifeature")
 
 
 def test_every_train_car_exactly_once(folds: pd.DataFrame, train_cars: pd.DataFrame):
@@ -51,8 +51,8 @@ def test_stratifeature_spread_over_folds(folds: pd.DataFrame, train_cars: pd.Dat
 
 
 def test_deterministic(metadata: pd.DataFrame, folds: pd.DataFrame):
-    pd.testing.assert_frame_equal(make_folds(metadata), folds)
-    assert not make_folds(metadata, seed=1)["fold"].equals(folds["fold"])
+    pd.testing.assert_frame_equal(make_folds(metadata, 5, 80, "stratifeature"), folds)
+    assert not make_folds(metadata, 5, 1, "stratifeature")["fold"].equals(folds["fold"])
 
 
 def test_equal_to_the_committed_folds_csv(folds: pd.DataFrame):
@@ -75,33 +75,33 @@ def test_photos_of_one_car_share_a_fold(folds: pd.DataFrame, shared_data: Path):
 
 
 def test_kfold_without_stratification(metadata: pd.DataFrame, tmp_path: Path, shared_data: Path):
-    folds = make_folds(metadata, n_folds=3, stratify=None)
+    folds = make_folds(metadata, n_folds=3, seed=80, stratify=None)
     assert len(folds) == 318 and folds["id"].is_unique
     assert folds["fold"].value_counts().sort_index().tolist() == [106, 106, 106]
     out = tmp_path / "folds.csv"
-    written = write_folds(shared_data / "metadata.csv", out, n_folds=3, stratify=None)
+    written = write_folds(shared_data / "metadata.csv", out, n_folds=3, seed=80, stratify=None)
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"id": str}), written)
     pd.testing.assert_frame_equal(written, folds)
 
 
 def test_bad_stratify_column(metadata: pd.DataFrame):
     with pytest.raises(CarvanaError, match="nosuchcolumn"):
-        make_folds(metadata, stratify="nosuchcolumn")
+        make_folds(metadata, 5, 80, stratify="nosuchcolumn")
 
 
 def test_stratify_classes_smaller_than_the_folds(metadata: pd.DataFrame):
     small = metadata[metadata["train"].astype(str).str.upper() == "TRUE"].head(8).copy()
     small["stratifeature"] = ["a", "a", "b", "b", "c", "c", "d", "d"]
     with pytest.raises(CarvanaError, match="stratifeature"):
-        make_folds(small, n_folds=5)
+        make_folds(small, 5, 80, "stratifeature")
 
 
 def test_too_few_cars(metadata: pd.DataFrame):
     with pytest.raises(CarvanaError, match="folds"):
-        make_folds(metadata.head(3).assign(train=True), n_folds=5)
+        make_folds(metadata.head(3).assign(train=True), 5, 80, "stratifeature")
 
 
 def test_missing_metadata_file(tmp_path: Path):
     with pytest.raises(CarvanaError, match="nothere.csv"):
-        write_folds(tmp_path / "nothere.csv", tmp_path / "folds.csv")
+        write_folds(tmp_path / "nothere.csv", tmp_path / "folds.csv", 5, 80, "stratifeature")
     assert not (tmp_path / "folds.csv").exists()

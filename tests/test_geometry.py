@@ -3,15 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from conftest import augment
 
 from carvana import CarvanaError
-from carvana.data import AugmentSampler, CarvanaDataset
-from carvana.geometry import OUTSIDE_BOX, Geometry, cut_box, padded_size
-from carvana.io import read_image, write_image, write_mask_gif, write_probs8
-from carvana.transforms import train_transform
+from carvana.data.boxes import cut_box
+from carvana.data.dataset import AugmentSampler, SegDataset
+from carvana.data.geometry import OUTSIDE_BOX, Geometry, padded_size
+from carvana.data.io import read_image, write_image, write_mask_gif, write_probs8
+from carvana.data.transforms import train_transform
 
-NO_AUGMENT = {"hflip": 0.0, "affine": 0.0, "shift_limit": 0.0625, "scale_limit": 0.1, "color": 0.0}
-FULL_AUGMENT = {"hflip": 1.0, "affine": 1.0, "shift_limit": 0.0625, "scale_limit": 0.1, "color": 1.0}
+NO_AUGMENT = augment(hflip=0.0, affine=0.0, color=0.0)
+FULL_AUGMENT = augment(hflip=1.0, affine=1.0, color=1.0)
 
 
 def photo(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +143,7 @@ def test_validation_items_keep_the_mask_and_size_at_full_resolution(tmp_path):
     write_image(tmp_path / "car_01.jpg", image)
     write_mask_gif(tmp_path / "car_01_mask.gif", mask)
     write_probs8(tmp_path / "car_01.png", np.full((128, 190), 200, np.uint8))
-    item = CarvanaDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"], Geometry(input_size=[32, 64]),
+    item = SegDataset([tmp_path / "car_01.jpg"], [tmp_path / "car_01_mask.gif"], Geometry(input_size=[32, 64]),
                           stacked=[[tmp_path / "car_01.png"]])[0]
     expected = Geometry(input_size=[32, 64]).to_input(read_image(tmp_path / "car_01.jpg"))[0]
     np.testing.assert_array_equal(item["image"][:3].permute(1, 2, 0).numpy(), expected)
@@ -159,7 +161,8 @@ def test_augmentations_are_a_function_of_seed_epoch_and_index(tmp_path):
     write_image(tmp_path / "car_01.jpg", image)
     write_mask_gif(tmp_path / "car_01_mask.gif", mask)
     transform = train_transform(Geometry(crop_size=[32, 32]), FULL_AUGMENT)
-    dataset = CarvanaDataset([tmp_path / "car_01.jpg"] * 4, [tmp_path / "car_01_mask.gif"] * 4, transform=transform)
+    dataset = SegDataset([tmp_path / "car_01.jpg"] * 4, [tmp_path / "car_01_mask.gif"] * 4, Geometry(crop_size=[32, 32]),
+                         transform=transform)
 
     def epoch(step: int, workers: int) -> list[np.ndarray]:
         sampler = AugmentSampler(dataset, 1, 0, seed=80, step=lambda: step)

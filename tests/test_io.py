@@ -1,4 +1,4 @@
-"""carvana.io against the real Carvana files: palette GIF masks, RGB photos, truncated JPEGs, atomic writes."""
+"""carvana.data.io and the photo check against the real Carvana files: palette GIF masks, RGB photos, truncated JPEGs, atomic writes."""
 
 import subprocess
 import sys
@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from carvana import CarvanaError
-from carvana.io import atomic_path, check_photos, probs_cut, read_image, read_mask, write_mask_gif
+from carvana.data.dataset import SegDataset
+from carvana.data.geometry import Geometry
+from carvana.data.io import probs_cut, read_image, read_mask, write_mask_gif
+from carvana.data.photo_check import check_photos
+from carvana.files import atomic_path
 from tests.conftest import REPO
 
 CAR = "0cdf5b5d0ce1"
@@ -73,13 +77,15 @@ def test_read_image_test_photo(real: Path):
 
 
 def test_a_prediction_serving_as_labels_is_cut_at_one_half(tmp_path: Path):
-    """`<photo>.png` is predict.py's naming: probabilities (pseudo-labels) are cut at 0.5."""
+    """Pseudo-labels are predict.py's probabilities, cut at 0.5; the same file given as a mask is refused as soft."""
     probs = np.array([[0, 127, 128, 255], [1, 126, 200, 130], [0, 0, 0, 0]], dtype=np.uint8)
     path = tmp_path / "car_01.png"
     assert cv2.imwrite(str(path), probs)
-    mask = read_mask(path)
+    mask = SegDataset([], None, Geometry(), soft_masks=[path]).read_mask(path)
     assert mask.dtype == np.uint8 and mask.shape == (3, 4)
     np.testing.assert_array_equal(mask, (probs > 127).astype(np.uint8))
+    with pytest.raises(CarvanaError, match="grey levels 1, 126, 127, 128, ..."):
+        read_mask(path)
 
 
 @pytest.mark.parametrize("top", [1, 255])
@@ -99,8 +105,18 @@ def test_masks_are_read_by_their_values(tmp_path: Path, name: str, top: int):
 def test_a_soft_mask_is_refused_by_name(tmp_path: Path):
     path = tmp_path / "car_01_mask.png"
     assert cv2.imwrite(str(path), np.array([[0, 255, 128]], np.uint8))
-    with pytest.raises(CarvanaError, match="car_01_mask.png.*0/1 or 0/255"):
+    with pytest.raises(CarvanaError, match="car_01_mask.png is not black and white: it has grey levels 128 "):
         read_mask(path)
+
+
+def test_a_gif_whose_palette_lists_white_first_reads_as_it_looks(tmp_path: Path):
+    """Indices 0 = white, 1 = black: every viewer shows the car white, so the car is where the index is 0."""
+    truth = np.zeros((32, 48), np.uint8)
+    truth[5:20, 7:30] = 1
+    img = Image.fromarray((1 - truth).astype(np.uint8), mode="P")
+    img.putpalette([255, 255, 255, 0, 0, 0] + [0, 0, 0] * 254)
+    img.save(tmp_path / "car_01_mask.gif")
+    np.testing.assert_array_equal(read_mask(tmp_path / "car_01_mask.gif"), truth)
 
 
 def test_truncated_jpeg_raises_naming_the_file(real: Path, tmp_path: Path):
@@ -168,7 +184,9 @@ def test_probs_cut_is_the_float_threshold(threshold: float):
 
 def test_check_photos_gives_the_sizes_in_order_and_names_the_first_bad_photo(real: Path, tmp_path: Path):
     photos = sorted((real / "train").glob("*.jpg"))[:5] + sorted((real / "test").glob("*.jpg"))[:3]
-    assert list(check_photos(photos, workers=3)) == [Image.open(p).size for p in photos]
+    checked = list(check_photos(photos, workers=3))
+    assert [c.size for c in checked] == [Image.open(p).size[::-1] for p in photos]  # (height, width)
+    assert checked[0].size == (1280, 1918) and {c.car for c in checked} == {None}
     garbled = tmp_path / "garbled.jpg"
     data = bytearray(photos[0].read_bytes())
     data[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)  # image data zeroed: libjpeg only warns
@@ -180,9 +198,38 @@ def test_check_photos_gives_the_sizes_in_order_and_names_the_first_bad_photo(rea
 def test_check_photos_from_a_script_without_a_main_guard_runs_it_once(real: Path, tmp_path: Path):
     """Its workers are fresh interpreters: multiprocessing's spawn would import the calling script again in each."""
     script = tmp_path / "check.py"
-    script.write_text("from pathlib import Path\nfrom carvana.io import check_photos\nprint('ran')\n"
+    script.write_text("from pathlib import Path\nfrom carvana.data.photo_check import check_photos\nprint('ran')\n"
                       f"print(len(list(check_photos(sorted(Path({str(real / 'train')!r}).glob('*.jpg')), 2))))\n")
     proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ran", "16"]
+
+
+def test_check_photos_reads_every_mask_by_its_values_and_size(real: Path, tmp_path: Path):
+    """Each photo's mask is read in the same pass: its car or none, a soft one and one of another size refused."""
+    photos = sorted((real / "train").glob("*.jpg"))[:3]
+    masks = [real / "train_masks" / f"{p.stem}_mask.gif" for p in photos]
+    empty = tmp_path / "empty_mask.gif"
+    write_mask_gif(empty, np.zeros((1280, 1918), np.uint8))
+    assert [c.car for c in check_photos(photos, 2, [*masks[:2], empty])] == [True, True, False]
+    soft = tmp_path / "soft_mask.png"
+    grey = read_mask(masks[0]) * 255
+    grey[600, 900] = 128
+    assert cv2.imwrite(str(soft), grey)
+    with pytest.raises(CarvanaError, match=r"soft_mask\.png is not black and white: it has grey levels 128"):
+        list(check_photos(photos[:2], 1, [masks[0], soft]))
+    small = tmp_path / "small_mask.gif"
+    write_mask_gif(small, np.zeros((1280, 1916), np.uint8))
+    with pytest.raises(CarvanaError, match=r"is 1280x1918 but its mask .*small_mask\.gif is 1280x1916 \(height x width"):
+        list(check_photos(photos[:1], 1, [small]))
+
+
+def test_a_png_named_jpg_is_read_as_the_png_it_is(tmp_path: Path):
+    """The file's own bytes say what it is: a PNG named .jpg is no truncated JPEG."""
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)
+    path = tmp_path / "car_01.jpg"
+    assert cv2.imwrite(str(tmp_path / "car_01.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    (tmp_path / "car_01.png").rename(path)
+    np.testing.assert_array_equal(read_image(path), image)
+    assert [c.size for c in check_photos([path])] == [(64, 96)]

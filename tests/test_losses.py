@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from carvana import CarvanaError
-from carvana.losses import LOSSES, border_band, border_dice, border_weights, build_loss
+from carvana.model.losses import LOSSES, border_band, border_dice, border_weights, build_loss
 
 LOSS_CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
 
@@ -65,7 +65,9 @@ def batch() -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(name: str, logits: np.ndarray, mask: np.ndarray, **kwargs: float) -> float:
-    return build_loss(name, **kwargs)(as_tensor(*logits), as_tensor(*mask)).item()
+    """The loss of conf/loss/<name>.yaml (its arguments, `kwargs` changing them) on logits and masks."""
+    cfg = {**OmegaConf.to_container(OmegaConf.load(LOSS_CONF / f"{name}.yaml")), **kwargs}
+    return build_loss(**cfg)(as_tensor(*logits), as_tensor(*mask)).item()
 
 
 def test_bce_dice_bce_and_dice(batch: tuple[np.ndarray, np.ndarray]) -> None:
@@ -177,7 +179,9 @@ def test_unknown_name_or_argument_lists_the_valid_ones() -> None:
     with pytest.raises(CarvanaError, match="takes no argument smooth: its arguments are none"):
         build_loss("dice", smooth=1.0)
     with pytest.raises(CarvanaError, match="its arguments are beta"):
-        build_loss("bootstrap_hard", mode="soft")
+        build_loss("bootstrap_hard", beta=0.9, mode="soft")
+    with pytest.raises(CarvanaError, match=r"loss 'border' needs kernel, border_weight.*\(conf/loss/border.yaml\)"):
+        build_loss("border", bce_weight=1.0, dice_weight=1.0, smooth=1.0)
 
 
 def test_each_loss_has_one_config() -> None:

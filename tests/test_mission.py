@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, RESULT_LINE
 
-from carvana.io import read_probs8
-from carvana.submission.rle import rle_decode
+from carvana.data.io import read_probs8
+from carvana.data.rle import rle_decode
 
 # what fits a CPU in a test: a tiny input and one short epoch; no network: encoder from scratch
 FIT_A_CPU = ["model.encoder_weights=null", "data.crop_size=null", "data.input_size=[64,96]", "trainer.max_epochs=1",

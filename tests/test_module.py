@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_module
 from omegaconf import OmegaConf
 
 from carvana import CarvanaError
-from carvana.module import SegModule, dice_per_image, load_module, read_checkpoint
+from carvana.model.loading import load_module, read_checkpoint
+from carvana.model.losses import dice_per_image
+from carvana.model.module import SegModule
 
 REPO = Path(__file__).resolve().parents[1]
 PIXEL_RGB = (10, 20, 30)
@@ -27,7 +30,7 @@ def one_pixel() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def module() -> SegModule:
     torch.manual_seed(0)
-    return SegModule(encoder_weights=None)
+    return tiny_module(encoder_weights=None)
 
 
 @pytest.mark.parametrize(
@@ -42,13 +45,13 @@ def module() -> SegModule:
 def test_normalize_each_preprocessing(name: str, expected: tuple):
     pre = preprocessing(name)
     assert pre["name"] == name
-    x = SegModule(encoder_weights=None, preprocessing=pre).normalize(one_pixel())
+    x = tiny_module(encoder_weights=None, preprocessing=pre).normalize(one_pixel())
     assert x.shape == (1, 3, 1, 1) and x.dtype == torch.float32
     torch.testing.assert_close(x.flatten(), torch.tensor(expected, dtype=torch.float32), rtol=0, atol=1e-5)
 
 
 def test_default_preprocessing_is_imagenet(module: SegModule):
-    expected = SegModule(encoder_weights=None, preprocessing=preprocessing("imagenet")).normalize(one_pixel())
+    expected = tiny_module(encoder_weights=None, preprocessing=preprocessing("imagenet")).normalize(one_pixel())
     torch.testing.assert_close(module.normalize(one_pixel()), expected)
 
 
@@ -125,11 +128,11 @@ def test_loss_weights_and_empty_masks():
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 1, 4, 6, generator=gen)
     mask = (torch.rand(2, 1, 4, 6, generator=gen) > 0.5).float()
-    only_bce = SegModule(encoder_weights=None, loss={"name": "bce_dice", "bce_weight": 1.0, "dice_weight": 0.0})
+    only_bce = tiny_module(encoder_weights=None, loss={"name": "bce_dice", "bce_weight": 1.0, "dice_weight": 0.0})
     torch.testing.assert_close(only_bce.criterion(logits, mask), F.binary_cross_entropy_with_logits(logits, mask))
     empty = torch.zeros_like(mask)
     torch.testing.assert_close(only_bce.criterion(logits, empty), hand_loss(logits, empty, 1.0, 0.0))
-    torch.testing.assert_close(SegModule(encoder_weights=None).criterion(logits, empty), hand_loss(logits, empty))
+    torch.testing.assert_close(tiny_module(encoder_weights=None).criterion(logits, empty), hand_loss(logits, empty))
 
 
 def test_forward_shape_non_square(module: SegModule):
@@ -141,15 +144,15 @@ def test_forward_shape_non_square(module: SegModule):
 
 def test_unknown_encoder():
     with pytest.raises(CarvanaError, match="nosuchnet"):
-        SegModule(encoder_name="nosuchnet")
+        tiny_module(encoder_name="nosuchnet")
 
 
 def test_encoder_weights_from_a_local_file(module: SegModule, tmp_path: Path):
     path = tmp_path / "mobilenet_v2_encoder.pth"
     torch.save(module.net.encoder.state_dict(), path)
     torch.manual_seed(1)
-    fresh = SegModule(encoder_weights=None)
-    loaded = SegModule(encoder_weights=str(path))
+    fresh = tiny_module(encoder_weights=None)
+    loaded = tiny_module(encoder_weights=str(path))
     key = "features.0.0.weight"
     assert not torch.equal(fresh.net.encoder.state_dict()[key], module.net.encoder.state_dict()[key])
     for name, tensor in module.net.encoder.state_dict().items():
@@ -160,17 +163,17 @@ def test_encoder_weights_file_of_another_network(tmp_path: Path):
     path = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(CarvanaError, match="other.pth"):
-        SegModule(encoder_weights=str(path))
+        tiny_module(encoder_weights=str(path))
 
 
 def test_missing_encoder_weights_file(tmp_path: Path):
     with pytest.raises(CarvanaError, match="nothere.pth"):
-        SegModule(encoder_weights=str(tmp_path / "nothere.pth"))
+        tiny_module(encoder_weights=str(tmp_path / "nothere.pth"))
 
 
 def test_missing_encoder_weights_path_without_suffix(tmp_path: Path):
     with pytest.raises(CarvanaError, match="weights"):
-        SegModule(encoder_weights=str(tmp_path / "encoder_weights"))
+        tiny_module(encoder_weights=str(tmp_path / "encoder_weights"))
 
 
 def test_read_checkpoint_refuses_other_files(tmp_path: Path):
@@ -203,7 +206,7 @@ def test_load_module_in_a_fresh_process(trained_run: dict):
     key = "net.segmentation_head.0.weight"
     code = (
         "import sys, torch\n"
-        "from carvana.module import load_module\n"
+        "from carvana.model.loading import load_module\n"
         "m = load_module(sys.argv[1])\n"
         "assert not m.training\n"
         "with torch.no_grad():\n"

@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from conftest import tiny_module
 
 from carvana import CarvanaError
-from carvana.geometry import Geometry
-from carvana.module import SegModule, load_module
-from carvana.network import ARCHITECTURES, IMAGENET, resolve_preprocessing
+from carvana.data.geometry import Geometry
+from carvana.model.loading import load_module
+from carvana.model.module import SegModule
+from carvana.model.network import ARCHITECTURES, IMAGENET, resolve_preprocessing
 
 PHOTO = (64, 96)  # h, w: non-square
 # the encoder and input each architecture needs: DPT takes timm ViTs only; PAN's pyramid pools a 64x96 input to 0
@@ -28,37 +30,37 @@ def one_step_and_predict(module: SegModule) -> torch.Tensor:
     assert torch.isfinite(loss)
     module.eval()
     with torch.no_grad():
-        return module.full_logits(inputs, PHOTO)
+        return module.geometry.to_full(module(inputs), PHOTO)
 
 
 @pytest.mark.parametrize("arch", sorted(smp.MODEL_ARCHITECTURES_MAPPING))
 def test_every_smp_architecture_trains_and_predicts(arch: str):
     torch.manual_seed(0)
-    module = SegModule(arch=arch, encoder_weights=None, **SPECIAL.get(arch, {}))
+    module = tiny_module(arch=arch, encoder_weights=None, **SPECIAL.get(arch, {}))
     assert type(module.net) is smp.MODEL_ARCHITECTURES_MAPPING[arch]
     logits = one_step_and_predict(module)
     assert logits.shape == (2, 1, *PHOTO) and torch.isfinite(logits).all()
 
 
 def test_simple_unet_trains_and_predicts():
-    module = SegModule(arch="simple_unet", encoder_name="simple_unet")
+    module = tiny_module(arch="simple_unet", encoder_name="simple_unet")
     assert one_step_and_predict(module).shape == (2, 1, *PHOTO)
 
 
 def test_unknown_architecture_lists_the_valid_ones():
     with pytest.raises(CarvanaError) as err:
-        SegModule(arch="unet3d")
+        tiny_module(arch="unet3d")
     assert "unet3d" in str(err.value) and all(name in str(err.value) for name in ARCHITECTURES)
 
 
 def test_architecture_that_refuses_its_encoder_is_one_line():
     with pytest.raises(CarvanaError, match="model.arch=dpt.*mobilenet_v2"):
-        SegModule(arch="dpt", encoder_name="mobilenet_v2")
+        tiny_module(arch="dpt", encoder_name="mobilenet_v2")
 
 
 def test_unknown_weights_name_lists_the_encoders_weights():
     with pytest.raises(CarvanaError, match="resnet50.*imagenet, ssl, swsl"):
-        SegModule(encoder_name="resnet50", encoder_weights="instagram")
+        tiny_module(encoder_name="resnet50", encoder_weights="instagram")
 
 
 def test_no_download_without_network_is_one_line(monkeypatch: pytest.MonkeyPatch):
@@ -68,13 +70,13 @@ def test_no_download_without_network_is_one_line(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(CarvanaError, match="encoder_weights=null"):
-        SegModule(encoder_name="resnet18", encoder_weights="imagenet")
+        tiny_module(encoder_name="resnet18", encoder_weights="imagenet")
 
 
 def test_preprocessing_follows_the_weights(monkeypatch: pytest.MonkeyPatch):
     """preprocessing=auto: smp's hub config for smp encoders (here a caffe-style BGR one, 0..255 units), timm's
     pretrained_cfg for tu- encoders (in [0, 1] units: scaled to 0..255), ImageNet statistics without weights."""
-    import carvana.network
+    import carvana.model.network
 
     asked = []
 
@@ -82,7 +84,7 @@ def test_preprocessing_follows_the_weights(monkeypatch: pytest.MonkeyPatch):
         asked.append((name, pretrained))
         return {"input_space": "BGR", "input_range": [0, 255], "mean": [103.9, 116.8, 123.7], "std": [1, 1, 1]}
 
-    monkeypatch.setattr(carvana.network, "get_preprocessing_params", hub_config)
+    monkeypatch.setattr(carvana.model.network, "get_preprocessing_params", hub_config)
     auto = {"name": "auto"}
     smp_pre = resolve_preprocessing(auto, "resnet50", "imagenet")
     assert asked == [("resnet50", "imagenet")]
@@ -102,14 +104,14 @@ def test_preprocessing_follows_the_weights(monkeypatch: pytest.MonkeyPatch):
 def test_bgr_preprocessing_reaches_the_network_in_bgr_order():
     """One pixel through a resolved BGR preprocessing: the encoder gets blue first, minus the means."""
     pre = {"name": "x", "input_space": "BGR", "mean": [100.0, 110.0, 120.0], "std": [1.0, 2.0, 4.0]}
-    x = SegModule(preprocessing=pre).normalize(torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 3, 1, 1))
+    x = tiny_module(preprocessing=pre).normalize(torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 3, 1, 1))
     torch.testing.assert_close(x.flatten(), torch.tensor([(30 - 100) / 1, (20 - 110) / 2, (10 - 120) / 4]))
 
 
 def test_an_fpn_checkpoint_rebuilds_with_its_geometry(tmp_path: Path):
     import pytorch_lightning as pl
 
-    module = SegModule(arch="fpn", input_size=[32, 64])
+    module = tiny_module(arch="fpn", input_size=[32, 64])
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "fpn.ckpt")

@@ -19,13 +19,16 @@ import pytest
 import torch
 from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
 
+from carvana.data.io import read_image, read_mask, read_probs8, write_image, write_probs8
+from carvana.data.layout import car_id
+from carvana.data.rle import rle_decode
 from carvana.hardware import default_workers
-from carvana.io import car_id, read_image, read_mask, read_probs8, write_image, write_probs8
-from carvana.manifest import MANIFEST
-from carvana.module import SegModule, dice_per_image, load_module
-from carvana.submission.rle import rle_decode
-from carvana.submission.submit import make_submission
-from carvana.writer import to_probs8
+from carvana.model.loading import load_module
+from carvana.model.losses import dice_per_image
+from carvana.model.module import SegModule
+from carvana.predict.manifest import MANIFEST
+from carvana.predict.writer import to_probs8
+from carvana.submission import make_submission
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
 SUMMARY = re.compile(
@@ -121,7 +124,7 @@ def expected_pngs(models: list[SegModule], photos: list[Path], tta: bool) -> dic
     with torch.no_grad():
         for model in models:
             x = torch.stack([torch.from_numpy(model.geometry.to_input(image)[0]).permute(2, 0, 1) for image in images])
-            probs.append(model.full_logits(x, size).sigmoid())
+            probs.append(model.geometry.to_full(model(x), size).sigmoid())
             if tta:
                 probs.append(model.geometry.to_full(model(x.flip(-1)).flip(-1), size).sigmoid())
     pngs = (torch.stack(probs).mean(0)[:, 0] * 255).round().to(torch.uint8).numpy()
@@ -369,7 +372,7 @@ def test_ddp_two_processes_write_each_photo_once(ckpt_pad: Path, carvana_root: P
     # both ranks' shards merge into one gzip CSV, in the sample's order
     sample = tmp_path / "sample.csv"
     pd.DataFrame({"img": [p.name for p in reversed(photos)], "rle_mask": "1 1"}).to_csv(sample, index=False)
-    sub = make_submission(sample, tmp_path / "sub.csv.gz", rle_dir=out, height=TINY_SIZE[0], width=TINY_SIZE[1])
+    sub = submission(sample, tmp_path / "sub.csv.gz", rle_dir=out, height=TINY_SIZE[0], width=TINY_SIZE[1])
     table = pd.read_csv(sub, keep_default_na=False)
     assert table.values.tolist() == sorted(([img, rle] for _, img, rle in rows), reverse=True)
     assert not list(out.glob(".*"))  # no temporary files left
@@ -396,7 +399,8 @@ def test_predict_on_val_writes_the_dice_table_of_the_fold(ckpt_pad: Path, carvan
     # one photo by hand: the model's full-size probabilities > 0.5 against its GIF mask
     photo = carvana_root / "train" / expected[5]
     with torch.no_grad():
-        pred = (load_module(ckpt_pad).full_logits(photo_tensor(photo), TINY_SIZE).sigmoid() > 0.5).float()
+        model = load_module(ckpt_pad)
+        pred = (model.geometry.to_full(model(photo_tensor(photo)), TINY_SIZE).sigmoid() > 0.5).float()
     truth = torch.from_numpy(read_mask(carvana_root / "train_masks" / f"{photo.stem}_mask.gif")).float()
     dice = 2 * (pred[0, 0] * truth).sum() / (pred.sum() + truth.sum())
     assert float(table.set_index("image").loc[photo.name, "dice"]) == pytest.approx(float(dice), abs=2e-3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carvana.io import write_probs8
+from carvana.data.io import write_probs8
 from carvana.progress import progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +25,8 @@ def crops(predictions: Path, terminal: bool) -> tuple[str, str]:
     """python -m carvana.crops with stdout and stderr redirected to files, as a terminal (rich told so) or not."""
     env = {**os.environ, "TTY_COMPATIBLE": "1" if terminal else "0", "COLUMNS": "100"}
     with open(predictions / "out.txt", "w") as out, open(predictions / "err.txt", "w") as err:
-        proc = subprocess.run([sys.executable, "-m", "carvana.crops", f"pred_dir={predictions}",
-                               f"out={predictions / 'b.csv'}"], cwd=REPO, env=env, stdout=out, stderr=err, check=False)
+        proc = subprocess.run([sys.executable, "-m", "carvana.crops", f"probs_dir={predictions}",
+                               f"output={predictions / 'b.csv'}"], cwd=REPO, env=env, stdout=out, stderr=err, check=False)
     assert proc.returncode == 0, (predictions / "err.txt").read_text()
     return (predictions / "out.txt").read_text(), (predictions / "err.txt").read_text()
 

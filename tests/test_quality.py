@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZE, result_of, run_train, train_args
+from conftest import TINY_SIZE, augment, result_of, run_train, tiny_module, train_args
 
-from carvana.io import read_image, read_mask
-from carvana.module import SegModule, load_module
-from carvana.prediction import Ensemble
-from carvana.transforms import CarColor, augmentations
+from carvana.data.io import read_image, read_mask
+from carvana.data.transforms import CarColor, augmentations
+from carvana.model.loading import load_module
+from carvana.predict.ensemble import Ensemble
 
 
 def photo_and_mask(root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -41,11 +41,12 @@ def test_car_color_recolours_the_car_and_leaves_the_studio(carvana_root: Path):
 @pytest.mark.parametrize("key", ["hue", "gray", "channel_shuffle", "contrast", "quality", "car_color"])
 def test_each_appearance_augmentation_changes_only_the_photo(carvana_root: Path, key: str):
     image, mask = photo_and_mask(carvana_root)
-    transform = A.Compose(augmentations(hflip=0, affine=0, color=0, **{key: 1.0}))
+    transform = A.Compose(augmentations(**augment(hflip=0, affine=0, color=0, **{key: 1.0})))
     out = [transform(image=image, mask=mask) for _ in range(4)]
     assert all(np.array_equal(o["mask"], mask) for o in out)
     assert any(not np.array_equal(o["image"], image) for o in out), key
-    assert len(augmentations(hflip=0, affine=0, color=0)) == len(augmentations(hflip=0, affine=0, color=0, **{key: 0}))
+    assert len(augmentations(**augment(hflip=0, affine=0, color=0))) == \
+        len(augmentations(**augment(hflip=0, affine=0, color=0, **{key: 0})))
 
 
 def test_an_unknown_augmentation_key_is_refused_in_one_line(carvana_root: Path, tmp_path: Path):
@@ -57,13 +58,13 @@ def test_an_unknown_augmentation_key_is_refused_in_one_line(carvana_root: Path, 
 
 def test_val_tta_hflip_is_what_predict_tta_hflip_averages():
     torch.manual_seed(0)
-    module = SegModule(encoder_weights=None, input_size=[64, 96], val_tta="hflip").eval()
+    module = tiny_module(encoder_weights=None, input_size=[64, 96], val_tta="hflip").eval()
     image = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     size = (128, 192)
     with torch.no_grad():
         probs = module.val_logits(image, size).sigmoid()
         expected = Ensemble([module], tta="hflip").probs({module.geometry.key: image}, size)
-        plain = module.full_logits(image, size).sigmoid()
+        plain = module.geometry.to_full(module(image), size).sigmoid()
     assert probs.shape == (2, 1, *size)
     assert torch.allclose(probs, expected, atol=1e-5)
     assert not torch.allclose(probs, plain, atol=1e-3)  # the flip does change the random net's output
@@ -71,7 +72,7 @@ def test_val_tta_hflip_is_what_predict_tta_hflip_averages():
 
 def test_an_unknown_val_tta_is_refused():
     with pytest.raises(Exception, match="model.val_tta=vflip"):
-        SegModule(encoder_weights=None, val_tta="vflip")
+        tiny_module(encoder_weights=None, val_tta="vflip")
 
 
 @pytest.mark.slow

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, TINY_SIZE, result_of, run_train, tiny_module, train_args
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
 
 from carvana import CarvanaError
-from carvana.crops import write_bboxes
-from carvana.module import SegModule, read_checkpoint
-from carvana.prediction import Ensemble, PhotoDataset
-from tests.conftest import REPO, TINY_SIZE, result_of, run_train, train_args
+from carvana.data.boxes import write_bboxes
+from carvana.model.loading import read_checkpoint
+from carvana.predict.ensemble import Ensemble, PredictDataset
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:
@@ -117,14 +117,14 @@ def test_experiment_configs_compose(experiment: str):
 
 
 def test_freeze_encoder_until_a_layer():
-    module = SegModule(encoder_name="resnet18", freeze_encoder_until="layer2")
+    module = tiny_module(encoder_name="resnet18", freeze_encoder_until="layer2")
     module.on_train_epoch_start()  # epoch 0, no freeze_encoder_epochs: only the layers up to layer2 stay frozen
     encoder = module.net.encoder
     trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
     assert not any(name.startswith(("conv1", "bn1", "layer1", "layer2")) for name in trainable)
     assert {name for name, _ in encoder.named_parameters() if name.startswith(("layer3", "layer4"))} <= trainable
     with pytest.raises(CarvanaError, match="layer9"):
-        SegModule(encoder_name="resnet18", freeze_encoder_until="layer9")
+        tiny_module(encoder_name="resnet18", freeze_encoder_until="layer9")
 
 
 def test_car_crops_train_and_paste_back(carvana_root: Path, first_stage: Path, tmp_path: Path):
@@ -160,8 +160,8 @@ def test_car_crop_without_its_row_is_one_line(carvana_root: Path, first_stage: P
 def test_crop_predictions_paste_into_full_carvana_size(shared_data: Path):
     photos = sorted((shared_data / "real" / "test").glob("*.jpg"))[:2]
     box = (256, 1024, 320, 1600)
-    model = SegModule(input_size=[64, 96], boxes=True).eval()
-    dataset = PhotoDataset(photos, (1280, 1918), [model.geometry], boxes={p.name: box for p in photos})
+    model = tiny_module(input_size=[64, 96], boxes=True).eval()
+    dataset = PredictDataset(photos, (1280, 1918), [model.geometry], boxes={p.name: box for p in photos})
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
     assert batch["inputs"]["box64x96"].shape == (2, 3, 64, 96)
     with torch.no_grad():
@@ -175,7 +175,7 @@ def test_crop_predictions_paste_into_full_carvana_size(shared_data: Path):
 
 @pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
 def test_cyclic_lr_steps_per_batch(mode: str):
-    module = SegModule(scheduler="cyclic", cyclic={"base_lr": 1e-5, "max_lr": 1e-3, "step_size_up": 4, "mode": mode})
+    module = tiny_module(scheduler="cyclic", cyclic={"base_lr": 1e-5, "max_lr": 1e-3, "step_size_up": 4, "mode": mode})
     config = module.configure_optimizers()
     scheduler = config["lr_scheduler"]["scheduler"]
     assert isinstance(scheduler, torch.optim.lr_scheduler.CyclicLR) and config["lr_scheduler"]["interval"] == "step"
@@ -193,12 +193,12 @@ def test_cyclic_lr_steps_per_batch(mode: str):
 def test_inceptionresnetv2_encoder_builds_and_runs():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["encoder=inceptionresnetv2"])
-    module = SegModule(encoder_name=cfg.model.encoder_name, decoder_channels=list(cfg.model.decoder_channels),
+    module = tiny_module(encoder_name=cfg.model.encoder_name, decoder_channels=list(cfg.model.decoder_channels),
                        input_size=[64, 96]).eval()
     photo = np.random.default_rng(0).integers(0, 255, (70, 100, 3), dtype=np.uint8)
     with torch.no_grad():
-        logits = module.full_logits(torch.from_numpy(module.geometry.to_input(photo)[0]).permute(2, 0, 1)[None],
-                                    (70, 100))
+        image = torch.from_numpy(module.geometry.to_input(photo)[0]).permute(2, 0, 1)[None]
+        logits = module.geometry.to_full(module(image), (70, 100))
     assert logits.shape == (1, 1, 70, 100)
 
 

@@ -10,17 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carvana.io import write_image, write_mask_gif, write_probs8
-from carvana.report import (
-    FN_COLOUR,
-    FP_COLOUR,
-    OUTLINE_COLOUR,
-    THRESHOLDS,
-    draw_errors,
-    draw_outline,
-    main,
-    write_report,
-)
+from carvana.data.io import write_image, write_mask_gif, write_probs8
+from carvana.data.layout import CAR_GROUP
+from carvana.report.__main__ import main
+from carvana.report.oof import FN_COLOUR, FP_COLOUR, OUTLINE_COLOUR, THRESHOLDS, draw_errors, draw_outline, write_report
 from tests.conftest import run_module
 
 SIZE = (32, 48)  # h, w: non-square, so a transposed axis cannot pass
@@ -74,9 +67,8 @@ def test_per_image_dice_by_hand(tmp_path: Path) -> None:
     probs = np.full(SIZE, 127, np.uint8)  # 127 <= 0.5 * 255: background
     probs[8:24, 14:34] = 128  # 320 predicted pixels, 16 x 16 = 256 of them on the car
     write_photo(root, oof_dir, "abcdef123456_07", truth, probs)
-    tables = write_report(
-        str(oof_dir), str(tmp_path / "out"), str(root / "train_masks"), str(root / "train"), threshold=0.5, worst=0
-    )
+    tables = write_report(str(oof_dir), str(tmp_path / "out"), str(root / "train_masks"), str(root / "train"),
+                          threshold=0.5, worst=0, workers=1, group=CAR_GROUP)
     row = tables["per_image"].iloc[0]
     assert (row.image, row.car, row.angle) == ("abcdef123456_07.jpg", "abcdef123456", 7)
     assert row.dice == pytest.approx(2 * 256 / (320 + 320))
@@ -87,7 +79,7 @@ def test_per_image_dice_by_hand(tmp_path: Path) -> None:
 
 def test_tables_match_brute_force(oof: dict, capsys: pytest.CaptureFixture) -> None:
     out = oof["oof"].parent / "report"
-    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "threshold=0.4", "worst=2"])
+    main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "threshold=0.4", "worst=2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == str(out)
 
@@ -122,7 +114,7 @@ def test_tables_match_brute_force(oof: dict, capsys: pytest.CaptureFixture) -> N
 
 def test_worst_gallery(oof: dict) -> None:
     out = oof["oof"].parent / "report"
-    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "worst=5"])
+    main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "worst=5"])
     board = cv2.imread(str(out / "worst.png"))
     tile_h, tile_w = 256, 384  # 384 wide, the photos' 2:3 aspect
     assert board.shape == (2 * tile_h, 4 * tile_w, 3)  # 5 tiles: 4 columns, 2 rows
@@ -131,7 +123,7 @@ def test_worst_gallery(oof: dict) -> None:
     ]
     assert filled == [True] * 5 + [False] * 3
 
-    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "worst=2"])
+    main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "worst=2"])
     assert cv2.imread(str(out / "worst.png")).shape == (tile_h, 2 * tile_w, 3)
 
 
@@ -154,16 +146,16 @@ def test_draw_errors_colours() -> None:
 
 
 def test_missing_oof_dir_exits_2_without_traceback(tmp_path: Path) -> None:
-    proc = run_module("carvana.report", f"oof_dir={tmp_path / 'nope'}")
+    proc = run_module("carvana.report", f"probs_dir={tmp_path / 'nope'}")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: oof_dir=")
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: probs_dir=")
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("empty", "holds no <car>_<NN>.png"),
+        ("empty", "holds no predictions"),
         ("no_mask", "have no mask"),
         ("size", "but its mask"),
         ("no_photo", "is not in images_dir="),
@@ -173,10 +165,10 @@ def test_missing_oof_dir_exits_2_without_traceback(tmp_path: Path) -> None:
     ],
 )
 def test_bad_inputs_exit_2(oof: dict, tmp_path: Path, capsys: pytest.CaptureFixture, case: str, message: str) -> None:
-    args = [f"oof_dir={oof['oof']}", f"data_root={oof['root']}"]
+    args = [f"probs_dir={oof['oof']}", f"data_root={oof['root']}"]
     if case == "empty":
         (tmp_path / "empty").mkdir()
-        args[0] = f"oof_dir={tmp_path / 'empty'}"
+        args[0] = f"probs_dir={tmp_path / 'empty'}"
     elif case == "no_mask":
         (oof["root"] / "train_masks" / "bbbb00000002_16_mask.gif").unlink()
     elif case == "size":
@@ -258,7 +250,7 @@ def five(x: float) -> str:
 
 def test_html_report_holds_the_csvs_numbers(oof: dict) -> None:
     out = oof["oof"].parent / "report"
-    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "threshold=0.4", "worst=3"])
+    main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "threshold=0.4", "worst=3"])
     text = (out / "report.html").read_text()
     page = Page(text)
     assert page.sections == ["summary", "angles", "cars", "thresholds", "histogram", "worst"]
@@ -302,7 +294,7 @@ def test_html_report_holds_the_csvs_numbers(oof: dict) -> None:
 
 def test_html_report_without_gallery(oof: dict) -> None:
     out = oof["oof"].parent / "report"
-    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "worst=0"])
+    main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "worst=0"])
     page = Page((out / "report.html").read_text())
     assert len(page.images) == 4 and page.captions == [] and "worst" in page.sections
     assert not (out / "worst.png").exists()
@@ -388,7 +380,7 @@ def test_run_report_without_validation(run_dir: Path, capsys: pytest.CaptureFixt
 
 
 def test_run_report_of_a_real_training(trained_run: dict, tmp_path: Path) -> None:
-    main([f"run_dir={trained_run['out']}", f"out_dir={tmp_path}"])
+    main([f"run_dir={trained_run['out']}", f"output_dir={tmp_path}"])
     epochs = pd.read_csv(tmp_path / "epochs.csv")
     assert epochs.epoch.tolist() == [0] and epochs.step.tolist() == [7]  # 8 steps of 4 photos
     assert epochs.val_dice[0] == pytest.approx(trained_run["dice"], abs=1e-4)
@@ -407,8 +399,8 @@ def test_run_report_of_a_real_training(trained_run: dict, tmp_path: Path) -> Non
         ("empty_csv", "is not a CSV log"),
         ("header_only", "holds no logged epoch"),
         ("both", "not both"),
-        ("oof_key", "threshold= is for oof_dir= reports"),
-        ("neither", "oof_dir= (predict.py predict_on_val=true output) or run_dir="),
+        ("oof_key", "threshold= is for probs_dir= reports"),
+        ("neither", "probs_dir= (predict.py predict_on_val=true output) or run_dir="),
     ],
 )
 def test_bad_run_dir_exits_2(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str,
@@ -426,11 +418,11 @@ def test_bad_run_dir_exits_2(run_dir: Path, tmp_path: Path, capsys: pytest.Captu
     elif case == "header_only":
         (run_dir / "csv" / "metrics.csv").write_text(METRICS_CSV.splitlines()[0] + "\n")
     elif case == "both":
-        args.append(f"oof_dir={tmp_path}")
+        args.append(f"probs_dir={tmp_path}")
     elif case == "oof_key":
         args.append("threshold=0.3")
     else:
-        args = ["out_dir=x"]
+        args = ["output_dir=x"]
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -466,7 +458,7 @@ def render(browser: object, path: Path, screenshot: Path) -> tuple[list[str], li
 def test_reports_render_in_chromium(oof: dict, run_dir: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
     out = oof["oof"].parent / "report"
-    main([f"oof_dir={oof['oof']}", f"data_root={oof['root']}", f"out_dir={out}", "worst=3"])
+    main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "worst=3"])
     main([f"run_dir={run_dir}"])
     pages = {out / "report.html": 4 + 3, run_dir / "report" / "report.html": 1}  # plots + overlays; the curves
     with sync_api.sync_playwright() as playwright:
@@ -488,7 +480,7 @@ def test_reports_render_in_chromium(oof: dict, run_dir: Path) -> None:
 def test_dice_axes_show_the_worst_bar(dice: list[float]):
     """The Dice plots zoom on their values, but the worst bar keeps a visible share of the axis (not a sliver) and
     the best fits under the top."""
-    from carvana.report_html import zoom
+    from carvana.report.html import zoom
     low, high = zoom(pd.Series(dice))
     assert 0 <= low < min(dice) and high > max(dice)
     assert (min(dice) - low) / (high - low) > 0.25

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carvana.io import read_mask
-from carvana.submission.rle import parse_rle, rle_decode, rle_encode
+from carvana.data.io import read_mask
+from carvana.data.rle import parse_rle, rle_decode, rle_encode
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHAPE = (64, 96)  # non-square: a transposed axis cannot pass

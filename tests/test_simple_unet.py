@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from carvana import CarvanaError
-from carvana.simple_unet import SimpleUnet
+from carvana.model.simple_unet import SimpleUnet
 
 SMALL = (4, 8, 16)  # three levels: sides divisible by 4, fast on CPU
 

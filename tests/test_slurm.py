@@ -24,8 +24,8 @@ from conftest import REPO, parse_result, train_args
 from omegaconf import OmegaConf
 
 from carvana import CarvanaError
+from carvana.predict.shards import scan_shard
 from carvana.slurm import SlurmSweep, check_allocation
-from carvana.submission.shards import scan_shard
 
 SRUN_TIMEOUT_S = 300
 

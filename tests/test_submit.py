@@ -12,10 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from carvana import CarvanaError
-from carvana.io import write_probs8
-from carvana.submission.rle import rle_decode, rle_encode
-from carvana.submission.shards import HEADER, RleShardWriter
-from carvana.submission.submit import combine, make_submission
+from carvana.data.io import write_probs8
+from carvana.data.rle import rle_decode, rle_encode
+from carvana.predict.shards import HEADER, RleShardWriter
+from carvana.submission import combine
+from conftest import submission
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -72,14 +73,14 @@ def test_config_composes_with_plain_defaults():
         cfg = compose(config_name="submit")
     assert cfg.sample_csv is None and cfg.threshold is None  # what predict.py recorded, else data/carvana and 0.5
     assert (cfg.strategy, cfg.height, cfg.width) == ("average", 1280, 1918)
-    assert cfg.masks_dir is None and cfg.rle_dir is None and cfg.fill_missing is False
+    assert cfg.probs_dir is None and cfg.rle_dir is None and cfg.fill_missing is False and cfg.allow_unlisted is False
 
 
 def test_png_rows_order_gzip_and_default_output(tmp_path: Path, sample: Path):
     probs = random_probs(0)
     write_pngs(tmp_path / "masks", probs)
     reversed_sample = write_sample(tmp_path / "reversed.csv", NAMES[::-1])
-    proc = run_submit(tmp_path, "masks_dir=masks", f"sample_csv={reversed_sample.name}", "workers=2")
+    proc = run_submit(tmp_path, "probs_dir=masks", f"sample_csv={reversed_sample.name}", "workers=2")
     assert proc.returncode == 0, proc.stderr
     out = Path(proc.stdout.strip().splitlines()[-1])
     assert re.fullmatch(r"submissions/submission-\d{8}-\d{6}\.csv\.gz", str(out)), out
@@ -111,7 +112,7 @@ def test_ensembles_average_vs_vote(tmp_path: Path, sample: Path):
     for strategy, mask in expected.items():
         out = tmp_path / f"{strategy}.csv.gz"
         proc = run_submit(
-            tmp_path, "masks_dir=[a,b,c]", f"strategy={strategy}", "sample_csv=sample.csv", f"output={out}"
+            tmp_path, "probs_dir=[a,b,c]", f"strategy={strategy}", "sample_csv=sample.csv", f"output={out}"
         )
         assert proc.returncode == 0, proc.stderr
         table = read_submission(out)
@@ -123,11 +124,11 @@ def test_missing_mask_stops_before_output(tmp_path: Path, sample: Path):
     probs = random_probs(1)
     del probs[NAMES[2]], probs[NAMES[4]]
     write_pngs(tmp_path / "masks", probs)
-    proc = run_submit(tmp_path, "masks_dir=masks", "sample_csv=sample.csv", "output=sub.csv.gz")
+    proc = run_submit(tmp_path, "probs_dir=masks", "sample_csv=sample.csv", "output=sub.csv.gz")
     assert_user_error(proc, "2 masks are missing", f"{Path(NAMES[2]).stem}.png", "fill_missing=true")
     assert not (tmp_path / "sub.csv.gz").exists() and list(tmp_path.glob("*.gz")) == []
 
-    proc = run_submit(tmp_path, "masks_dir=masks", "sample_csv=sample.csv", "output=sub.csv.gz", "fill_missing=true")
+    proc = run_submit(tmp_path, "probs_dir=masks", "sample_csv=sample.csv", "output=sub.csv.gz", "fill_missing=true")
     assert proc.returncode == 0, proc.stderr
     table = read_submission(tmp_path / "sub.csv.gz")
     assert table["img"].tolist() == NAMES
@@ -139,12 +140,12 @@ def test_wrong_size_and_sample_without_img(tmp_path: Path, sample: Path):
     probs = random_probs(2)
     probs[NAMES[3]] = np.zeros((W, H), np.uint8)  # transposed
     write_pngs(tmp_path / "masks", probs)
-    proc = run_submit(tmp_path, "masks_dir=masks", "sample_csv=sample.csv", "output=sub.csv.gz", "workers=2")
-    assert_user_error(proc, f"{Path(NAMES[3]).stem}.png", f"expected {W}x{H}")
+    proc = run_submit(tmp_path, "probs_dir=masks", "sample_csv=sample.csv", "output=sub.csv.gz", "workers=2")
+    assert_user_error(proc, f"{Path(NAMES[3]).stem}.png", f"is {W}x{H} (height x width), expected {H}x{W}")
     assert list(tmp_path.glob("*.gz")) == []
 
     pd.DataFrame({"image": NAMES, "rle_mask": ""}).to_csv(tmp_path / "bad.csv", index=False)
-    proc = run_submit(tmp_path, "masks_dir=masks", "sample_csv=bad.csv", "output=sub.csv.gz")
+    proc = run_submit(tmp_path, "probs_dir=masks", "sample_csv=bad.csv", "output=sub.csv.gz")
     assert_user_error(proc, "bad.csv", "no 'img' column")
 
 
@@ -157,14 +158,8 @@ def test_real_sample_order_is_kept(tmp_path: Path):
     subset = names[:40:3] + names[-20::4]  # Kaggle's order, with gaps and both ends
     probs = random_probs(3, subset)
     write_pngs(tmp_path / "masks", probs)
-    out = make_submission(
-        write_sample(tmp_path / "subset.csv", subset),
-        tmp_path / "sub.csv.gz",
-        masks_dir=str(tmp_path / "masks"),
-        height=H,
-        width=W,
-        workers=1,
-    )
+    out = submission(write_sample(tmp_path / "subset.csv", subset), tmp_path / "sub.csv.gz",
+                     probs_dir=str(tmp_path / "masks"), workers=1, height=H, width=W)
     table = read_submission(out)
     assert table["img"].tolist() == subset
     for name, rle in zip(table["img"], table["rle_mask"]):
@@ -220,25 +215,25 @@ def test_rle_dir_errors(tmp_path: Path, sample: Path):
             writer.write(name, rles[name])
     kwargs = {"sample_csv": sample, "output": tmp_path / "sub.csv.gz", "rle_dir": shards, "height": H, "width": W}
     with pytest.raises(CarvanaError, match=r"2 of 6 photos have no row.*" + re.escape(NAMES[4])):
-        make_submission(**kwargs)
+        submission(**kwargs)
     assert not (tmp_path / "sub.csv.gz").exists()
-    table = read_submission(make_submission(**kwargs, fill_missing=True))
+    table = read_submission(submission(**kwargs, fill_missing=True))
     (tmp_path / "sub.csv.gz").unlink()
     assert table["rle_mask"].tolist()[4:] == ["", ""]
 
     with RleShardWriter(shards, 1) as writer:
         writer.write(NAMES[1], "1 5")  # a different row for a photo rank 0 wrote
     with pytest.raises(CarvanaError, match=re.escape(f"{NAMES[1]} (rle-rank0.csv vs rle-rank1.csv)")):
-        make_submission(**kwargs, fill_missing=True)
+        submission(**kwargs, fill_missing=True)
     (shards / "rle-rank1.csv").unlink()
 
     with RleShardWriter(shards, 3) as writer:
         writer.write(NAMES[4], f"1 {H * W + 1}")  # runs past the mask: predicted at another size
     with pytest.raises(CarvanaError, match=r"rle-rank3.csv.*past the"):
-        make_submission(**kwargs, fill_missing=True)
+        submission(**kwargs, fill_missing=True)
     assert not (tmp_path / "sub.csv.gz").exists() and list(tmp_path.glob(".*")) == []  # temporary file removed
-    with pytest.raises(CarvanaError, match="no rle-rank"):
-        make_submission(**{**kwargs, "rle_dir": tmp_path})
+    with pytest.raises(CarvanaError, match="holds no predictions"):
+        submission(**{**kwargs, "rle_dir": tmp_path})
 
 
 @pytest.mark.parametrize("kind", ["png", "rle"])
@@ -256,7 +251,7 @@ def test_submit_without_keys_reads_what_predict_wrote_by_default(tmp_path: Path,
                 writer.write(name, rle_encode(p > 127))
     proc = run_submit(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert ("RLE shards" if kind == "rle" else "PNG masks") in proc.stderr and "predictions/test" in proc.stderr
+    assert ("RLE shards" if kind == "rle" else "PNG probabilities") in proc.stderr and "predictions/test" in proc.stderr
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path.parent == Path("submissions") and path.name.endswith(".csv.gz")
     table = read_submission(tmp_path / path)
@@ -277,8 +272,17 @@ def test_the_submission_is_standard_gzip(tmp_path: Path, sample: Path):
     with RleShardWriter(tmp_path / "rle", 0) as writer:
         for name in reversed(NAMES):
             writer.write(name, rles[name])
-    out = make_submission(sample, tmp_path / "sub.csv.gz", rle_dir=tmp_path / "rle", height=H, width=W)
+    out = submission(sample, tmp_path / "sub.csv.gz", rle_dir=tmp_path / "rle", height=H, width=W)
     text = gzip.decompress(out.read_bytes()).decode()
     assert text == HEADER + "\n" + "".join(f"{name},{rles[name]}\n" for name in NAMES)
     if shutil.which("gzip"):
         subprocess.run(["gzip", "-t", str(out)], check=True)
+
+
+def test_masks_dir_still_works_for_a_release_with_a_notice(tmp_path: Path, sample: Path):
+    """masks_dir= (the probabilities) was renamed probs_dir=: it works, with one warning line."""
+    write_pngs(tmp_path / "masks", random_probs(9))
+    proc = run_submit(tmp_path, "masks_dir=masks", "sample_csv=sample.csv", "output=sub.csv.gz")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: masks_dir= is now probs_dir= (masks_dir= goes in the next release)" in proc.stderr.splitlines()
+    assert read_submission(tmp_path / "sub.csv.gz")["img"].tolist() == NAMES

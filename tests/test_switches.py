@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch.losses.dice as smp_dice
 import torch
-from conftest import REPO, TINY_SIZE, train_args, write_checkpoint
+from conftest import REPO, TINY_SIZE, tiny_module, train_args, write_checkpoint
 from test_predict import max_diff, predict_args, predict_here, train_here
 
-import carvana.module
-from carvana.io import read_probs8
-from carvana.module import SegModule
-from carvana.writer import HostProbs8, MaskWriter, copy_probs8, to_probs8
+import carvana.model.losses
+import carvana.model.module
+from carvana.data.io import read_probs8
+from carvana.model.module import SegModule
+from carvana.predict.writer import HostProbs8, MaskWriter, copy_probs8, to_probs8
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_channels_last_and_compile_predict_like_the_default(unet_ckpt: Path, car
 
 def test_switches_keep_the_weights_names():
     """A checkpoint trained with the switches loads without them and the other way round."""
-    plain = SegModule(arch="simple_unet", encoder_name="simple_unet", encoder_weights=None)
-    switched = SegModule(arch="simple_unet", encoder_name="simple_unet", encoder_weights=None, channels_last=True,
+    plain = tiny_module(arch="simple_unet", encoder_name="simple_unet", encoder_weights=None)
+    switched = tiny_module(arch="simple_unet", encoder_name="simple_unet", encoder_weights=None, channels_last=True,
                          compile=True)
     assert list(plain.state_dict()) == list(switched.state_dict())
     switched.load_state_dict(plain.state_dict())
@@ -88,7 +89,7 @@ def test_compile_without_its_compiler_is_one_line_in_prediction(unet_ckpt: Path,
 def test_bf16_mixed_training_keeps_the_dice_sums_in_float32(carvana_root: Path, tmp_path: Path):
     """trainer.precision=bf16-mixed on the CPU: the network's logits are bf16, every Dice sum float32."""
     seen = {"logits": set(), "loss_dice": set(), "val_dice": set()}
-    forward, soft_dice, dice_per_image = SegModule.forward, smp_dice.soft_dice_score, carvana.module.dice_per_image
+    forward, soft_dice, dice_per_image = SegModule.forward, smp_dice.soft_dice_score, carvana.model.losses.dice_per_image
 
     def spy_forward(self, image):
         logits = forward(self, image)
@@ -107,7 +108,7 @@ def test_bf16_mixed_training_keeps_the_dice_sums_in_float32(carvana_root: Path, 
 
     with mock.patch.object(SegModule, "forward", spy_forward), \
             mock.patch.object(smp_dice, "soft_dice_score", spy_soft_dice), \
-            mock.patch.object(carvana.module, "dice_per_image", spy_dice):
+            mock.patch.object(carvana.model.module, "dice_per_image", spy_dice):
         ckpt = train_here(train_args(carvana_root, tmp_path / "run", "trainer.precision=bf16-mixed",
                                      "trainer.limit_train_batches=2", "trainer.limit_val_batches=2"))
     assert ckpt.is_file()

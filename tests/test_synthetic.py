@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from carvana import CarvanaError
-from carvana.io import read_image, read_mask
-from carvana.submission.rle import rle_decode
+from carvana.data.io import read_image, read_mask
+from carvana.data.rle import rle_decode
 from carvana.synthetic import dataset as synthetic
 from carvana.synthetic import is_complete, lowpoly, make_dataset, turntable
 
@@ -151,7 +151,7 @@ def test_refuses_an_existing_root_and_overwrites_on_request(tiny: Path, tmp_path
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(CarvanaError, match="not empty"):
-        make_dataset(foreign, train_cars=1, test_cars=0, size=SHAPE)
+        make_dataset(foreign, train_cars=1, test_cars=0, size=SHAPE, seed=0)
     assert (foreign / "notes.txt").read_text() == "mine"
     root = make_dataset(tmp_path / "set", train_cars=1, test_cars=1, size=SHAPE, seed=0)
     make_dataset(root, train_cars=1, test_cars=0, size=SHAPE, seed=5, overwrite=True)
@@ -169,7 +169,7 @@ def test_an_interrupted_run_leaves_no_root(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(synthetic, "write_mask_gif", failing_write)
     with pytest.raises(KeyboardInterrupt):
-        make_dataset(tmp_path / "set", train_cars=2, test_cars=1, size=SHAPE)
+        make_dataset(tmp_path / "set", train_cars=2, test_cars=1, size=SHAPE, seed=0)
     assert len(calls) == 20 and list(tmp_path.iterdir()) == []
 
 
@@ -182,12 +182,12 @@ def test_a_set_made_meanwhile_by_another_process_is_kept(tmp_path: Path, monkeyp
         (root / "marker").touch()
 
     monkeypatch.setattr(synthetic, "_write_set", racing)
-    assert make_dataset(root, train_cars=1, test_cars=0, size=SHAPE) == root
+    assert make_dataset(root, train_cars=1, test_cars=0, size=SHAPE, seed=0) == root
     assert (root / "marker").exists() and is_complete(root) and sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
 
 def test_is_complete_spots_a_missing_file(tmp_path: Path) -> None:
-    root = make_dataset(tmp_path / "set", train_cars=1, test_cars=1, size=SHAPE)
+    root = make_dataset(tmp_path / "set", train_cars=1, test_cars=1, size=SHAPE, seed=0)
     assert is_complete(root) and not is_complete(tmp_path / "nothing")
     next((root / "test").iterdir()).unlink()
     assert not is_complete(root)
@@ -195,9 +195,9 @@ def test_is_complete_spots_a_missing_file(tmp_path: Path) -> None:
 
 def test_bad_arguments_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(CarvanaError, match="training car"):
-        make_dataset(tmp_path / "set", train_cars=0)
+        make_dataset(tmp_path / "set", train_cars=0, test_cars=1, size=SHAPE, seed=0)
     with pytest.raises(CarvanaError, match="too small"):
-        make_dataset(tmp_path / "set", size=(16, 96))
+        make_dataset(tmp_path / "set", train_cars=1, test_cars=1, size=(16, 96), seed=0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -212,7 +212,7 @@ def test_command_line(tmp_path: Path) -> None:
 
 def test_the_renderer_is_imported_only_when_asked_for() -> None:
     """Training and prediction on real data do not import the synthetic renderer (a sixth of the package)."""
-    code = ("import sys, carvana.training, carvana.prediction, carvana.submission\n"
+    code = ("import sys, carvana.training.run, carvana.predict.run, carvana.submission, carvana.report.oof\n"
             "print(sorted(m for m in sys.modules if m.startswith('carvana.synthetic')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -23,8 +23,9 @@ import torch
 from conftest import REPO, TINY_SIZE, result_of, run_train, train_args
 
 from carvana import CarvanaError
-from carvana.io import is_temporary, write_probs8
-from carvana.submission.shards import RleShardWriter, scan_shard
+from carvana.data.io import write_probs8
+from carvana.files import is_temporary
+from carvana.predict.shards import RleShardWriter, scan_shard
 
 KILLS = 2  # kill points per command
 RANDOM = random.Random(13)  # the kill moments: seeded, so a failure can be replayed
@@ -330,12 +331,12 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, setup: dict):
 
 def test_stray_temporaries_of_dead_runs_are_removed_and_ignored(model: Path, carvana_root: Path, tmp_path: Path):
     """A killed writer's `.NAME.tmp-<host>-<pid>.png` (pid long gone): the next run removes it; readers skip it."""
-    from carvana.crops import write_bboxes
-    from carvana.io import _HOST
+    from carvana.data.boxes import write_bboxes
+    from carvana.files import HOST
 
     out = tmp_path / "pred"
     out.mkdir()
-    dead = out / f".{'a' * 12}_01.tmp-{_HOST}-999999999.png"
+    dead = out / f".{'a' * 12}_01.tmp-{HOST}-999999999.png"
     write_probs8(dead, np.zeros(TINY_SIZE, np.uint8))
     with pytest.raises(CarvanaError, match="holds no .png predictions"):  # a reader does not take it for a mask
         write_bboxes(out, tmp_path / "b.csv")

@@ -14,8 +14,10 @@ import torch
 from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
 from omegaconf import OmegaConf
 
-from carvana.io import car_id, read_image, read_mask, write_image
-from carvana.module import dice_per_image, load_module
+from carvana.data.io import read_image, read_mask, write_image
+from carvana.data.layout import car_id
+from carvana.model.loading import load_module
+from carvana.model.losses import dice_per_image
 
 CKPT_NAME = re.compile(r"^(?P<encoder>[\w-]+)-fold(?P<fold>\d+)-epoch(?P<epoch>\d{2})-dice(?P<dice>[01]\.\d{4})\.ckpt$")
 
@@ -407,12 +409,12 @@ def test_unknown_encoder_group_lists_the_options(carvana_root: Path, tmp_path: P
 VALIDATE = """
 import sys
 import pytorch_lightning as pl
-from carvana.data import CarvanaDataModule
-from carvana.module import load_module
+from carvana.data.datamodule import SegDataModule
+from carvana.model.loading import load_module
 
 root, ckpt, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
 module = load_module(ckpt)
-data = CarvanaDataModule(root, f"{root}/folds.csv", 0, module.geometry, batch_size=2, num_workers=0)
+data = SegDataModule(root, f"{root}/folds.csv", 0, module.geometry, batch_size=2, num_workers=0)
 trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                      enable_progress_bar=False, enable_model_summary=False)
 result = trainer.validate(module, datamodule=data, verbose=False)
@@ -443,9 +445,9 @@ def test_validation_on_two_ranks_scores_each_photo_once(trained_run: dict, carva
 def test_the_datamodule_reads_its_inputs_once(carvana_root: Path, monkeypatch: pytest.MonkeyPatch):
     """Lightning calls setup() again inside fit: the photos are checked (and pseudo-labels read) once."""
     import carvana.data
-    from carvana.geometry import Geometry
+    from carvana.data.geometry import Geometry
 
-    dm = carvana.data.CarvanaDataModule(str(carvana_root), str(carvana_root / "folds.csv"), 0, Geometry(),
+    dm = carvana.data.SegDataModule(str(carvana_root), str(carvana_root / "folds.csv"), 0, Geometry(),
                                         num_workers=0)
     dm.setup("fit")
     monkeypatch.setattr(carvana.data, "check_files", lambda *a, **k: pytest.fail("setup read the inputs twice"))

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
@@ -94,8 +93,8 @@ class SegDataModule(pl.LightningDataModule):
         # each photo on one rank only: a padded sampler would score some twice (Lightning #5060) and bias the mean;
         # a batch holds photos of one size, their masks stay at that size
         world, rank = self._ranks()
-        sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
-        batches = SizeBatchSampler(sampler, self.val_sizes, self.batch_size)
+        batches = SizeBatchSampler(range(len(self.val_set)), self.val_sizes, self.batch_size, num_replicas=world,
+                                   rank=rank)
         return DataLoader(self.val_set, batch_sampler=batches, **self._workers())
 
     def _ranks(self) -> tuple[int, int]:

@@ -98,17 +98,21 @@ class AugmentSampler(DistributedSampler):
 
 
 class SizeBatchSampler(BatchSampler):
-    """Batches of photos of one size, from the indices of `sampler` in their order: a batch of full-size masks (or
-    outputs) must share a shape. One size: the plain batches of the sampler's order. (A BatchSampler, with its
-    drop_last, so that Lightning re-creates it as it is when it wraps a loader.)"""
+    """This rank's share of the indices of `sampler` (every num_replicas-th from `rank`: each photo on one rank, none
+    repeated to even the ranks out, so none is scored or written twice), in batches of photos of one size: a batch of
+    masks or outputs at the photos' own size must share a shape. One size: the plain batches of the order.
 
-    def __init__(self, sampler: Iterable[int], sizes: list[tuple[int, int]], batch_size: int,
-                 drop_last: bool = False) -> None:
+    A BatchSampler whose arguments Lightning can re-create it from (it does so for prediction, giving it the loader's
+    plain sampler): the ranks are its own arguments, not a distributed sampler Lightning would replace."""
+
+    def __init__(self, sampler: Iterable[int], sizes: list[tuple[int, int]], batch_size: int, drop_last: bool = False,
+                 num_replicas: int = 1, rank: int = 0) -> None:
         self.sampler, self.sizes, self.batch_size, self.drop_last = sampler, sizes, batch_size, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
 
     def __iter__(self) -> Iterator[list[int]]:
         open_batches: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index in self.sampler:
+        for index in list(self.sampler)[self.rank::self.num_replicas]:
             batch = open_batches[self.sizes[index]]
             batch.append(index)
             if len(batch) == self.batch_size:
@@ -119,7 +123,7 @@ class SizeBatchSampler(BatchSampler):
 
     def __len__(self) -> int:
         counts: dict[tuple[int, int], int] = defaultdict(int)
-        for index in self.sampler:
+        for index in list(self.sampler)[self.rank::self.num_replicas]:
             counts[self.sizes[index]] += 1
         return sum(n // self.batch_size if self.drop_last else -(-n // self.batch_size) for n in counts.values())
 

@@ -37,9 +37,10 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
 class Geometry:
     """The input mode of a model: random crops (training only), a resize, the full photo padded, or car boxes."""
 
-    crop_size: tuple[int, int] | None
-    input_size: tuple[int, int] | None
-    boxes: bool
+    # no crop, no resize, no boxes: the whole photo, padded (what the config says comes through geometry_of)
+    crop_size: tuple[int, int] | None = None
+    input_size: tuple[int, int] | None = None
+    boxes: bool = False
 
     def __post_init__(self) -> None:
         if self.crop_size is not None and self.input_size is not None:

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
@@ -45,10 +44,10 @@ class PredictData(pl.LightningDataModule):
         self.dataset, self.sizes, self.batch_size, self.num_workers = dataset, sizes, batch_size, num_workers
 
     def predict_dataloader(self) -> DataLoader:
-        sampler = UnrepeatedDistributedSampler(self.dataset, num_replicas=self.trainer.world_size,
-                                               rank=self.trainer.global_rank, shuffle=False)
-        return DataLoader(self.dataset, batch_sampler=SizeBatchSampler(sampler, self.sizes, self.batch_size),
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        batches = SizeBatchSampler(range(len(self.dataset)), self.sizes, self.batch_size,
+                                   num_replicas=self.trainer.world_size, rank=self.trainer.global_rank)
+        return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())
 
 
 class Ensemble(pl.LightningModule):

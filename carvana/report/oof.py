@@ -1,6 +1,7 @@
 """The out-of-fold report: per-photo, per-group (Carvana's car) and per-angle Dice, a threshold sweep, the worst
 photos drawn, as CSVs and report.html (python -m carvana.report, conf/report.yaml)."""
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,11 +54,12 @@ def dice_curve(hists: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.where(total > 0, 2 * tp / np.maximum(total, 1), 1.0)
 
 
-def tables(preds: list[Path], hists: np.ndarray, threshold: float, group: str) -> dict[str, pd.DataFrame]:
-    """per_image, per_car (Carvana's names; per_group for other groups), per_angle (Carvana's names only) and
-    thresholds tables from the photos' histograms, hardest first."""
+def tables(preds: list[Path], names: list[str], hists: np.ndarray, threshold: float, group: str
+           ) -> dict[str, pd.DataFrame]:
+    """per_image (each photo by `names`), per_car (Carvana's names; per_group for other groups), per_angle (Carvana's
+    names only) and thresholds tables from the photos' histograms, hardest first."""
     pattern, unit = group_pattern(group, "group"), "car" if group == CAR_GROUP else "group"
-    per_image = pd.DataFrame({"image": [p.stem for p in preds], unit: [group_of(p, pattern, "group") for p in preds],
+    per_image = pd.DataFrame({"image": names, unit: [group_of(p, pattern, "group") for p in preds],
                               "dice": dice_curve(hists, np.array([threshold]))[:, 0]})
     if unit == "car":
         per_image.insert(2, "angle", [angle_of(p) for p in preds])
@@ -71,14 +73,18 @@ def tables(preds: list[Path], hists: np.ndarray, threshold: float, group: str) -
     return {**result, "per_angle": mean_by("angle")} if unit == "car" else result
 
 
-def find_photo(images_dir: Path, stem: str) -> Path:
-    """The photo `<stem>.jpg` (or another photo suffix) in `images_dir`."""
-    if not images_dir.is_dir():
+def find_photos(images_dir: Path, preds: list[Path], required: bool) -> list[Path | None]:
+    """The photo of each prediction (`<stem>.jpg` or another photo suffix) in `images_dir`; a missing one is None,
+    or, when `required` (the worst photos are drawn), a CarvanaError."""
+    present = {Path(n).stem: images_dir / n for n in os.listdir(images_dir) if Path(n).suffix.lower() in
+               IMAGE_SUFFIXES} if images_dir.is_dir() else {}
+    photos = [present.get(p.stem) for p in preds]
+    if required and not images_dir.is_dir():
         raise CarvanaError(f"images_dir={images_dir} does not exist: set images_dir= or data_root=, or worst=0")
-    found = [images_dir / f"{stem}{s}" for s in IMAGE_SUFFIXES if (images_dir / f"{stem}{s}").exists()]
-    if not found:
-        raise CarvanaError(f"photo {stem}.jpg is not in images_dir={images_dir}: set images_dir= or worst=0")
-    return found[0]
+    missing = [p.stem for p, photo in zip(preds, photos) if photo is None]
+    if required and missing:
+        raise CarvanaError(f"photo {missing[0]} is not in images_dir={images_dir}: set images_dir= or worst=0")
+    return photos
 
 
 def worst_tiles(names: list[str], files: dict[str, tuple[Path, Path, Path]], threshold: float) -> list[np.ndarray]:
@@ -126,10 +132,11 @@ def write_report(probs_dir: str, output_dir: str, masks_dir: str, images_dir: st
         raise CarvanaError(f"probs_dir={probs_dir} holds no <photo>.png predictions: run predict.py with write=png")
     truths = find_truths(preds, Path(masks_dir))
     # any photo may be among the worst: check them all before the long pass
-    photos = [find_photo(Path(images_dir), p.stem) for p in preds] if worst else []
+    photos = find_photos(Path(images_dir), preds, required=worst > 0)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         hists = np.stack(list(progress(pool.map(histogram, preds, truths), "scoring the photos", len(preds))))
-    result = tables(preds, hists, threshold, group)
+    names = [photo.name if photo else pred.stem for pred, photo in zip(preds, photos)]
+    result = tables(preds, names, hists, threshold, group)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in result.items():

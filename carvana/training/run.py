@@ -83,25 +83,30 @@ def geometry_of(data: DictConfig) -> Geometry:
     return Geometry(_list(data.crop_size), _list(data.input_size), boxes=data.bboxes is not None)
 
 
-def build_module(cfg: DictConfig, data: dict) -> SegModule:
-    """The SegModule of a config: plain values only, so its checkpoint rebuilds it without the config; `data` is the
-    provenance the checkpoint keeps (predict.py's defaults)."""
+def module_kwargs(cfg: DictConfig, data: dict) -> dict:
+    """SegModule's keyword arguments from a config: plain values only, so its checkpoint rebuilds it without the
+    config; `data` is the provenance the checkpoint keeps (predict.py's defaults)."""
     m, geometry = cfg.model, geometry_of(cfg.data)
     preprocessing = OmegaConf.to_container(cfg.preprocessing)
-    module = SegModule(
-        arch=m.arch, encoder_name=m.encoder_name, encoder_weights=m.encoder_weights,
-        decoder_channels=list(m.decoder_channels), in_channels=3 + len(cfg.data.stacked_dirs or []),
-        preprocessing=resolve_preprocessing(preprocessing, m.encoder_name, m.encoder_weights),
-        crop_size=_list(geometry.crop_size), input_size=_list(geometry.input_size), boxes=geometry.boxes,
-        loss=OmegaConf.to_container(cfg.loss), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-        scheduler=cfg.optim.scheduler, min_lr=cfg.optim.min_lr, plateau_patience=cfg.optim.plateau_patience,
-        cyclic=OmegaConf.to_container(cfg.optim.cyclic, resolve=True), freeze_encoder_epochs=m.freeze_encoder_epochs,
-        freeze_encoder_until=m.freeze_encoder_until, threshold=m.threshold,
-        bn_recalibration_batches=m.bn_recalibration_batches, channels_last=m.channels_last, compile=m.compile,
-        val_tta=m.val_tta, data=data,
-    )
-    if m.init_from:
-        init_from(module, m.init_from)
+    return {
+        "arch": m.arch, "encoder_name": m.encoder_name, "encoder_weights": m.encoder_weights,
+        "decoder_channels": list(m.decoder_channels), "in_channels": 3 + len(cfg.data.stacked_dirs or []),
+        "preprocessing": resolve_preprocessing(preprocessing, m.encoder_name, m.encoder_weights),
+        "crop_size": _list(geometry.crop_size), "input_size": _list(geometry.input_size), "boxes": geometry.boxes,
+        "loss": OmegaConf.to_container(cfg.loss), "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
+        "scheduler": cfg.optim.scheduler, "min_lr": cfg.optim.min_lr, "plateau_patience": cfg.optim.plateau_patience,
+        "cyclic": OmegaConf.to_container(cfg.optim.cyclic, resolve=True),
+        "freeze_encoder_epochs": m.freeze_encoder_epochs, "freeze_encoder_until": m.freeze_encoder_until,
+        "threshold": m.threshold, "bn_recalibration_batches": m.bn_recalibration_batches,
+        "channels_last": m.channels_last, "compile": m.compile, "val_tta": m.val_tta, "data": data,
+    }
+
+
+def build_module(cfg: DictConfig, data: dict) -> SegModule:
+    """The SegModule of a config (module_kwargs), fine-tuned from model.init_from's weights when it names one."""
+    module = SegModule(**module_kwargs(cfg, data))
+    if cfg.model.init_from:
+        init_from(module, cfg.model.init_from)
     return module
 
 
