@@ -86,8 +86,8 @@ def check_threshold(threshold: object, key: str = "threshold") -> float:
     return float(threshold)
 
 
-def help_text(name: str, groups: dict[str, str] | None = None) -> str:
-    """--help of a tool from conf/<name>.yaml: its opening comment (what it does, the usage and common commands),
+def help_text(name: str, command: str, groups: dict[str, str] | None = None) -> str:
+    """--help of `command` (e.g. `python predict.py`) from conf/<name>.yaml: a usage line, its opening comment (what it does, the usage and common commands),
     then every key with its default and its comment; `groups` adds the keys of a group's file under a prefix
     (e.g. {'data': 'data/carvana'}), and the options of every config group of the defaults list."""
     text = (CONF / f"{name}.yaml").read_text()
@@ -97,7 +97,8 @@ def help_text(name: str, groups: dict[str, str] | None = None) -> str:
         if not match:
             break
         intro.append(match["text"])
-    out = [*intro, "", "Keys (key=value: the default, then what it means):", *describe(CONF / f"{name}.yaml")]
+    usage = f"usage: {command} [key=value ...]" + ("  (-m key=a,b,...: one run each)" if name == "config" else "")
+    out = [usage, *intro, "", "Keys (key=value: the default, then what it means):", *describe(CONF / f"{name}.yaml")]
     for prefix, file in (groups or {}).items():
         out += describe(CONF / f"{file}.yaml", prefix)
     group_dirs = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -176,7 +177,7 @@ def entry_point(name: str, groups: dict[str, str] | None = None, renamed: dict[s
     """What train.py, predict.py and submit.py do before Hydra reads their command line: `-h`/`--help` prints the
     help of conf/<name>.yaml and exits 0 (Hydra's own: --hydra-help); renamed keys get their new names."""
     if any(word in ("-h", "--help") for word in sys.argv[1:]):
-        print(help_text(name, groups))
+        print(help_text(name, f"python {Path(sys.argv[0]).name}", groups))
         sys.exit(0)
     sys.argv[1:] = rename_keys(sys.argv[1:], renamed or {})
 
@@ -185,7 +186,7 @@ def run_or_exit(argv: list[str], help_of: str, work: Callable[[list[str]], T]) -
     """`-h`/`--help` prints the help of conf/<help_of>.yaml and exits 0; a CarvanaError of `work(argv)` prints one
     `error:` line and exits 2."""
     if any(word in ("-h", "--help") for word in argv):
-        print(help_text(help_of))
+        print(help_text(help_of, f"python -m carvana.{help_of}"))
         sys.exit(0)
     try:
         return work(argv)

@@ -129,7 +129,7 @@ def test_freeze_encoder_until_a_layer():
 
 def test_car_crops_train_and_paste_back(carvana_root: Path, first_stage: Path, tmp_path: Path):
     bboxes = tmp_path / "bboxes.csv"
-    table = write_bboxes(first_stage, bboxes, margin=4, multiple=16)
+    table = write_bboxes(first_stage, bboxes, threshold=0.5, margin=4, multiple=16, workers=2)
     assert set(table.columns) == {"img", "y_start", "y_end", "x_start", "x_end"}
     run = tmp_path / "crops"
     _, ckpt = result_of(run_train(train_args(carvana_root, run, f"data.bboxes={bboxes}", "data.input_size=[32,64]")))
@@ -149,7 +149,7 @@ def test_car_crops_train_and_paste_back(carvana_root: Path, first_stage: Path, t
 
 def test_car_crop_without_its_row_is_one_line(carvana_root: Path, first_stage: Path, tmp_path: Path):
     bboxes = tmp_path / "bboxes.csv"
-    table = write_bboxes(first_stage, bboxes, margin=4, multiple=16)
+    table = write_bboxes(first_stage, bboxes, threshold=0.5, margin=4, multiple=16, workers=2)
     dropped = next(img for img in table.img if (carvana_root / "train" / img).exists())
     table[table.img != dropped].to_csv(bboxes, index=False)
     proc = run_train(train_args(carvana_root, tmp_path / "run", f"data.bboxes={bboxes}", "data.input_size=[32,64]"))

@@ -309,9 +309,9 @@ BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
     "submit: output under a file": ("submit.py",
                                     lambda s: _submit(s, f"output={s['tmp'] / 'afile' / 'x.csv.gz'}"), "afile"),
     "submit: output not writable": ("submit.py", lambda s: _submit(s, "output=/proc/carvana/x.csv.gz"), "/proc"),
-    "crops: threshold 2": ("carvana.crops", lambda s: [f"pred_dir={s['earlier']}", f"out={s['tmp'] / 'b.csv'}",
+    "crops: threshold 2": ("carvana.crops", lambda s: [f"probs_dir={s['earlier']}", f"output={s['tmp'] / 'b.csv'}",
                                                        "threshold=2"], "threshold=2"),
-    "folds: no metadata": ("carvana.folds", lambda s: [f"data_root={s['tmp'] / 'none'}", f"out={s['tmp'] / 'f.csv'}"],
+    "folds: no metadata": ("carvana.folds", lambda s: [f"data_root={s['tmp'] / 'none'}", f"output={s['tmp'] / 'f.csv'}"],
                            "metadata"),
 }
 
@@ -339,10 +339,10 @@ def test_stray_temporaries_of_dead_runs_are_removed_and_ignored(model: Path, car
     dead = out / f".{'a' * 12}_01.tmp-{HOST}-999999999.png"
     write_probs8(dead, np.zeros(TINY_SIZE, np.uint8))
     with pytest.raises(CarvanaError, match="holds no .png predictions"):  # a reader does not take it for a mask
-        write_bboxes(out, tmp_path / "b.csv")
+        write_bboxes(out, tmp_path / "b.csv", threshold=0.5, margin=32, multiple=32, workers=2)
     code, _, err = run_here("predict.py", [f"ckpt={model}", f"output_dir={out}", "num_workers=0",
                                            f"hydra.run.dir={tmp_path / 'h'}", "trainer.enable_progress_bar=false"])
     assert code == 0, err
     assert not dead.exists()
-    table = write_bboxes(out, tmp_path / "bboxes.csv")
+    table = write_bboxes(out, tmp_path / "bboxes.csv", threshold=0.5, margin=32, multiple=32, workers=2)
     assert len(table) == 16 and not any(img.startswith(".") for img in table.img)

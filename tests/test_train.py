@@ -11,7 +11,7 @@ import cv2
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
+from conftest import compose_train, REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
 from omegaconf import OmegaConf
 
 from carvana.data.io import read_image, read_mask, write_image
@@ -409,12 +409,17 @@ def test_unknown_encoder_group_lists_the_options(carvana_root: Path, tmp_path: P
 VALIDATE = """
 import sys
 import pytorch_lightning as pl
-from carvana.data.datamodule import SegDataModule
+from hydra import compose, initialize_config_dir
 from carvana.model.loading import load_module
+from carvana.training.run import build_datamodule
 
-root, ckpt, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+repo, root, ckpt, devices = sys.argv[4], sys.argv[1], sys.argv[2], int(sys.argv[3])
 module = load_module(ckpt)
-data = SegDataModule(root, f"{root}/folds.csv", 0, module.geometry, batch_size=2, num_workers=0)
+with initialize_config_dir(config_dir=f"{repo}/conf", version_base="1.3"):
+    cfg = compose(config_name="config", overrides=[f"data.root={root}", f"data.folds={root}/folds.csv", "fold=0",
+                                                  "data.batch_size=2", "data.num_workers=0", "data.crop_size=null",
+                                                  "data.input_size=null"])
+data = build_datamodule(cfg, root)
 trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                      enable_progress_bar=False, enable_model_summary=False)
 result = trainer.validate(module, datamodule=data, verbose=False)
@@ -436,22 +441,23 @@ def test_validation_on_two_ranks_scores_each_photo_once(trained_run: dict, carva
     dice = []
     for devices in (1, 2):
         proc = subprocess.run([sys.executable, str(tmp_path / "validate.py"), str(root), str(trained_run["ckpt"]),
-                               str(devices)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+                               str(devices), str(REPO)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         dice.append(float(proc.stdout.strip().splitlines()[-1].split("=")[1]))
     assert dice[0] == pytest.approx(dice[1], abs=1e-6), dice
 
 
-def test_the_datamodule_reads_its_inputs_once(carvana_root: Path, monkeypatch: pytest.MonkeyPatch):
+def test_the_datamodule_reads_its_inputs_once(carvana_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Lightning calls setup() again inside fit: the photos are checked (and pseudo-labels read) once."""
-    import carvana.data
-    from carvana.data.geometry import Geometry
+    import carvana.data.datamodule
+    from carvana.training.run import build_datamodule
 
-    dm = carvana.data.SegDataModule(str(carvana_root), str(carvana_root / "folds.csv"), 0, Geometry(),
-                                        num_workers=0)
-    dm.setup("fit")
-    monkeypatch.setattr(carvana.data, "check_files", lambda *a, **k: pytest.fail("setup read the inputs twice"))
-    monkeypatch.setattr(carvana.data, "find_masks", lambda *a, **k: pytest.fail("setup read the inputs twice"))
+    cfg = compose_train(f"data.root={carvana_root}", f"data.folds={carvana_root / 'folds.csv'}", "fold=0",
+                        "data.num_workers=0")
+    dm = build_datamodule(cfg, tmp_path)  # calls setup()
+    monkeypatch.setattr(carvana.data.datamodule, "check_photos",
+                        lambda *a, **k: pytest.fail("setup read the inputs twice"))
+    monkeypatch.setattr(carvana.data.datamodule, "find_masks", lambda *a, **k: pytest.fail("setup read the inputs twice"))
     dm.setup("fit")
     assert len(dm.train_set) == 32 and len(dm.val_set) == 16
 

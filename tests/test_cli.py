@@ -1,0 +1,50 @@
+"""The command line every tool shares: --help from the YAML comments (one source), key=value words, renamed keys."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from carvana.cli import help_text
+
+TOOLS = {
+    "train.py": ("config", ["  encoder:", "fold=", "data.crop_size=", "trainer.max_epochs="]),
+    "predict.py": ("predict", ["ckpt=", "tta=", "output_dir="]),
+    "submit.py": ("submit", ["probs_dir=", "rle_dir=", "threshold="]),
+    "carvana.crops": ("crops", ["probs_dir=", "output="]),
+    "carvana.folds": ("folds", ["output="]),
+    "carvana.report": ("report", ["probs_dir=", "output_dir="]),
+    "carvana.export": ("export", ["ckpt="]),
+}
+
+
+def _help(tool: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, tool] if tool.endswith(".py") else [sys.executable, "-m", tool]
+    return subprocess.run([*command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("tool", ["train.py", "predict.py", "submit.py", "carvana.report"])
+def test_help_starts_with_usage_and_the_common_commands(tool: str):
+    proc = _help(tool)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    lines = proc.stdout.splitlines()
+    shown = tool if tool.endswith(".py") else f"-m {tool}"
+    assert lines[0].startswith(f"usage: python {shown} [key=value ...]"), lines[0]
+    examples = [line for line in lines[1:12] if line.strip().startswith("python ")]
+    assert len(examples) >= 2, lines[:12]
+    for key in TOOLS[tool][1]:  # the keys, and the groups as group:
+        assert any(line.startswith(key if key.startswith(" ") else f"  {key}") for line in lines), key
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_every_key_in_help_is_explained(tool: str):
+    """Each `  key=default  explanation` line has its explanation (from the YAML's comments)."""
+    name, _ = TOOLS[tool]
+    groups = {"data": "data/carvana", "trainer": "trainer/auto"} if name == "config" else None  # as train.py shows
+    command = f"python {tool}" if tool.endswith(".py") else f"python -m {tool}"
+    text = help_text(name, command, groups)
+    keys = [line for line in text.splitlines() if line.startswith("  ") and "=" in line.split()[0]]
+    assert keys
+    unexplained = [line.strip() for line in keys if len(line.strip().split(None, 1)) < 2]
+    assert not unexplained, f"keys without a comment in conf/{name}.yaml or its groups: {unexplained}"
