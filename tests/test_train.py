@@ -245,6 +245,40 @@ def test_ckpt_path_resumes_the_run(trained_run: dict, carvana_root: Path, tmp_pa
     assert CKPT_NAME.match(ckpt.name)["epoch"] == "01"
 
 
+def test_a_moved_run_folder_resumes_with_its_best_score(trained_run: dict, carvana_root: Path, tmp_path: Path):
+    """Lightning drops best_model_score and the top-k of a checkpoint written under another folder: a moved run would
+    take its next (worse) epoch for its best and keep two best files, which a *dice* glob makes an ensemble of. The
+    epoch-0 best is marked 0.999 here, so the resumed epoch 1 cannot beat it."""
+    copy = shutil.copytree(trained_run["out"], tmp_path / "copy")
+    last = copy / "checkpoints" / "last.ckpt"
+    state = load_ckpt(last)
+    for key, callback in state["callbacks"].items():
+        if "Checkpoint" in key and "val_dice" in key:
+            callback["best_model_score"] = callback["kth_value"] = torch.tensor(0.999)
+            callback["best_k_models"] = {k: torch.tensor(0.999) for k in callback["best_k_models"]}
+    torch.save(state, last)
+    out = shutil.move(copy, tmp_path / "moved")  # the folder it was written in is gone
+    proc = run_train(train_args(carvana_root, out, "trainer.max_epochs=2", "trainer.limit_train_batches=2"))
+    dice, ckpt = result_of(proc)
+    assert "resuming from" in proc.stdout
+    assert dice == pytest.approx(0.999) and ckpt.parent == Path(out) / "checkpoints" and ckpt.is_file()
+    best = [p.name for p in (Path(out) / "checkpoints").glob("*dice*.ckpt")]
+    assert best == [ckpt.name], best  # one best checkpoint per run
+    assert CKPT_NAME.match(ckpt.name)["epoch"] == "00"
+    assert val_metrics(Path(out))["epoch"].tolist() == [0, 1]
+
+
+def test_resuming_with_other_settings_names_the_keys(trained_run: dict, carvana_root: Path, tmp_path: Path):
+    out = shutil.copytree(trained_run["out"], tmp_path / "run")
+    before = sorted((out / "checkpoints").iterdir())
+    proc = run_train(train_args(carvana_root, out, "optim.lr=0.5", "model.decoder_channels=[32,16,16,8,8]"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot resume"), proc.stderr[-2000:]
+    assert "optim.lr 0.001 -> 0.5" in lines[0] and "model.decoder_channels" in lines[0], lines[0]
+    assert "model.init_from" in lines[0] and "Traceback" not in proc.stderr
+    assert sorted((out / "checkpoints").iterdir()) == before
+
+
 @pytest.mark.slow
 def test_demo_generates_the_synthetic_set_when_missing(tmp_path: Path):
     """The demo's data=synthetic: data.root missing -> the set (same seed, tiny photos) and its folds are made."""

@@ -10,6 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from carvana import CarvanaError
 from carvana.files import atomic_path
 
 
@@ -23,16 +24,65 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose bookkeeping follows its run folder when the folder is moved or copied. Lightning drops
+    the best score and the top-k of a checkpoint written under another dirpath (with a warning only): a resumed copy
+    would then take a worse epoch for its best and keep a second best file beside the first."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and Path(old) != Path(self.dirpath):
+            def here(path: str) -> str:
+                return str(Path(self.dirpath) / Path(path).name) if path and Path(path).parent == Path(old) else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{key: here(state_dict.get(key, "")) for key in
+                             ("best_model_path", "kth_best_model_path", "last_model_path")},
+                          "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
+
+# what a resumed run must share with the run it resumes: the hyperparameter, and the key users set it with
+RESUMED_KEYS = {"arch": "model.arch", "encoder_name": "model.encoder_name (encoder=)",
+                "decoder_channels": "model.decoder_channels", "in_channels": "data.stacked_dirs",
+                "preprocessing": "preprocessing", "crop_size": "data.crop_size", "input_size": "data.input_size",
+                "boxes": "data.bboxes", "loss": "loss", "lr": "optim.lr", "weight_decay": "optim.weight_decay",
+                "scheduler": "optim.scheduler", "min_lr": "optim.min_lr", "plateau_patience": "optim.plateau_patience",
+                "cyclic": "optim.cyclic", "freeze_encoder_epochs": "model.freeze_encoder_epochs",
+                "freeze_encoder_until": "model.freeze_encoder_until", "threshold": "model.threshold",
+                "bn_recalibration_batches": "model.bn_recalibration_batches", "val_tta": "model.val_tta"}
+
+
+def check_resumed_settings(path: str | Path, saved: dict, now: dict) -> None:
+    """Resuming restores the weights, the optimizer and the schedule of `path`: settings that differ from the ones it
+    was trained with would be ignored or break the load. One line naming every such key."""
+    differ = [f"{key} {saved[name]!r} -> {now[name]!r}" for name, key in RESUMED_KEYS.items()
+              if name in saved and name in now and _plain(saved[name]) != _plain(now[name])]
+    if differ:
+        raise CarvanaError(f"cannot resume {path}: it was trained with other settings ({'; '.join(differ)}): "
+                           "give them as they were, start a new run folder (hydra.run.dir=...), or fine-tune from its "
+                           "weights with model.init_from=")
+
+
+def _plain(value: object) -> object:
+    """Lists and tuples alike (a checkpoint keeps lists, a Geometry tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def checkpointing(directory: Path, best_name: str, every_minutes: float) -> list[ModelCheckpoint]:
     """The best checkpoint by val_dice (named `best_name`), last.ckpt at every epoch's end (Lightning's save_last
     writes it only when the best changed), and last.ckpt every `every_minutes` of training within an epoch too: a
     preempted job loses at most that much."""
     return [
-        ModelCheckpoint(dirpath=directory, monitor="val_dice", mode="max", filename=best_name,
-                        auto_insert_metric_name=False),
-        ModelCheckpoint(dirpath=directory, filename="last", monitor=None, enable_version_counter=False),
-        ModelCheckpoint(dirpath=directory, filename="last", monitor=None, enable_version_counter=False,
-                        train_time_interval=timedelta(minutes=every_minutes)),
+        RunCheckpoint(dirpath=directory, monitor="val_dice", mode="max", filename=best_name,
+                      auto_insert_metric_name=False),
+        RunCheckpoint(dirpath=directory, filename="last", monitor=None, enable_version_counter=False),
+        RunCheckpoint(dirpath=directory, filename="last", monitor=None, enable_version_counter=False,
+                      train_time_interval=timedelta(minutes=every_minutes)),
     ]
 
 

@@ -25,7 +25,7 @@ from carvana.slurm import check_allocation
 from carvana.training.callbacks import callbacks
 from carvana.training.ddp import ddp_job_scope, relaunch_job_not_sweep
 from carvana.training.loggers import build_loggers, finish_loggers
-from carvana.training.resume import AtomicCheckpointIO
+from carvana.training.resume import AtomicCheckpointIO, check_resumed_settings
 
 KAGGLE = "kaggle competitions download -c carvana-image-masking-challenge"
 MADE_FOLDS = "folds.csv"  # in the run folder: the folds made by data.group when data.folds is null
@@ -147,8 +147,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     # a run folder that holds a last.ckpt resumes from it: a requeued cluster job, a run started again by hand
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = cfg.ckpt_path or (str(last) if last.is_file() else None)
-    if ckpt_path:
-        read_checkpoint(ckpt_path, key="ckpt_path")  # a missing or foreign file fails here, in one line
+    if ckpt_path:  # a missing or foreign file, or other settings than it was trained with: one line, before work
+        saved = read_checkpoint(ckpt_path, key="ckpt_path")["hyper_parameters"]
+        check_resumed_settings(ckpt_path, saved, module_kwargs(cfg, data={}))
     dm = build_datamodule(cfg, out_dir)
     module = build_module(cfg, provenance(cfg, dm))
     relaunch_job_not_sweep()
