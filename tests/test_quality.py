@@ -62,7 +62,7 @@ def test_val_tta_hflip_is_what_predict_tta_hflip_averages():
     image = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     size = (128, 192)
     with torch.no_grad():
-        probs = module.val_logits(image, size).sigmoid()
+        probs, _ = module.val_probs(image, size)
         expected = Ensemble([module], tta="hflip").probs({module.geometry.key: image}, size)
         plain = module.geometry.to_full(module(image), size).sigmoid()
     assert probs.shape == (2, 1, *size)

@@ -322,7 +322,7 @@ def _photo_of_another_size(root: Path, tmp_path: Path) -> tuple[list[str], list[
     car = pd.read_csv(copy / "folds.csv", dtype={"id": str})["id"][0]
     photo = copy / "train" / f"{car}_05.jpg"
     write_image(photo, cv2.resize(read_image(photo), (96, 80)))
-    return [f"data.root={copy}", f"data.folds={copy / 'folds.csv'}"], [f"{car}_05.jpg", "96x80", "96x64"]
+    return [f"data.root={copy}", f"data.folds={copy / 'folds.csv'}"], [f"{car}_05.jpg", "80x96", "64x96"]
 
 
 def _fold_not_in_folds(root: Path, tmp_path: Path) -> tuple[list[str], list[str]]:
@@ -442,6 +442,7 @@ def test_unknown_encoder_group_lists_the_options(carvana_root: Path, tmp_path: P
 
 VALIDATE = """
 import sys
+from pathlib import Path
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from carvana.model.loading import load_module
@@ -453,7 +454,7 @@ with initialize_config_dir(config_dir=f"{repo}/conf", version_base="1.3"):
     cfg = compose(config_name="config", overrides=[f"data.root={root}", f"data.folds={root}/folds.csv", "fold=0",
                                                   "data.batch_size=2", "data.num_workers=0", "data.crop_size=null",
                                                   "data.input_size=null"])
-data = build_datamodule(cfg, root)
+data = build_datamodule(cfg, Path(root))
 trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                      enable_progress_bar=False, enable_model_summary=False)
 result = trainer.validate(module, datamodule=data, verbose=False)

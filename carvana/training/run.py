@@ -69,10 +69,10 @@ def check_settings(cfg: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, kind) or value < least:
             raise CarvanaError(f"{key}={value} must be a number >= {least}")
-    for key in ("lr", "min_lr"):
+    for key in ("lr", "min_lr"):  # 0 is allowed: the weights stay as they are (BatchNorm statistics still move)
         value = cfg.optim[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise CarvanaError(f"optim.{key}={value} must be a learning rate > 0 (e.g. 1e-3)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise CarvanaError(f"optim.{key}={value} must be a learning rate >= 0 (e.g. 1e-3)")
     if cfg.optim.weight_decay < 0:
         raise CarvanaError(f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0")
     check_accelerator(cfg.trainer)
