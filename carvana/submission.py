@@ -55,16 +55,22 @@ def make_submission(*, probs_dir: str | os.PathLike | Sequence[str | os.PathLike
             "sample_submission.csv"
     names = read_sample_names(sample_csv)
     predicted = {p.stem for f in found for p in f.pngs} if rle_dir is None else None
+    made = not output.parent.exists()
     check_writable_dir(output.parent, "output")
     remove_dead_temporaries(output.parent)
     shape = (height, width)
-    if rle_dir is not None:
-        rows = shard_rows(rle_dir, names, fill_missing, allow_unlisted, shape)
-    else:
-        check_listed(predicted, names, sample_csv, allow_unlisted)
-        workers = len(os.sched_getaffinity(0)) if workers is None else workers
-        rows = png_rows(dirs, names, threshold, strategy, fill_missing, shape, workers)
-    write_submission(output, rows)
+    try:
+        if rle_dir is not None:
+            rows = shard_rows(rle_dir, names, fill_missing, allow_unlisted, shape)
+        else:
+            check_listed(predicted, names, sample_csv, allow_unlisted)
+            workers = len(os.sched_getaffinity(0)) if workers is None else workers
+            rows = png_rows(dirs, names, threshold, strategy, fill_missing, shape, workers)
+        write_submission(output, rows)
+    except CarvanaError:
+        if made and not any(output.parent.iterdir()):  # a refused run leaves no empty folder behind
+            output.parent.rmdir()
+        raise
     return output
 
 

@@ -278,6 +278,23 @@ def _submit(s: dict, *extra: str) -> list[str]:
             *extra]
 
 
+def _non_utf8_name(s: dict) -> list[str]:
+    folder = s["tmp"] / "non-utf8"
+    if not folder.exists():
+        folder.mkdir()
+        photo = sorted((s["root"] / "test").glob("*.jpg"))[0]
+        with open(os.path.join(os.fsencode(folder), b"caf\xe9_01.jpg"), "wb") as f:  # latin-1, not UTF-8
+            f.write(photo.read_bytes())
+    return _predict(s, f"input_dir={folder}")
+
+
+def _short_sample(s: dict) -> list[str]:
+    sample = s["tmp"] / "short_sample.csv"
+    lines = (s["root"] / "sample_submission.csv").read_text().splitlines()
+    sample.write_text("\n".join(lines[:-2]) + "\n")  # two predicted photos it does not list
+    return [*_submit(s), f"sample_csv={sample}"]
+
+
 BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
     "train: batch_size 0": ("train.py", lambda s: _train(s, "data.batch_size=0"), "data.batch_size=0"),
     "train: negative workers": ("train.py", lambda s: _train(s, "data.num_workers=-1"), "data.num_workers=-1"),
@@ -286,6 +303,13 @@ BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
     "train: random bytes as a JPEG": ("train.py", lambda s: _train(s, *_data_copy(s, "random")), "train/"),
     "train: garbled JPEG data": ("train.py", lambda s: _train(s, *_data_copy(s, "garbled")), "train/"),
     "train: unknown architecture": ("train.py", lambda s: _train(s, "model.arch=unet3d"), "unet3d"),
+    "train: max_epochs 0": ("train.py", lambda s: _train(s, "trainer.max_epochs=0"), "trainer.max_epochs=0"),
+    "train: negative lr": ("train.py", lambda s: _train(s, "optim.lr=-1"), "optim.lr=-1"),
+    **({} if torch.cuda.is_available() else {
+        "train: gpu without a GPU": ("train.py", lambda s: _train(s, "trainer=gpu"), "no GPU"),
+        "predict: gpu without a GPU": ("predict.py", lambda s: _predict(s, "trainer=gpu"), "no GPU")}),
+    "predict: a file name that is not UTF-8": ("predict.py", _non_utf8_name, "UTF-8"),
+    "submit: sample lacks predicted rows": ("submit.py", _short_sample, "allow_unlisted"),
     "predict: no ckpt": ("predict.py", lambda s: _predict(s)[1:], "ckpt="),
     "predict: threshold 2": ("predict.py", lambda s: _predict(s, "write=rle", "threshold=2"), "threshold=2"),
     "predict: threshold 0": ("predict.py", lambda s: _predict(s, "threshold=0"), "threshold=0"),
