@@ -87,9 +87,10 @@ def check_threshold(threshold: object, key: str = "threshold") -> float:
 
 
 def help_text(name: str, command: str, groups: dict[str, str] | None = None) -> str:
-    """--help of `command` (e.g. `python predict.py`) from conf/<name>.yaml: a usage line, its opening comment (what it does, the usage and common commands),
-    then every key with its default and its comment; `groups` adds the keys of a group's file under a prefix
-    (e.g. {'data': 'data/carvana'}), and the options of every config group of the defaults list."""
+    """--help of `command` (e.g. `python predict.py`) from conf/<name>.yaml: a usage line, its opening comment (what
+    it does, the common commands), then every key with its default and its comment; `groups` adds the keys of a
+    group's file under a prefix (e.g. {'data': 'data/carvana'}), and the options of every config group of the
+    defaults list."""
     text = (CONF / f"{name}.yaml").read_text()
     intro = []
     for line in text.splitlines():

@@ -100,8 +100,8 @@ def test_at_most_twelve_modules_at_the_top():
 
 
 def configured():
-    from carvana.data.datamodule import SegDataModule
     from carvana.data.boxes import write_bboxes
+    from carvana.data.datamodule import SegDataModule
     from carvana.data.transforms import augmentations
     from carvana.model.module import SegModule
     from carvana.submission import make_submission

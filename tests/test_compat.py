@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import REPO, result_of, run_train, train_args
 
 from carvana.data.io import read_probs8
@@ -23,8 +22,9 @@ def test_release_01_checkpoint_predicts_what_it_predicted(tmp_path: Path):
     (tmp_path / "in").mkdir()
     shutil.copy(FIXTURE / f"{PHOTO}.jpg", tmp_path / "in")
     out = tmp_path / "pred"
-    proc = subprocess.run([sys.executable, "predict.py", f"ckpt={FIXTURE / 'last.ckpt'}", f"input_dir={tmp_path / 'in'}",
-                           f"output_dir={out}", "trainer=cpu", "num_workers=0", "trainer.enable_progress_bar=false",
+    proc = subprocess.run([sys.executable, "predict.py", f"ckpt={FIXTURE / 'last.ckpt'}",
+                           f"input_dir={tmp_path / 'in'}", f"output_dir={out}", "trainer=cpu", "num_workers=0",
+                           "trainer.enable_progress_bar=false",
                            f"hydra.run.dir={tmp_path / 'h'}"], cwd=REPO, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

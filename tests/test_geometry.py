@@ -161,7 +161,8 @@ def test_augmentations_are_a_function_of_seed_epoch_and_index(tmp_path):
     write_image(tmp_path / "car_01.jpg", image)
     write_mask_gif(tmp_path / "car_01_mask.gif", mask)
     transform = train_transform(Geometry(crop_size=[32, 32]), FULL_AUGMENT)
-    dataset = SegDataset([tmp_path / "car_01.jpg"] * 4, [tmp_path / "car_01_mask.gif"] * 4, Geometry(crop_size=[32, 32]),
+    dataset = SegDataset([tmp_path / "car_01.jpg"] * 4, [tmp_path / "car_01_mask.gif"] * 4,
+                         Geometry(crop_size=[32, 32]),
                          transform=transform)
 
     def epoch(step: int, workers: int) -> list[np.ndarray]:

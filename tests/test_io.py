@@ -1,4 +1,5 @@
-"""carvana.data.io and the photo check against the real Carvana files: palette GIF masks, RGB photos, truncated JPEGs, atomic writes."""
+"""carvana.data.io and the photo check against the real Carvana files: palette GIF masks, RGB photos, truncated
+JPEGs, atomic writes."""
 
 import subprocess
 import sys
@@ -221,7 +222,7 @@ def test_check_photos_reads_every_mask_by_its_values_and_size(real: Path, tmp_pa
         list(check_photos(photos[:2], 1, [masks[0], soft]))
     small = tmp_path / "small_mask.gif"
     write_mask_gif(small, np.zeros((1280, 1916), np.uint8))
-    with pytest.raises(CarvanaError, match=r"is 1280x1918 but its mask .*small_mask\.gif is 1280x1916 \(height x width"):
+    with pytest.raises(CarvanaError, match=r"1280x1918 but its mask .*small_mask\.gif is 1280x1916 \(height x width"):
         list(check_photos(photos[:1], 1, [small]))
 
 

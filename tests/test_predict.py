@@ -494,46 +494,42 @@ def _resize(photo: Path) -> None:
     write_image(photo, cv2.resize(read_image(photo), (96, 80)))  # 96x80 among 96x64 photos
 
 
-@pytest.fixture(scope="module", params=[_truncate, _resize], ids=["truncated_jpeg", "photo_of_another_size"])
-def bad_photo_run(request, ckpt_pad: Path, carvana_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def bad_photo_run(spoil, ckpt_pad: Path, carvana_root: Path, tmp: Path) -> dict:
     """Six photos, the 4th spoilt, two of the good ones already predicted by an earlier run into the same folder (they
     must stay as they are)."""
-    tmp = tmp_path_factory.mktemp(request.param.__name__.strip("_"))
     (tmp / "in").mkdir()
     photos = [Path(shutil.copy(p, tmp / "in")) for p in sorted((carvana_root / "test").glob("*.jpg"))[:2]]
     out, args = tmp / "pred", [f"input_dir={tmp / 'in'}", "num_workers=1", "batch_size=2"]
     assert predict_here(predict_args(ckpt_pad, out, *args)).code == 0
     photos += [Path(shutil.copy(p, tmp / "in")) for p in sorted((carvana_root / "test").glob("*.jpg"))[2:6]]
-    request.param(photos[3])
+    spoil(photos[3])
     before = snapshot(out)
     run = predict_here(predict_args(ckpt_pad, out, *args))
-    return {"run": run, "photos": photos, "bad": photos[3], "out": out, "before": before, "kind": request.param}
+    return {"run": run, "photos": photos, "bad": photos[3], "out": out, "before": before}
 
 
-def test_a_corrupt_photo_stops_the_run_before_work(bad_photo_run: dict):
+def test_a_corrupt_photo_stops_the_run_before_work(ckpt_pad: Path, carvana_root: Path, tmp_path: Path):
     """A photo libjpeg cannot read whole is refused before any photo is predicted: one line naming it, exit 2, on
     stderr; the PNGs of the earlier run stay as they were and no new one is written."""
-    if bad_photo_run["kind"] is not _truncate:
-        pytest.skip("the photo of another size is predicted: see the next test")
-    run, bad, out = bad_photo_run["run"], bad_photo_run["bad"], bad_photo_run["out"]
+    case = bad_photo_run(_truncate, ckpt_pad, carvana_root, tmp_path)
+    run, bad, out = case["run"], case["bad"], case["out"]
     assert run.code == 2, run.out + run.err
     assert "Traceback" not in run.out + run.err and "predicted=" not in run.out
     errors = [line for line in run.err.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and str(bad) in errors[0], run.err
-    assert snapshot(out) == bad_photo_run["before"]
+    assert snapshot(out) == case["before"]
 
 
-def test_a_photo_of_another_size_is_predicted_at_its_own_size(bad_photo_run: dict):
-    if bad_photo_run["kind"] is not _resize:
-        pytest.skip("the corrupt photo stops the run: see the test before")
-    run, bad, out = bad_photo_run["run"], bad_photo_run["bad"], bad_photo_run["out"]
+def test_a_photo_of_another_size_is_predicted_at_its_own_size(ckpt_pad: Path, carvana_root: Path, tmp_path: Path):
+    case = bad_photo_run(_resize, ckpt_pad, carvana_root, tmp_path)
+    run, bad, out, photos = case["run"], case["bad"], case["out"], case["photos"]
     assert run.code == 0, run.out + run.err
     assert (run.summary()["predicted"], run.summary()["skipped"]) == ("4", "2")
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *(f"{p.stem}.png" for p in bad_photo_run["photos"])])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *(f"{p.stem}.png" for p in photos)])
     after = snapshot(out)
-    assert {n: after[n] for n in bad_photo_run["before"]} == bad_photo_run["before"]  # earlier PNGs untouched
+    assert {n: after[n] for n in case["before"]} == case["before"]  # earlier PNGs untouched
     assert read_probs8(out / f"{bad.stem}.png").shape == (80, 96)
-    for photo in bad_photo_run["photos"]:
+    for photo in photos:
         if photo != bad:
             assert read_probs8(out / f"{photo.stem}.png").shape == TINY_SIZE
 

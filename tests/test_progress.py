@@ -26,7 +26,8 @@ def crops(predictions: Path, terminal: bool) -> tuple[str, str]:
     env = {**os.environ, "TTY_COMPATIBLE": "1" if terminal else "0", "COLUMNS": "100"}
     with open(predictions / "out.txt", "w") as out, open(predictions / "err.txt", "w") as err:
         proc = subprocess.run([sys.executable, "-m", "carvana.crops", f"probs_dir={predictions}",
-                               f"output={predictions / 'b.csv'}"], cwd=REPO, env=env, stdout=out, stderr=err, check=False)
+                               f"output={predictions / 'b.csv'}"], cwd=REPO, env=env, stdout=out, stderr=err,
+                              check=False)
     assert proc.returncode == 0, (predictions / "err.txt").read_text()
     return (predictions / "out.txt").read_text(), (predictions / "err.txt").read_text()
 

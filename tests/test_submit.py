@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import submission
 from hydra import compose, initialize_config_dir
 
 from carvana import CarvanaError
@@ -16,7 +17,6 @@ from carvana.data.io import write_probs8
 from carvana.data.rle import rle_decode, rle_encode
 from carvana.predict.shards import HEADER, RleShardWriter
 from carvana.submission import combine
-from conftest import submission
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

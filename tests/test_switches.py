@@ -89,7 +89,8 @@ def test_compile_without_its_compiler_is_one_line_in_prediction(unet_ckpt: Path,
 def test_bf16_mixed_training_keeps_the_dice_sums_in_float32(carvana_root: Path, tmp_path: Path):
     """trainer.precision=bf16-mixed on the CPU: the network's logits are bf16, every Dice sum float32."""
     seen = {"logits": set(), "loss_dice": set(), "val_dice": set()}
-    forward, soft_dice, dice_per_image = SegModule.forward, smp_dice.soft_dice_score, carvana.model.losses.dice_per_image
+    forward, soft_dice = SegModule.forward, smp_dice.soft_dice_score
+    dice_per_image = carvana.model.losses.dice_per_image
 
     def spy_forward(self, image):
         logits = forward(self, image)

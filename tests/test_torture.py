@@ -282,7 +282,7 @@ def _non_utf8_name(s: dict) -> list[str]:
     folder = s["tmp"] / "non-utf8"
     if not folder.exists():
         folder.mkdir()
-        photo = sorted((s["root"] / "test").glob("*.jpg"))[0]
+        photo = min((s["root"] / "test").glob("*.jpg"))
         with open(os.path.join(os.fsencode(folder), b"caf\xe9_01.jpg"), "wb") as f:  # latin-1, not UTF-8
             f.write(photo.read_bytes())
     return _predict(s, f"input_dir={folder}")
@@ -335,7 +335,8 @@ BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
     "submit: output not writable": ("submit.py", lambda s: _submit(s, "output=/proc/carvana/x.csv.gz"), "/proc"),
     "crops: threshold 2": ("carvana.crops", lambda s: [f"probs_dir={s['earlier']}", f"output={s['tmp'] / 'b.csv'}",
                                                        "threshold=2"], "threshold=2"),
-    "folds: no metadata": ("carvana.folds", lambda s: [f"data_root={s['tmp'] / 'none'}", f"output={s['tmp'] / 'f.csv'}"],
+    "folds: no metadata": ("carvana.folds",
+                           lambda s: [f"data_root={s['tmp'] / 'none'}", f"output={s['tmp'] / 'f.csv'}"],
                            "metadata"),
 }
 

@@ -11,7 +11,7 @@ import cv2
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_train, REPO, TINY_SIZE, parse_result, result_of, run_train, train_args
+from conftest import REPO, TINY_SIZE, compose_train, parse_result, result_of, run_train, train_args
 from omegaconf import OmegaConf
 
 from carvana.data.io import read_image, read_mask, write_image
@@ -476,7 +476,8 @@ def test_validation_on_two_ranks_scores_each_photo_once(trained_run: dict, carva
     dice = []
     for devices in (1, 2):
         proc = subprocess.run([sys.executable, str(tmp_path / "validate.py"), str(root), str(trained_run["ckpt"]),
-                               str(devices), str(REPO)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+                               str(devices), str(REPO)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         dice.append(float(proc.stdout.strip().splitlines()[-1].split("=")[1]))
     assert dice[0] == pytest.approx(dice[1], abs=1e-6), dice
@@ -492,7 +493,8 @@ def test_the_datamodule_reads_its_inputs_once(carvana_root: Path, tmp_path: Path
     dm = build_datamodule(cfg, tmp_path)  # calls setup()
     monkeypatch.setattr(carvana.data.datamodule, "check_photos",
                         lambda *a, **k: pytest.fail("setup read the inputs twice"))
-    monkeypatch.setattr(carvana.data.datamodule, "find_masks", lambda *a, **k: pytest.fail("setup read the inputs twice"))
+    monkeypatch.setattr(carvana.data.datamodule, "find_masks",
+                        lambda *a, **k: pytest.fail("setup read the inputs twice"))
     dm.setup("fit")
     assert len(dm.train_set) == 32 and len(dm.val_set) == 16
 
