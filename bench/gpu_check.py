@@ -159,7 +159,7 @@ def stage_data(work: Path) -> None:
 
     start = time.perf_counter()
     root = make_dataset(work / "data", train_cars=3, test_cars=1, size=(1280, 1918), seed=0)
-    write_folds(root / "metadata.csv", root / "folds.csv", n_folds=3, stratify=None)
+    write_folds(root / "metadata.csv", root / "folds.csv", n_folds=3, seed=80, stratify=None)
     print(f"photos={len(list((root / 'train').glob('*.jpg')))} seconds={time.perf_counter() - start:.1f}")
 
 
@@ -168,12 +168,21 @@ def stage_copy(work: Path) -> None:
     from unittest import mock
 
     import pytorch_lightning as pl
+    from hydra import compose, initialize_config_dir
 
-    from carvana import prediction
+    from carvana.cli import compose as compose_tool
     from carvana.model.module import SegModule
+    from carvana.predict import ensemble
+    from carvana.predict.run import run
+    from carvana.predict.writer import HostProbs8, to_probs8
+    from carvana.training.run import module_kwargs
 
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        train_cfg = compose(config_name="config", overrides=["encoder=resnet50", "model.encoder_weights=null",
+                                                             "data.crop_size=null"])
     torch.manual_seed(0)
-    module = SegModule(encoder_name="resnet50", encoder_weights=None, data={"image_size": [1280, 1918]})
+    module = SegModule(**module_kwargs(train_cfg, {"image_size": [1280, 1918]}))
     ckpt = work / "copy.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": pl.__version__}, ckpt)
@@ -184,16 +193,18 @@ def stage_copy(work: Path) -> None:
         photo = work / "copy-in" / f"copy{i // 16:04d}_{i % 16 + 1:02d}.jpg"
         photo.symlink_to(originals[i % len(originals)])
         photos.append(photo)
-    trainer = {"accelerator": "gpu", "devices": 1, "precision": "16-mixed", "enable_progress_bar": False,
-               "enable_model_summary": False}
     # the copy as it was: .cpu() waits for it after every batch
-    sync = mock.patch.object(prediction, "copy_probs8", lambda p: prediction.HostProbs8(prediction.to_probs8(p)))
+    sync = mock.patch.object(ensemble, "copy_probs8", lambda p: HostProbs8(to_probs8(p)))
 
     def timed(out: Path) -> float:
         shutil.rmtree(out, ignore_errors=True)
+        cfg = compose_tool("predict", [f"ckpt={ckpt}", f"input_dir={work / 'copy-in'}", f"output_dir={out}",
+                                       "trainer=gpu", "trainer.devices=1", "trainer.precision=16-mixed",
+                                       "trainer.enable_progress_bar=false", "batch_size=8", "num_workers=8",
+                                       "tta=none"])
         start = time.perf_counter()
-        count, errors, _ = prediction.predict(photos, [ckpt], out, trainer, batch_size=8, num_workers=8)
-        assert count == len(photos) and not errors, (count, errors)
+        line, status = run(cfg)
+        assert status == 0 and f"predicted={len(photos)} " in line, line
         return time.perf_counter() - start
 
     timed(work / "copy-warm")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.submit_speed import synthetic_probs
+from carvana.cli import compose
 from carvana.data.rle import rle_encode
 from carvana.predict.shards import HEADER, RleShardWriter
 from carvana.submission import make_submission
@@ -64,7 +65,8 @@ def main() -> None:
         write_s = write_shards(tmp / "rle", names, rles)
         shards_mb = sum(p.stat().st_size for p in (tmp / "rle").iterdir()) / 1e6
         start = time.perf_counter()
-        out = make_submission(SAMPLE, tmp / "submission.csv.gz", rle_dir=tmp / "rle")
+        out = make_submission(**{**compose("submit", []), "sample_csv": SAMPLE, "output": tmp / "submission.csv.gz",
+                                 "rle_dir": tmp / "rle", "threshold": 0.5})
         merge_s = time.perf_counter() - start
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
         check(out, names, rles)

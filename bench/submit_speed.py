@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from carvana.cli import compose
 from carvana.data.io import write_probs8
 from carvana.data.rle import rle_encode
 from carvana.predict.shards import RleShardWriter
@@ -40,6 +41,12 @@ from carvana.submission import make_submission
 
 H, W = 1280, 1918
 DISTINCT = 16  # distinct synthetic cars, cycled over the N files
+
+
+def submission(sample: Path, output: Path, **where: str) -> Path:
+    """make_submission with conf/submit.yaml's settings, this bench's mask size and threshold 0.5."""
+    return make_submission(**{**compose("submit", []), "sample_csv": sample, "output": output, "height": H,
+                              "width": W, "threshold": 0.5, **where})
 
 
 def synthetic_probs(seed: int) -> np.ndarray:
@@ -122,13 +129,11 @@ def time_paths(n: int, probs: list[np.ndarray]) -> dict[str, float]:
             "seed": best_rate(lambda i: seed_submit(paths, names, tmp / f"seed{i}.csv.gz"), n),
             "seed_cv2": best_rate(lambda i: seed_submit(paths, names, tmp / f"cv{i}.csv.gz", seed_cv2_encode), n),
             "png": best_rate(
-                lambda i: make_submission(sample, tmp / f"png{i}.csv.gz", masks_dir=str(masks), height=H, width=W), n
+                lambda i: submission(sample, tmp / f"png{i}.csv.gz", probs_dir=str(masks)), n
             ),
             "write_shard": best_rate(lambda i: write_shard(probs, names, tmp / f"rle{i}"), n),
             "merge": best_rate(
-                lambda i: make_submission(
-                    sample, tmp / f"merge{i}.csv.gz", rle_dir=str(tmp / "rle0"), height=H, width=W
-                ),
+                lambda i: submission(sample, tmp / f"merge{i}.csv.gz", rle_dir=str(tmp / "rle0")),
                 n,
             ),
         }
@@ -154,7 +159,7 @@ def main(n: int) -> None:
     print(f"seed way (threads, PIL decode, in-place threshold, naive RLE, pandas gzip): {r['seed']:8.1f} masks/s")
     print(f"seed way with cv2.imread and one comparison (stronger):  {r['seed_cv2']:8.1f} masks/s")
     print(
-        f"submit.py masks_dir= (processes, vectorised RLE):        {r['png']:8.1f} masks/s  "
+        f"submit.py probs_dir= (processes, vectorised RLE):        {r['png']:8.1f} masks/s  "
         f"png_vs_seed_cv2={r['png'] / r['seed_cv2']:.2f}"
     )
     print(f"submit.py rle_dir= (merge the shards predict.py wrote):  {r['merge']:8.1f} masks/s")
