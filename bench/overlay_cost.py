@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from carvana.data.datamodule import SegDataModule
 from carvana.data.folds import write_folds
-from carvana.data.geometry import Geometry
-from carvana.model.module import SegModule
-from carvana.training.callbacks import ValidationOverlays
 from carvana.synthetic import make_dataset
+from carvana.training.callbacks import ValidationOverlays
+from carvana.training.run import build_datamodule, build_module
 
 REAL_FOLD_PHOTOS = 1018  # 5,088 photos in 5 folds
 
@@ -57,11 +56,16 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     cars = max(1, args.photos // 16)
     with tempfile.TemporaryDirectory() as tmp:  # two folds of `cars` cars: fold 0 validates
-        root = make_dataset(Path(tmp) / "data", train_cars=2 * cars, test_cars=0, seed=0)
-        write_folds(root / "metadata.csv", root / "folds.csv", n_folds=2, stratify=None)
-        dm = SegDataModule(root, root / "folds.csv", fold=0, geometry=Geometry(input_size=args.size), batch_size=4,
-                               num_workers=2)
-        module = SegModule(encoder_weights=None, input_size=args.size)
+        root = make_dataset(Path(tmp) / "data", train_cars=2 * cars, test_cars=0, size=(1280, 1918), seed=0)
+        write_folds(root / "metadata.csv", root / "folds.csv", n_folds=2, seed=80, stratify=None)
+        conf = Path(__file__).resolve().parents[1] / "conf"
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[
+                f"data.root={root}", f"data.folds={root / 'folds.csv'}", "fold=0", "data.batch_size=4",
+                "data.num_workers=2", "data.crop_size=null", f"data.input_size=[{args.size[0]},{args.size[1]}]",
+                "model.encoder_weights=null"])
+        dm = build_datamodule(cfg, Path(tmp))
+        module = build_module(cfg, {})
         overlays, clock = ValidationOverlays(args.images), Clock()
         trainer = pl.Trainer(accelerator="cpu", logger=TensorBoardLogger(tmp, name="tb"), callbacks=[overlays, clock],
                              enable_progress_bar=False, enable_model_summary=False)

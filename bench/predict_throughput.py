@@ -3,7 +3,7 @@
     .venv/bin/python bench/predict_throughput.py [--photos 64] [--batch-size 4] [--num-workers N] [--writer-threads 4]
                                                  [--ckpt PATH]
 
-1. e2e: photos/s of carvana.prediction.predict(...) (what predict.py runs: DataLoader workers reading the JPEGs,
+1. e2e: photos/s of carvana.predict.run.run(...) (what predict.py runs: DataLoader workers reading the JPEGs,
    the Lightning predict loop, resize to the network's input and back to 1918x1280, the PNG writer in threads), from
    the call to its return, timed on N photos and on N/4 photos. A run pays once for its start (checkpoint load,
    Trainer, worker start, filling and draining the pipeline): 0.7 s, 5% of a 64-photo run and 0.003% of a run over
@@ -50,14 +50,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from carvana.data.layout import list_images
-from carvana.hardware import default_workers
+from carvana.cli import compose as compose_tool
 from carvana.data.io import read_image, read_probs8, write_probs8
-from carvana.model.module import SegModule
-from carvana.model.loading import load_module
-from carvana.predict.ensemble import Ensemble, PredictDataset
-from carvana.predict.run import predict
+from carvana.data.layout import list_images
 from carvana.data.rle import rle_decode, rle_encode
+from carvana.hardware import default_workers
+from carvana.model.loading import load_module
+from carvana.model.module import SegModule
+from carvana.predict.ensemble import Ensemble, PredictDataset
+from carvana.predict.run import run
 from carvana.predict.shards import format_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def find_photos(tmp: Path, count: int) -> tuple[list[Path], str]:
 
         directory = make_dataset(tmp / "synthetic", train_cars=1, test_cars=1, size=(1280, 1918), seed=0) / "test"
         source = "synthetic"
-    originals = list_images(directory)
+    originals = list_images(directory, "photos")
     (tmp / "photos").mkdir()
     photos = []
     for i in range(count):
@@ -87,10 +88,16 @@ def find_photos(tmp: Path, count: int) -> tuple[list[Path], str]:
 
 def make_checkpoint(path: Path, encoder: str, input_size: list[int] | None) -> Path:
     """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters), random weights."""
+    from hydra import compose, initialize_config_dir
+
+    from carvana.training.run import module_kwargs
+
+    size = "null" if input_size is None else f"[{input_size[0]},{input_size[1]}]"
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model.encoder_name={encoder}", "model.encoder_weights=null",
+                                                       "data.crop_size=null", f"data.input_size={size}"])
     torch.manual_seed(0)  # the same masks, hence the same RLE work, in every run
-    module = SegModule(
-        encoder_name=encoder, encoder_weights=None, input_size=input_size, data={"image_size": [1280, 1918]}
-    )
+    module = SegModule(**module_kwargs(cfg, {"image_size": [1280, 1918]}))
     torch.save(
         {
             "state_dict": module.state_dict(),
@@ -105,19 +112,20 @@ def make_checkpoint(path: Path, encoder: str, input_size: list[int] | None) -> P
 def time_e2e(photos: list[Path], ckpt: Path, out: Path, args: argparse.Namespace, trainer: dict) -> float:
     """Seconds of one predict() call over the photos into an empty folder."""
     shutil.rmtree(out, ignore_errors=True)
+    folder = out.with_name(f"{out.name}-photos")  # predict.py takes a folder: these photos, linked
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for photo in photos:
+        (folder / photo.name).symlink_to(photo)
+    cfg = compose_tool("predict", [f"ckpt={ckpt}", f"input_dir={folder}", f"output_dir={out}", "tta=none",
+                                   f"write=[{args.write}]" if "," in args.write else f"write={args.write}", f"batch_size={args.batch_size}",
+                                   f"num_workers={'null' if args.num_workers is None else args.num_workers}",
+                                   f"writer_threads={args.writer_threads}"])
+    cfg["trainer"].update(trainer)
     start = time.perf_counter()
-    count, errors, _ = predict(
-        photos,
-        [ckpt],
-        out,
-        trainer,
-        write=args.write.split(","),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        writer_threads=args.writer_threads,
-    )
+    line, status = run(cfg)
     seconds = time.perf_counter() - start
-    assert count == len(photos) and not errors, (count, errors)
+    assert status == 0 and line.startswith(f"predicted={len(photos)} "), line
     return seconds
 
 
@@ -126,7 +134,7 @@ def time_forward(ensemble: Ensemble, batches: list[dict], device: torch.device, 
     start = time.perf_counter()
     with torch.inference_mode(), autocast:
         for batch in batches:
-            ensemble.probs(batch, size=SIZE)
+            ensemble.probs(batch, SIZE)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -169,15 +177,15 @@ def compare_switches(args: argparse.Namespace, ckpt: Path, tmp: Path, photos: li
     if args.compile:
         variants["compile_vs_default"] = load_module(ckpt, {"compile": True})
     if args.runtime == "onnx":
-        from carvana.model.onnx import OnnxModel
         from carvana.export import export
+        from carvana.model.onnx import OnnxModel
 
         figures = export(ckpt, tmp / "bench.onnx", photos[0])
         print(f"onnx: exported, parity on {figures['photo'].name}: max_prob_diff={figures['max_prob_diff']:.2e} "
               f"mask_diff_share={figures['mask_diff_share']:.2e}", flush=True)
         variants["onnx_vs_torch"] = OnnxModel(tmp / "bench.onnx")
-    default = Ensemble([load_module(ckpt, {"channels_last": False, "compile": False})]).to(device).eval()
-    ensembles = {label: Ensemble([model]).to(device).eval() for label, model in variants.items()}
+    default = Ensemble([load_module(ckpt, {"channels_last": False, "compile": False})], "none").to(device).eval()
+    ensembles = {label: Ensemble([model], "none").to(device).eval() for label, model in variants.items()}
     for label, ensemble in ensembles.items():  # warm-up: compilation, onnxruntime's session
         start = time.perf_counter()
         time_forward(ensemble, batches[:1], device, autocast)
@@ -249,9 +257,9 @@ def main() -> None:
         input_size = None if args.input_size == "full" else [int(side) for side in args.input_size.split("x")]
         ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt", args.encoder, input_size)
         model = load_module(ckpt)
-        ensemble = Ensemble([model]).to(device).eval()
+        ensemble = Ensemble([model], "none").to(device).eval()
         input_size, key = model.hparams.input_size, model.geometry.key
-        dataset = PredictDataset(photos, SIZE, [model.geometry])
+        dataset = PredictDataset(photos, [model.geometry])
         images = torch.stack([dataset[i]["inputs"][key] for i in range(len(photos))]).to(device)
         batches = [{key: chunk} for chunk in images.split(args.batch_size)]
         autocast = torch.autocast(

@@ -7,7 +7,7 @@ All paths read the same PNG files, written by predict.py's writer (carvana.io.wr
   with PIL (its scipy ndimage.imread(mode="L")), thresholding in place with two boolean-mask assignments, its
   numpy RLE and str join, then pandas to_csv(compression="gzip"). Also timed with cv2.imread and one comparison
   (`seed_cv2`, a stronger baseline than the seed itself), printed for reference.
-- png: masks/s of make_submission(masks_dir=...) (processes: cv2 decode, vectorised RLE; the parent writes the
+- png: masks/s of make_submission(probs_dir=...) (processes: cv2 decode, vectorised RLE; the parent writes the
   gzip at level 1) against the seed's way;
 - stream: what `submit.py rle_dir=` does with the shards that `predict.py write=rle` wrote (read them, check every
   row, write them in sample order with gzip level 1), in masks/s against the seed's way.

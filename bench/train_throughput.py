@@ -9,7 +9,7 @@
    untimed. Both read the same pre-loaded, pre-collated in-memory batches, so the loops are compared, not the
    loading. The two alternate (plain, Lightning, plain, ...); the best round of each gives the ratio.
 2. images/s of one data-loading worker (in-process) on 1918x1280 photos: SegDataset.__getitem__ (JPEG decode,
-   GIF mask, the train transform with its augmentations) against carvana.io.read_image alone on the same files.
+   GIF mask, the train transform with its augmentations) against carvana.data.io.read_image alone on the same files.
 
 The last line is `lightning_vs_plain=<ratio> loader_vs_decode=<ratio>` (the loader in the default crop mode).
 
@@ -35,11 +35,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from carvana.data.dataset import SegDataset
-from carvana.data.layout import find_masks, list_images
 from carvana.data.geometry import Geometry
 from carvana.data.io import read_image, read_mask
-from carvana.model.module import SegModule
+from carvana.data.layout import find_masks, list_images
 from carvana.data.transforms import train_transform
+from carvana.model.module import SegModule
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"  # 16 Kaggle photos: real JPEG content decodes at the real speed
@@ -75,10 +75,24 @@ class Batches(Dataset):
         return self.batches[index]
 
 
+def configured(encoder: str, size: list[int]) -> dict:
+    """SegModule's arguments from conf/ (train.py's defaults) with this bench's encoder and input size, no download."""
+    from hydra import compose, initialize_config_dir
+
+    from carvana.training.run import module_kwargs
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model.encoder_name={encoder}", "model.encoder_weights=null",
+                                                       "data.crop_size=null", f"data.input_size=[{size[0]},{size[1]}]"])
+    return module_kwargs(cfg, {})
+
+
 def preload(images: list[Path], masks: list[Path], size: list[int], batch_size: int, steps: int) -> DataLoader:
     """`steps` batches of Bx3xHxW uint8 photos and Bx1xHxW masks resized to `size`, decoded once, cycling the photos."""
-    no_augment = {"hflip": 0.0, "affine": 0.0, "shift_limit": 0.0, "scale_limit": 0.0, "color": 0.0}
-    dataset = SegDataset(images, masks, transform=train_transform(Geometry(input_size=size), no_augment))
+    augment = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "carvana.yaml").augment)
+    no_augment = {key: 0 for key in augment}
+    geometry = Geometry(input_size=size)
+    dataset = SegDataset(images, masks, geometry, transform=train_transform(geometry, no_augment))
     items = [dataset[i] for i in range(len(dataset))]
     batches = []
     for step in range(steps):
@@ -153,7 +167,7 @@ def lightning_run(module: SegModule, loader: DataLoader, steps: int, threads: in
 
 def compare_loops(args: argparse.Namespace, loader: DataLoader) -> dict:
     """Time stamps of every round of each loop (alternating, fresh model from the same weights each time)."""
-    kwargs = {"encoder_name": args.encoder, "encoder_weights": None, "input_size": list(args.size)}
+    kwargs = configured(args.encoder, args.size)
     torch.manual_seed(0)
     init = {k: v.clone() for k, v in SegModule(**kwargs).state_dict().items()}
     stamps, losses = {"plain": [], "Lightning": []}, {}
@@ -175,7 +189,7 @@ def compare_loops(args: argparse.Namespace, loader: DataLoader) -> dict:
 def switch_rates(args: argparse.Namespace, loader: DataLoader) -> dict[str, list[float]]:
     """Images/s of each round of Lightning's fit: the default, then each switch asked for (fresh model, same
     weights)."""
-    kwargs = {"encoder_name": args.encoder, "encoder_weights": None, "input_size": list(args.size)}
+    kwargs = configured(args.encoder, args.size)
     torch.manual_seed(0)
     init = {k: v.clone() for k, v in SegModule(**kwargs).state_dict().items()}
     variants = {"default": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True}}
@@ -184,7 +198,7 @@ def switch_rates(args: argparse.Namespace, loader: DataLoader) -> dict[str, list
     timed = (args.steps - WARMUP) * args.batch_size
     for _ in range(args.rounds):
         for name, switch in variants.items():
-            module = SegModule(**kwargs, **switch)
+            module = SegModule(**{**kwargs, **switch})
             module.load_state_dict(init)
             start = time.perf_counter()
             stamps, _ = lightning_run(module, loader, args.steps, args.threads, args.accelerator, args.precision)
@@ -200,15 +214,15 @@ def pipeline_rates(images: list[Path], masks: list[Path]) -> dict[str, float]:
     crop, augment = list(data.crop_size), OmegaConf.to_container(data.augment)
     resize = list(OmegaConf.load(ROOT / "conf" / "data" / "synthetic.yaml").data.input_size)
     variants = {  # the first is the reference, the third gives loader_vs_decode
-        "JPEG decode only: carvana.io.read_image": lambda i: read_image(images[i]),
-        "GIF mask only: carvana.io.read_mask": lambda i: read_mask(masks[i]),
+        "JPEG decode only: carvana.data.io.read_image": lambda i: read_image(images[i]),
+        "GIF mask only: carvana.data.io.read_mask": lambda i: read_mask(masks[i]),
         f"SegDataset, crop {crop[0]}x{crop[1]} + augment (default)": SegDataset(
-            images, masks, transform=train_transform(Geometry(crop_size=crop), augment)
+            images, masks, Geometry(crop_size=crop), transform=train_transform(Geometry(crop_size=crop), augment)
         ).__getitem__,
         f"SegDataset, resize {resize[0]}x{resize[1]} + augment": SegDataset(
-            images, masks, transform=train_transform(Geometry(input_size=resize), augment)
+            images, masks, Geometry(input_size=resize), transform=train_transform(Geometry(input_size=resize), augment)
         ).__getitem__,
-        "SegDataset, no transform (validation)": SegDataset(images, masks).__getitem__,
+        "SegDataset, no transform (validation)": SegDataset(images, masks, Geometry()).__getitem__,
     }
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(PIPELINE_PASSES):
