@@ -117,8 +117,9 @@ def time_e2e(photos: list[Path], ckpt: Path, out: Path, args: argparse.Namespace
     folder.mkdir()
     for photo in photos:
         (folder / photo.name).symlink_to(photo)
-    cfg = compose_tool("predict", [f"ckpt={ckpt}", f"input_dir={folder}", f"output_dir={out}", "tta=none",
-                                   f"write=[{args.write}]" if "," in args.write else f"write={args.write}", f"batch_size={args.batch_size}",
+    write = f"write=[{args.write}]" if "," in args.write else f"write={args.write}"
+    cfg = compose_tool("predict", [f"ckpt={ckpt}", f"input_dir={folder}", f"output_dir={out}", "tta=none", write,
+                                   f"batch_size={args.batch_size}",
                                    f"num_workers={'null' if args.num_workers is None else args.num_workers}",
                                    f"writer_threads={args.writer_threads}"])
     cfg["trainer"].update(trainer)
