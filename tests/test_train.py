@@ -456,7 +456,7 @@ with initialize_config_dir(config_dir=f"{repo}/conf", version_base="1.3"):
                                                   "data.input_size=null"])
 data = build_datamodule(cfg, Path(root))
 trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
-                     enable_progress_bar=False, enable_model_summary=False)
+                     enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
 result = trainer.validate(module, datamodule=data, verbose=False)
 if trainer.is_global_zero:
     print(f"val_dice={result[0]['val_dice']:.7f}")
@@ -506,3 +506,18 @@ def test_the_cyclic_schedule_is_logged_at_every_step(carvana_root: Path, tmp_pat
     metrics = pd.read_csv(out / "csv" / "metrics.csv")
     lrs = metrics.dropna(subset=["lr-Adam"])
     assert len(lrs) >= 4 and lrs["lr-Adam"].nunique() >= 3  # one per step, moving with the cycle
+
+
+def test_batches_split_by_rank_refuse_a_second_split():
+    """A Trainer left at use_distributed_sampler=True re-creates the batch sampler over its DistributedSampler: each
+    rank would see a quarter of the photos, one padded in twice. Refused in one line naming the fix."""
+    from torch.utils.data import DistributedSampler
+
+    from carvana import CarvanaError
+    from carvana.data.dataset import SizeBatchSampler
+
+    sizes = [(64, 96)] * 13
+    shares = [sum(SizeBatchSampler(range(13), sizes, 2, num_replicas=2, rank=r), []) for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(13))  # each photo once, on one rank
+    with pytest.raises(CarvanaError, match="use_distributed_sampler=False"):
+        SizeBatchSampler(DistributedSampler(range(13), num_replicas=2, rank=0), sizes, 2, num_replicas=2, rank=0)

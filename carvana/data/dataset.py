@@ -107,6 +107,9 @@ class SizeBatchSampler(BatchSampler):
 
     def __init__(self, sampler: Iterable[int], sizes: list[tuple[int, int]], batch_size: int, drop_last: bool = False,
                  num_replicas: int = 1, rank: int = 0) -> None:
+        if isinstance(sampler, DistributedSampler):  # Lightning re-created us over its own split: split twice
+            raise CarvanaError("the photos are split by rank here, and again by a distributed sampler: build the "
+                               "Trainer with use_distributed_sampler=False, as train.py and predict.py do")
         self.sampler, self.sizes, self.batch_size, self.drop_last = sampler, sizes, batch_size, drop_last
         self.num_replicas, self.rank = num_replicas, rank
 
