@@ -517,7 +517,8 @@ def test_batches_split_by_rank_refuse_a_second_split():
     from carvana.data.dataset import SizeBatchSampler
 
     sizes = [(64, 96)] * 13
-    shares = [sum(SizeBatchSampler(range(13), sizes, 2, num_replicas=2, rank=r), []) for r in (0, 1)]
+    shares = [[i for batch in SizeBatchSampler(range(13), sizes, 2, num_replicas=2, rank=r) for i in batch]
+              for r in (0, 1)]
     assert sorted(shares[0] + shares[1]) == list(range(13))  # each photo once, on one rank
     with pytest.raises(CarvanaError, match="use_distributed_sampler=False"):
         SizeBatchSampler(DistributedSampler(range(13), num_replicas=2, rank=0), sizes, 2, num_replicas=2, rank=0)
