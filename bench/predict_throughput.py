@@ -19,7 +19,9 @@ speed drifts by 10-30% over minutes (other tenants), and a ratio of times taken 
 the best times of different rounds.
 3. JPEG decoding and PNG writing alone (one thread), as a share of the forward time: on a CPU device the data
    workers and writer threads take this from the model's cores; on a GPU they only need to keep up.
-4. rle_share: the time write=rle's work takes (threshold, rle_encode, the shard row) over the masks the e2e run
+4. check_share: the photo check predict.py runs before any work (every photo decoded at 1/8 scale, its size read)
+   as a share of the e2e time, which includes it.
+5. rle_share: the time write=rle's work takes (threshold, rle_encode, the shard row) over the masks the e2e run
    wrote, as a share of the e2e time,
    i.e. what write=rle adds to the pipeline when its threads cannot hide it.
 
@@ -29,12 +31,12 @@ forward's speed does not depend on them, but their noisy masks make the PNG writ
 e.g. `--encoder resnet50 --input-size full --precision 16-mixed --batch-size 8` (full: 1918x1280 padded to 1920).
 Photos: the real Kaggle photos in ../shared/data/real/test, cycled up to N; a generated synthetic car when they are
 absent. The last line is `e2e_vs_forward=<ratio>`.
-5. Switches, each against the same model without it, on the same batches and cores, forward only
+6. Switches, each against the same model without it, on the same batches and cores, forward only
    (Ensemble.probs as in 2.), each round a pair of runs (the switch first every other round), the median of the
    per-round ratios (photos/s with / without):
    --channels-last -> `channels_last_vs_default=`, --compile -> `compile_vs_default=` (its compilation untimed, in
    the warm-up), --runtime onnx -> `onnx_vs_torch=` (the model exported by carvana.export, its parity printed, run by
-   onnxruntime). --compare-only skips 1.-4.
+   onnxruntime). --compare-only skips 1.-5.
 """
 
 import argparse
@@ -53,6 +55,7 @@ import torch
 from carvana.cli import compose as compose_tool
 from carvana.data.io import read_image, read_probs8, write_probs8
 from carvana.data.layout import list_images
+from carvana.data.photo_check import check_photos
 from carvana.data.rle import rle_decode, rle_encode
 from carvana.hardware import default_workers
 from carvana.model.loading import load_module
@@ -159,6 +162,13 @@ def side_seconds(out: Path, photos: list[Path], masks: list[np.ndarray]) -> tupl
     for i, mask in enumerate(masks):
         write_probs8(out / f"again{i}.png", mask)
     return decode, time.perf_counter() - start
+
+
+def check_seconds(photos: list[Path]) -> float:
+    """The photo check predict.py runs before its work (carvana.data.photo_check, as predict.run calls it)."""
+    start = time.perf_counter()
+    list(check_photos(photos, default_workers(1)))
+    return time.perf_counter() - start
 
 
 def rle_seconds(photos: list[Path], masks: list[np.ndarray]) -> tuple[float, float]:
@@ -279,7 +289,7 @@ def main() -> None:
         switches = {}
         if args.channels_last or args.compile or args.runtime == "onnx":
             switches = compare_switches(args, ckpt, tmp, photos, batches, device, autocast)
-        for label, ratio in switches.items():  # now: a run stopped during 1.-4. keeps them
+        for label, ratio in switches.items():  # now: a run stopped during 1.-5. keeps them
             print(f"{label}={ratio:.3f}", flush=True)
         if args.compare_only:
             return
@@ -292,6 +302,7 @@ def main() -> None:
             e2e.append(time_e2e(photos, ckpt, tmp / "out", args, trainer))
             e2e_short.append(time_e2e(short, ckpt, tmp / "short", args, trainer))
             forward.append(time_forward(ensemble, batches, device, autocast))
+        checks = [check_seconds(photos) for _ in range(ROUNDS)]
         masks = written_masks(tmp / "out", photos)
         rle_s, runs = rle_seconds(photos, masks)
         decode_s, png_s = side_seconds(tmp / "out", photos, masks)
@@ -329,6 +340,10 @@ def main() -> None:
         f"{100 * rle_s / e2e_s:.1f}% of the e2e time"
     )
     print(f"rle_share={100 * rle_s / e2e_s:.1f}%")
+    check_s = sorted(checks)[ROUNDS // 2]
+    print(f"photo check (every photo decoded at 1/8 scale in {default_workers(1)} processes, before the run) "
+          f"{1000 * check_s / n:.1f} ms/photo; rounds {', '.join(f'{c:.2f}' for c in checks)} s")
+    print(f"check_share={100 * check_s / e2e_s:.1f}%")
     print(f"whole_call_vs_forward={forward_s / e2e_s:.3f}  ({n} photos, the run's start included)")
     print(f"e2e_vs_forward={long_run * forward_s / n:.3f}")
 

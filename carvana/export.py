@@ -26,7 +26,7 @@ from carvana.cli import compose, conf_value, run_or_exit
 from carvana.data.geometry import padded_size
 from carvana.data.io import read_image
 from carvana.data.layout import list_images
-from carvana.files import atomic_path, disk_error
+from carvana.files import atomic_path, check_writable_dir
 from carvana.model.loading import load_module
 from carvana.model.module import SegModule
 from carvana.model.onnx import METADATA_KEY, OnnxModel, import_onnx
@@ -119,11 +119,7 @@ def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None
         raise CarvanaError(f"output={output}: name it *.onnx (predict.py tells ONNX files by their suffix)")
     if not output.parent.is_dir():
         raise CarvanaError(f"output={output}: no folder {output.parent}")
-    try:  # a read-only folder is that, not a network the exporter cannot take
-        output.parent.joinpath(f".{output.name}.write-check").touch()
-        output.parent.joinpath(f".{output.name}.write-check").unlink()
-    except OSError as err:
-        raise disk_error(err, output) from None
+    check_writable_dir(output.parent, "output")  # a read-only folder is that, not a network the exporter cannot take
     module = load_module(ckpt, {"channels_last": False, "compile": False})  # speed switches mean nothing in ONNX
     photo = Path(photo) if photo else default_photo(module.hparams)
     size = read_image(photo).shape[:2]  # a photo that cannot be read, or does not fit, fails now, not after the export

@@ -1,8 +1,11 @@
 """Shared fixtures: the real Carvana files in ../shared/data, a tiny synthetic Carvana-layout set, one training run."""
 
+import contextlib
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,19 @@ def submission(sample_csv: Path, output: Path, **settings: object) -> Path:
     from carvana.submission import make_submission
 
     return make_submission(**{**compose("submit", []), "sample_csv": sample_csv, "output": output, **settings})
+
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "64k", read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` (or a read-only one) mounted on `folder` for the block: a disk that fills, or a folder that
+    cannot be written even by root. Skips the test where this process may not mount (not root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                           capture_output=True, check=False).returncode != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills, a read-only folder) needs root; CI runs as root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import REPO, write_checkpoint
+from conftest import REPO, small_disk, write_checkpoint
 from test_predict import max_diff, predict_args, predict_here, shard_rows
 
 from carvana.data.io import read_probs8, write_image
@@ -220,3 +220,13 @@ def test_export_that_differs_from_the_checkpoint_is_refused(tiny_ckpt: Path, rea
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and "max_prob_diff=" in err[0] and "nothing written" in err[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_export_into_a_read_only_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A folder that cannot be written is named as that before any export, not as a network ONNX cannot take."""
+    ckpt = write_checkpoint(tmp_path / "a.ckpt")
+    with small_disk(tmp_path / "ro", read_only=True) as folder, pytest.raises(SystemExit) as stop:
+        main([f"ckpt={ckpt}", f"output={folder / 'm.onnx'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert f"output={folder} cannot hold the output (Read-only file system)" in err[0] and "ONNX" not in err[0], err

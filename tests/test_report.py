@@ -1,6 +1,7 @@
 """The report: Dice tables against hand and brute-force computations, the gallery, report.html, bad inputs."""
 
 import base64
+import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from carvana.data.io import write_image, write_mask_gif, write_probs8
 from carvana.data.layout import CAR_GROUP
+from carvana.predict.manifest import settings
 from carvana.report.__main__ import main
 from carvana.report.oof import FN_COLOUR, FP_COLOUR, OUTLINE_COLOUR, THRESHOLDS, draw_errors, draw_outline, write_report
 from tests.conftest import run_module
@@ -187,6 +189,20 @@ def test_bad_inputs_exit_2(oof: dict, tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert not (oof["oof"] / "report").exists()
+
+
+def test_report_takes_the_data_root_and_group_predict_recorded(oof: dict) -> None:
+    """probs_dir= alone: the masks come from the data root predict.py recorded in predict.json (not the config's
+    default root), the groups from the checkpoint's data.group it recorded."""
+    names = sorted(p.name.replace(".png", ".jpg") for p in oof["oof"].glob("*.png"))
+    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], str(oof["root"]), r"^(\w{4})")
+    (oof["oof"] / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": names}]}))
+    out = oof["oof"].parent / "report"
+    main([f"probs_dir={oof['oof']}", f"output_dir={out}", "worst=0"])
+    per_image = pd.read_csv(out / "per_image.csv")
+    truth = {name: brute_dice(probs > 0.5 * 255, t > 0) for name, (t, probs) in oof["pairs"].items()}
+    assert per_image.dice.to_numpy() == pytest.approx([truth[n] for n in sorted(truth)])
+    assert sorted(pd.read_csv(out / "per_group.csv").group) == ["aaaa", "bbbb", "cccc"]
 
 
 class Page(HTMLParser):

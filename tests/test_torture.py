@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_SIZE, result_of, run_train, train_args
+from conftest import REPO, TINY_SIZE, result_of, run_train, small_disk, train_args
 
 from carvana import CarvanaError
-from carvana.data.io import write_probs8
+from carvana.data.io import read_probs8, write_probs8
 from carvana.files import is_temporary
 from carvana.predict.shards import RleShardWriter, scan_shard
 
@@ -199,11 +199,11 @@ def test_submission_killed_and_started_again_is_whole(tmp_path: Path, shared_dat
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
-def run_here(script: str, args: list[str]) -> tuple[int, str, str]:
+def run_here(script: str, args: list[str], cwd: Path = REPO) -> tuple[int, str, str]:
     """An entry point's main in this process (a new interpreter costs ~8 s of imports) -> (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     argv = [str(REPO / script), *args, *QUIET]
-    with (mock.patch.object(sys, "argv", argv), contextlib.chdir(REPO), contextlib.redirect_stdout(out),
+    with (mock.patch.object(sys, "argv", argv), contextlib.chdir(cwd), contextlib.redirect_stdout(out),
           contextlib.redirect_stderr(err)):
         try:
             runpy.run_path(str(REPO / script), run_name="__main__")
@@ -295,6 +295,17 @@ def _short_sample(s: dict) -> list[str]:
     return [*_submit(s), f"sample_csv={sample}"]
 
 
+def _two_thresholds(s: dict) -> list[str]:
+    """The earlier folder (PNGs at threshold 0.3) and a copy of it recorded at 0.5."""
+    other = s["tmp"] / "earlier-0.5"
+    if not other.exists():
+        shutil.copytree(s["earlier"], other)
+        manifest = other / "predict.json"
+        manifest.write_text(manifest.read_text().replace('"threshold": 0.3', '"threshold": 0.5'))
+        assert '"threshold": 0.5' in manifest.read_text()
+    return [*_submit(s)[1:], f"probs_dir=[{s['earlier']},{other}]"]
+
+
 BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
     "train: batch_size 0": ("train.py", lambda s: _train(s, "data.batch_size=0"), "data.batch_size=0"),
     "train: negative workers": ("train.py", lambda s: _train(s, "data.num_workers=-1"), "data.num_workers=-1"),
@@ -330,6 +341,7 @@ BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
                                                                  "tta=none", "threshold=0.3"), "tta"),
     "submit: threshold 2": ("submit.py", lambda s: _submit(s, "threshold=2"), "threshold=2"),
     "submit: other threshold than the shards'": ("submit.py", lambda s: _submit(s, "threshold=0.5"), "0.3"),
+    "submit: folders at two thresholds": ("submit.py", _two_thresholds, "give threshold="),
     "submit: output under a file": ("submit.py",
                                     lambda s: _submit(s, f"output={s['tmp'] / 'afile' / 'x.csv.gz'}"), "afile"),
     "submit: output not writable": ("submit.py", lambda s: _submit(s, "output=/proc/carvana/x.csv.gz"), "/proc"),
@@ -352,6 +364,58 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, setup: dict):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, out[-2000:], err[-3000:])
     assert needle in lines[0] and "Traceback" not in err + out, lines[0]
     assert {p: files(p) if p.is_dir() else p.exists() for p in before} == before  # nothing written
+
+
+def one_error(code: int, out: str, err: str) -> str:
+    """The one `error: ...` line of a refused run (exit 2, no traceback)."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, out[-2000:], err[-3000:])
+    assert "Traceback" not in out + err
+    return lines[0]
+
+
+def test_submit_without_predictions_names_predict_output_dir(tmp_path: Path):
+    """Run where no prediction was made: the line names predict.py's output folder, not a sample_submission."""
+    line = one_error(*run_here("submit.py", [f"hydra.run.dir={tmp_path / 'h'}"], cwd=tmp_path))
+    assert "output_dir=predictions/test does not exist" in line and "sample_submission" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h"]  # no submissions/ folder left behind
+
+
+def test_predict_on_a_full_disk_says_so_before_and_during_the_work(setup: dict):
+    """A disk full before the run: refused before any work, naming output_dir. A disk that fills during the run: the
+    line names the disk and the photo; the PNGs written before it stay whole, no temporary is left."""
+    with small_disk(setup["tmp"] / "full", "4k") as disk:
+        with contextlib.suppress(OSError):
+            (disk / "filler").write_bytes(b"\0" * 8192)  # fills the 4k disk
+        line = one_error(*run_here("predict.py", _predict(setup, f"output_dir={disk / 'pred'}")))
+        assert f"output_dir={disk / 'pred'}: the disk is full" in line, line
+        assert not list((disk / "pred").iterdir())
+    with small_disk(setup["tmp"] / "fills", "16k") as disk:  # 4 pages: predict.json and a few of the 16 PNGs
+        line = one_error(*run_here("predict.py", _predict(setup, f"output_dir={disk / 'pred'}")))
+        assert line.startswith("error: the disk is full: ") and ".png was not written" in line, line
+        written = sorted((disk / "pred").glob("*.png"))
+        assert 0 < len(written) < 16 and not [p for p in (disk / "pred").iterdir() if is_temporary(p)]
+        earlier = setup["earlier"]
+        for png in written:  # whole: the bytes a run on a free disk wrote (the same settings but threshold)
+            assert read_probs8(png).shape == TINY_SIZE and png.read_bytes() == (earlier / png.name).read_bytes()
+
+
+def test_submit_on_a_disk_that_fills_keeps_the_previous_submission(setup: dict, tmp_path: Path):
+    """The output folder passes the check before the work, then fills while the submission is written: one line
+    naming the disk and the file, the previous submission at that path stays as it was, no temporary left."""
+    rng = np.random.default_rng(0)
+    names = [f"noise{i}_01.jpg" for i in range(4)]
+    for name in names:  # noise: long RLE rows, a submission of many pages
+        write_probs8(tmp_path / name.replace(".jpg", ".png"), rng.integers(0, 256, TINY_SIZE, dtype=np.uint8))
+    pd.DataFrame({"img": names, "rle_mask": "1 1"}).to_csv(tmp_path / "sample.csv", index=False)
+    with small_disk(setup["tmp"] / "sub-fills", "8k") as disk:  # 2 pages: the previous submission and the check's
+        (disk / "x.csv.gz").write_bytes(b"the previous submission")
+        line = one_error(*run_here("submit.py", [f"probs_dir={tmp_path}", f"sample_csv={tmp_path / 'sample.csv'}",
+                                                 f"height={TINY_SIZE[0]}", f"width={TINY_SIZE[1]}",
+                                                 f"output={disk / 'x.csv.gz'}", f"hydra.run.dir={tmp_path / 'h'}"]))
+        assert line.startswith(f"error: the disk is full: {disk / 'x.csv.gz'} was not written"), line
+        assert [p.name for p in disk.iterdir()] == ["x.csv.gz"]
+        assert (disk / "x.csv.gz").read_bytes() == b"the previous submission"
 
 
 def test_stray_temporaries_of_dead_runs_are_removed_and_ignored(model: Path, carvana_root: Path, tmp_path: Path):

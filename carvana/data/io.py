@@ -113,7 +113,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray, fast: bool = False) ->
     assert ok, image.shape
     with atomic_path(path) as tmp:
         try:
-            data.tofile(tmp)
+            tmp.write_bytes(data.tobytes())  # not tofile: its short write hides ENOSPC
         except OSError as err:
             raise disk_error(err, path) from None
 
@@ -130,6 +130,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -
     assert ok, image.shape
     with atomic_path(path) as tmp:
         try:
-            data.tofile(tmp)
+            tmp.write_bytes(data.tobytes())  # not tofile: its short write hides ENOSPC
         except OSError as err:
             raise disk_error(err, path) from None

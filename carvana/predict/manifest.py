@@ -28,10 +28,12 @@ def sha256(path: Path) -> str:
 
 
 def settings(ckpts: list[Path], tta: str, threshold: float, write: list[str], geometry: list[str],
-             data_root: str) -> dict:
-    """The settings a predict.py run's outputs depend on (COMPARED), and the data root its photos come from."""
+             data_root: str, group: str | None) -> dict:
+    """The settings a predict.py run's outputs depend on (COMPARED), the data root its photos come from and the
+    checkpoint's data.group (null: Carvana's cars), which the report reads."""
     return {"checkpoints": [{"path": str(p), "sha256": sha256(p)} for p in ckpts], "tta": tta,
-            "threshold": threshold, "write": sorted(write), "geometry": geometry, "data_root": data_root}
+            "threshold": threshold, "write": sorted(write), "geometry": geometry, "data_root": data_root,
+            "group": group}
 
 
 def read_manifest(directory: str | Path) -> list[dict]:

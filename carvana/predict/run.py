@@ -73,10 +73,11 @@ def dice_table(images: list[Path], probs_dir: Path, masks: list[Path], threshold
 
 
 def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Path, trainer: pl.Trainer, writer:
-            MaskWriter, cfg: dict, write: list[str], data_root: str, bboxes: str | None) -> int:
+            MaskWriter, cfg: dict, write: list[str], data_root: str, group: str | None, bboxes: str | None) -> int:
     """Predict the photos not yet written into output_dir -> how many were predicted now."""
     check_onnx_run(models, trainer.world_size)  # before anything is written
-    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, [m.geometry.key for m in models], data_root)
+    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, [m.geometry.key for m in models], data_root,
+                      group)
     prepare(output_dir, wanted, images, cfg["overwrite"], trainer.is_global_zero)
     done = writer.skip = written_names(output_dir, write, images)
     # the photos are checked as training checks them (a corrupt one stops the run before any work), and give their
@@ -130,7 +131,7 @@ def run(cfg: dict) -> tuple[str, int]:
     writer = MaskWriter(output_dir, write, cfg["threshold"], cfg["writer_threads"])
     trainer = pl.Trainer(**trainer_kwargs(cfg["trainer"]), callbacks=[writer], logger=False,
                          use_distributed_sampler=False)
-    count = predict(images, ckpts, models, output_dir, trainer, writer, cfg, write, str(root),
+    count = predict(images, ckpts, models, output_dir, trainer, writer, cfg, write, str(root), meta.get("group"),
                     cfg["data"]["bboxes"])
     if not trainer.is_global_zero:
         return "", 0
