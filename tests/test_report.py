@@ -195,7 +195,8 @@ def test_report_takes_the_data_root_and_group_predict_recorded(oof: dict) -> Non
     """probs_dir= alone: the masks come from the data root predict.py recorded in predict.json (not the config's
     default root), the groups from the checkpoint's data.group it recorded."""
     names = sorted(p.name.replace(".png", ".jpg") for p in oof["oof"].glob("*.png"))
-    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], str(oof["root"]), r"^(\w{4})")
+    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None,
+                        {"data_root": str(oof["root"]), "group": r"^(\w{4})", "images_dir": None, "masks_dir": None})
     (oof["oof"] / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": names}]}))
     out = oof["oof"].parent / "report"
     main([f"probs_dir={oof['oof']}", f"output_dir={out}", "worst=0"])

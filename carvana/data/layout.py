@@ -11,6 +11,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # Carvana's GIFs first, then PNG masks, then masks named as their photo (a folder of masks, or predict.py's output)
 MASK_PATTERNS = ("{}_mask.gif", "{}_mask.png", "{}.png", "{}.gif")
 CAR_GROUP = r"^(.+)_\d+$"  # Carvana's car id: '0cdf5b5d0ce1' of '0cdf5b5d0ce1_05'
+EACH_PHOTO = r"^(.*)$"  # data.group=null: each photo is its own group
 _ANGLE = re.compile(r"^.+_(\d+)$")
 
 
@@ -28,7 +29,7 @@ def angle_of(path: str | os.PathLike) -> int | None:
 def group_pattern(regex: str | None, key: str = "data.group") -> re.Pattern:
     """The compiled group regex (its first group names a photo's group); null: each photo is its own group."""
     try:
-        pattern = re.compile(regex if regex is not None else r"^(.*)$")
+        pattern = re.compile(regex if regex is not None else EACH_PHOTO)
     except re.error as err:
         raise CarvanaError(f"{key}={regex!r} is not a regular expression ({err})") from None
     if pattern.groups < 1:
@@ -62,6 +63,12 @@ def list_images(directory: str | os.PathLike, key: str = "data.root") -> list[Pa
         except UnicodeEncodeError:
             shown = os.fsencode(image.name).decode("utf-8", errors="replace")
             raise CarvanaError(f"photo {directory / shown} has a name that is not valid UTF-8: rename it") from None
+    stems: dict[str, Path] = {}
+    for image in images:  # a.jpg and a.png: one mask a.png, one prediction a.png for both
+        if image.stem in stems:
+            raise CarvanaError(f"photos {stems[image.stem].name} and {image.name} in {directory} share the name "
+                               f"{image.stem!r}: their masks and predictions would be one file; rename one")
+        stems[image.stem] = image
     return images
 
 

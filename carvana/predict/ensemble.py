@@ -1,6 +1,7 @@
 """Probabilities for a folder of photos: each photo made once into every network input the models need, the mean over
 models and TTA at the photo's own size, written as it comes (carvana.predict.writer) in batches of one size."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from carvana.data.dataset import SegDataset, SizeBatchSampler, to_tensor
 from carvana.data.geometry import Geometry
 from carvana.model.onnx import OnnxModel
 from carvana.model.tta import check_tta, tta_logits
+from carvana.predict.tiles import tiled_logits
 from carvana.predict.writer import HostProbs8, copy_probs8
 
 
@@ -51,11 +53,21 @@ class PredictData(pl.LightningDataModule):
 
 
 class Ensemble(pl.LightningModule):
-    """Mean probability of several models (SegModules or OnnxModels), each with the same TTA -> BxHxW probs8."""
+    """Mean probability of several models (SegModules or OnnxModels), each with the same TTA -> BxHxW probs8; with a
+    `tile` (h, w), each model runs on overlapping tiles, `tile_batch` a forward (carvana.predict.tiles)."""
 
-    def __init__(self, models: list, tta: str):
+    def __init__(self, models: list, tta: str, tile: tuple[int, int] | None = None, tile_overlap: float = 0.25,
+                 tile_batch: int = 4):
         super().__init__()
         self.models, self.tta = torch.nn.ModuleList(models), check_tta(tta, "tta")
+        self.tile, self.tile_overlap, self.tile_batch = tile, tile_overlap, tile_batch
+
+    def passes(self, model: torch.nn.Module, image: torch.Tensor, size: tuple[int, int], boxes: torch.Tensor | None
+               ) -> Iterator[torch.Tensor]:
+        """Each TTA pass of one model -> Bx1xHxW float32 logits at the photos' `size`, whole or tiled."""
+        if self.tile is None:
+            return tta_logits(model, image, size, boxes, self.tta)
+        return tiled_logits(model, image, size, self.tile, self.tile_overlap, self.tile_batch, self.tta)
 
     def probs(self, inputs: dict[str, torch.Tensor], size: tuple[int, int], boxes: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -63,7 +75,7 @@ class Ensemble(pl.LightningModule):
         `size`, averaged over models and TTA passes."""
         total, count = None, 0
         for model in self.models:
-            for logits in tta_logits(model, inputs[model.geometry.key], size, boxes, self.tta):
+            for logits in self.passes(model, inputs[model.geometry.key], size, boxes):
                 probs = logits.sigmoid_()
                 total = probs if total is None else total.add_(probs)
                 count += 1

@@ -15,7 +15,8 @@ from carvana.files import atomic_path, is_temporary, remove_dead_temporaries
 from carvana.predict.shards import SHARD_PATTERN, scan_shard
 
 MANIFEST = "predict.json"
-COMPARED = ("checkpoints", "tta", "threshold", "write", "geometry")
+COMPARED = ("checkpoints", "tta", "threshold", "write", "geometry", "cutout_alpha")
+CUTOUTS = "cutouts"  # write=cutout: <output_dir>/cutouts/<photo>.png
 
 
 def sha256(path: Path) -> str:
@@ -28,12 +29,13 @@ def sha256(path: Path) -> str:
 
 
 def settings(ckpts: list[Path], tta: str, threshold: float, write: list[str], geometry: list[str],
-             data_root: str, group: str | None) -> dict:
-    """The settings a predict.py run's outputs depend on (COMPARED), the data root its photos come from and the
-    checkpoint's data.group (null: Carvana's cars), which the report reads."""
+             cutout_alpha: str | None, provenance: dict) -> dict:
+    """The settings a predict.py run's outputs depend on (COMPARED; `geometry` names the network inputs and the tiling),
+    and where its photos come from, which the report reads: `provenance` holds data_root, group (the regex of the
+    photos' groups), images_dir and masks_dir (null: photos without masks)."""
     return {"checkpoints": [{"path": str(p), "sha256": sha256(p)} for p in ckpts], "tta": tta,
-            "threshold": threshold, "write": sorted(write), "geometry": geometry, "data_root": data_root,
-            "group": group}
+            "threshold": threshold, "write": sorted(write), "geometry": geometry,
+            "cutout_alpha": cutout_alpha if "cutout" in write else None, **provenance}
 
 
 def read_manifest(directory: str | Path) -> list[dict]:
@@ -51,6 +53,7 @@ def prepare(output_dir: Path, wanted: dict, images: list[Path], overwrite: bool,
     """Make output_dir ready for a run of the `wanted` settings over `images`; see the module's docstring. Only rank 0
     removes and records; temporaries that killed processes of this host left are removed by every rank."""
     remove_dead_temporaries(output_dir)
+    remove_dead_temporaries(output_dir / CUTOUTS)
     entries = read_manifest(output_dir)
     names = {p.name for p in images}
     mine = {key: wanted[key] for key in COMPARED}
@@ -77,7 +80,8 @@ def prepare(output_dir: Path, wanted: dict, images: list[Path], overwrite: bool,
 def existing_outputs(output_dir: Path, images: list[Path]) -> set[str]:
     """The names of `images` that already have a PNG in output_dir or a row in its RLE shards."""
     in_shards = {row.name for shard in output_dir.glob(SHARD_PATTERN) for row in scan_shard(shard)[0]}
-    return {p.name for p in images if (output_dir / f"{p.stem}.png").exists() or p.name in in_shards}
+    return {p.name for p in images if (output_dir / f"{p.stem}.png").exists() or p.name in in_shards
+            or (output_dir / CUTOUTS / f"{p.stem}.png").exists()}
 
 
 def remove_outputs(output_dir: Path, images: list[Path]) -> None:
@@ -85,6 +89,7 @@ def remove_outputs(output_dir: Path, images: list[Path]) -> None:
     names = {p.name for p in images}
     for photo in images:
         (output_dir / f"{photo.stem}.png").unlink(missing_ok=True)
+        (output_dir / CUTOUTS / f"{photo.stem}.png").unlink(missing_ok=True)
     for shard in sorted(output_dir.glob(SHARD_PATTERN)) if names else []:
         rows, _ = scan_shard(shard)
         if any(row.name in names for row in rows):
@@ -102,6 +107,8 @@ def written_names(output_dir: Path, write: list[str], images: list[Path]) -> set
     done = {p.name for p in images}
     if "png" in write:
         done &= {p.name for p in images if (output_dir / f"{p.stem}.png").exists()}
+    if "cutout" in write:
+        done &= {p.name for p in images if (output_dir / CUTOUTS / f"{p.stem}.png").exists()}
     if "rle" in write:
         # a line without its newline is a half-written row of a killed run: not done
         done &= {row.name for shard in output_dir.glob(SHARD_PATTERN) for row in scan_shard(shard)[0]}

@@ -15,7 +15,7 @@ from carvana.data.boxes import load_boxes
 from carvana.data.dataset import find_stacked
 from carvana.data.folds import read_folds, split
 from carvana.data.io import probs_cut, read_mask, read_probs8
-from carvana.data.layout import CAR_GROUP, angle_of, find_masks, group_of, group_pattern, list_images
+from carvana.data.layout import CAR_GROUP, EACH_PHOTO, angle_of, find_masks, group_of, group_pattern, list_images
 from carvana.data.photo_check import check_photos
 from carvana.files import atomic_path, check_writable_dir
 from carvana.hardware import check_accelerator, default_workers, trainer_kwargs
@@ -24,11 +24,12 @@ from carvana.model.losses import dice_per_image
 from carvana.model.tta import check_tta
 from carvana.predict.ensemble import Ensemble, PredictData, PredictDataset, batches_to_do, check_onnx_run
 from carvana.predict.manifest import prepare, settings, written_names
-from carvana.predict.writer import MaskWriter
+from carvana.predict.tiles import check_tiling
+from carvana.predict.writer import CUTOUT_ALPHAS, MaskWriter
 from carvana.progress import progress
 from carvana.slurm import check_allocation
 
-WRITES = ("png", "rle")
+WRITES = ("png", "rle", "cutout")
 
 
 def find_checkpoints(ckpt: str | list[str] | None) -> list[Path]:
@@ -49,7 +50,9 @@ def check_settings(cfg: dict) -> list[str]:
     """predict.py's keys checked before any model is read -> the outputs asked for (write as a list)."""
     write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
     if not write or any(w not in WRITES for w in write):
-        raise CarvanaError(f"write={cfg['write']}: choose png, rle or [png, rle]")
+        raise CarvanaError(f"write={cfg['write']}: choose png, rle, cutout, or a list of them (e.g. [png, cutout])")
+    if cfg["cutout_alpha"] not in CUTOUT_ALPHAS:
+        raise CarvanaError(f"cutout_alpha={cfg['cutout_alpha']}: choose {' or '.join(CUTOUT_ALPHAS)}")
     check_tta(cfg["tta"], "tta")
     check_threshold(cfg["threshold"])
     for key, least in (("batch_size", 1), ("writer_threads", 1), ("num_workers", 0)):
@@ -60,30 +63,35 @@ def check_settings(cfg: dict) -> list[str]:
     return write
 
 
-def dice_table(images: list[Path], probs_dir: Path, masks: list[Path], threshold: float, group: str | None
-               ) -> pd.DataFrame:
-    """Per-photo Kaggle Dice of written predictions against their masks -> DataFrame[image, group, angle, dice]."""
-    rows, pattern = [], group_pattern(group)
+def dice_table(images: list[Path], probs_dir: Path, masks: list[Path], threshold: float, group: str) -> pd.DataFrame:
+    """Per-photo Kaggle Dice of written predictions against their masks -> DataFrame[image, car, angle, dice] for
+    Carvana's names, [image, group, dice] for other groups (the report's columns)."""
+    rows, pattern, unit = [], group_pattern(group), "car" if group == CAR_GROUP else "group"
     for path, mask in progress(list(zip(images, masks)), "scoring the predictions", len(images)):
         pred = torch.from_numpy(read_probs8(probs_dir / f"{path.stem}.png") > probs_cut(threshold))
         truth = torch.from_numpy(read_mask(mask))
         dice = float(dice_per_image(pred[None, None], truth[None, None])[0])
-        rows.append({"image": path.name, "car": group_of(path, pattern), "angle": angle_of(path), "dice": dice})
+        angle = {"angle": angle_of(path)} if unit == "car" else {}
+        rows.append({"image": path.name, unit: group_of(path, pattern), **angle, "dice": dice})
     return pd.DataFrame(rows)
 
 
 def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Path, trainer: pl.Trainer, writer:
-            MaskWriter, cfg: dict, write: list[str], data_root: str, group: str | None, bboxes: str | None) -> int:
-    """Predict the photos not yet written into output_dir -> how many were predicted now."""
+            MaskWriter, cfg: dict, write: list[str], provenance: dict, bboxes: str | None) -> int:
+    """Predict the photos not yet written into output_dir -> how many were predicted now; `provenance` is recorded
+    in predict.json (carvana.predict.manifest.settings)."""
     check_onnx_run(models, trainer.world_size)  # before anything is written
-    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, [m.geometry.key for m in models], data_root,
-                      group)
+    tile = check_tiling(cfg["tile"], cfg["tile_overlap"], [m.geometry for m in models])
+    geometry = [m.geometry.key for m in models]
+    if tile:  # tiled outputs differ from whole ones at the tiles' borders: a folder keeps one or the other
+        geometry.append(f"tile={tile[0]}x{tile[1]} overlap={cfg['tile_overlap']}")
+    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, geometry, cfg["cutout_alpha"], provenance)
     prepare(output_dir, wanted, images, cfg["overwrite"], trainer.is_global_zero)
     done = writer.skip = written_names(output_dir, write, images)
     # the photos are checked as training checks them (a corrupt one stops the run before any work), and give their
     # sizes: masks come out at each photo's own size, batches hold photos of one size
     sizes = [c.size for c in progress(check_photos(images, default_workers(1)), "checking the photos", len(images))]
-    todo = batches_to_do(images, sizes, done, cfg["batch_size"])
+    todo = batches_to_do(images, sizes, done, 1 if tile else cfg["batch_size"])
     if not todo:
         return 0
     photos = [images[i] for i in todo]
@@ -95,8 +103,10 @@ def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Pat
     dataset = PredictDataset(photos, [m.geometry for m in models], find_stacked(photos, dirs) if dirs else None,
                              car_boxes(models, bboxes, photos))
     workers = default_workers(trainer.num_devices) if cfg["num_workers"] is None else cfg["num_workers"]
-    data = PredictData(dataset, [sizes[i] for i in todo], cfg["batch_size"], workers)
-    trainer.predict(Ensemble(models, cfg["tta"]), datamodule=data, return_predictions=False)
+    # tiled: one photo at a time, batch_size tiles a forward
+    data = PredictData(dataset, [sizes[i] for i in todo], 1 if tile else cfg["batch_size"], workers)
+    ensemble = Ensemble(models, cfg["tta"], tile, cfg["tile_overlap"], cfg["batch_size"])
+    trainer.predict(ensemble, datamodule=data, return_predictions=False)
     return sum(p.name not in done for p in photos)
 
 
@@ -116,28 +126,35 @@ def run(cfg: dict) -> tuple[str, int]:
     meta = read_checkpoint(ckpts[0], onnx=True)["hyper_parameters"].get("data") or {}
     models = load_models(ckpts, cfg["model"])  # every file whole and of this project, before any work
     root = Path(cfg["data"]["root"] or meta.get("root") or ".")
+    # the regex of the photos' groups: Carvana's cars for checkpoints that do not say, each photo alone for null
+    group = meta.get("group", CAR_GROUP)
+    group = EACH_PHOTO if group is None else group
     output_dir = Path(cfg["output_dir"])
+    masks_dir = None
     if cfg["predict_on_val"]:
         if "png" not in write:
             raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
         fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
         folds = read_folds(cfg["data"]["folds"] or meta.get("folds"))
         photos = list_images(root / meta.get("image_dir", "train"), "data.root")
-        images = split(photos, folds, fold, group_pattern(meta.get("group", CAR_GROUP)))[1]
-        masks = find_masks(images, root / meta.get("val_mask_dir", "train_masks"))  # before the long run starts
+        images = split(photos, folds, fold, group_pattern(group))[1]
+        masks_dir = root / meta.get("val_mask_dir", "train_masks")
+        masks = find_masks(images, masks_dir)  # before the long run starts
     else:
         images = list_images(cfg["input_dir"] or root / "test", "input_dir")
+    provenance = {"data_root": str(root), "group": group, "images_dir": str(images[0].parent),
+                  "masks_dir": None if masks_dir is None else str(masks_dir)}
     check_writable_dir(output_dir, "output_dir")
-    writer = MaskWriter(output_dir, write, cfg["threshold"], cfg["writer_threads"])
+    writer = MaskWriter(output_dir, write, cfg["threshold"], cfg["writer_threads"], {p.name: p for p in images},
+                        cfg["cutout_alpha"])
     trainer = pl.Trainer(**trainer_kwargs(cfg["trainer"]), callbacks=[writer], logger=False,
                          use_distributed_sampler=False)
-    count = predict(images, ckpts, models, output_dir, trainer, writer, cfg, write, str(root), meta.get("group"),
-                    cfg["data"]["bboxes"])
+    count = predict(images, ckpts, models, output_dir, trainer, writer, cfg, write, provenance, cfg["data"]["bboxes"])
     if not trainer.is_global_zero:
         return "", 0
     line = f"predicted={count} skipped={len(images) - count} output_dir={output_dir}"
     if cfg["predict_on_val"]:
-        table = dice_table(images, output_dir, masks, cfg["threshold"], meta.get("group", CAR_GROUP))
+        table = dice_table(images, output_dir, masks, cfg["threshold"], group)
         table_path = output_dir / f"dice_fold{fold}.csv"
         with atomic_path(table_path) as tmp:
             table.to_csv(tmp, index=False)

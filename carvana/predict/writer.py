@@ -1,5 +1,6 @@
 """The writer of predict.py: each batch's probabilities come back from the device without stopping it, and threads
-write them as they come (8-bit PNGs and/or rows of this rank's RLE shard), never holding more than a few batches."""
+write them as they come (8-bit PNGs, rows of this rank's RLE shard, RGBA cut-outs), never holding more than a few
+batches."""
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,8 +13,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from carvana.data.io import probs_cut, write_probs8
+from carvana.data.io import probs_cut, read_image, write_png, write_probs8
 from carvana.data.rle import rle_encode
+from carvana.predict.manifest import CUTOUTS
 from carvana.predict.shards import RleShardWriter
 
 
@@ -57,12 +59,25 @@ def copy_probs8(probs: torch.Tensor) -> HostProbs8:
     return HostProbs8(host, ready)
 
 
-class MaskWriter(BasePredictionWriter):
-    """Writes each batch as it comes (PNG probs8 and/or rows of this rank's RLE shard), in threads."""
+CUTOUT_ALPHAS = ("probs", "mask")
 
-    def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int):
+
+def cutout(image: np.ndarray, probs8: np.ndarray, alpha: str, cut: int) -> np.ndarray:
+    """HxWx3 uint8 RGB photo, HxW probs8 -> HxWx4 RGBA cut-out: the background transparent, the alpha the probability
+    (`alpha`='probs': soft edges) or the thresholded mask ('mask': 0 or 255)."""
+    a = probs8 if alpha == "probs" else np.where(probs8 > cut, np.uint8(255), np.uint8(0))
+    return np.dstack([image, a])
+
+
+class MaskWriter(BasePredictionWriter):
+    """Writes each batch as it comes (PNG probs8, rows of this rank's RLE shard, RGBA cut-outs of `photos`, the
+    input photos by name), in threads."""
+
+    def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int,
+                 photos: dict[str, Path] | None = None, cutout_alpha: str = "probs"):
         super().__init__(write_interval="batch")
         self.output_dir, self.write, self.cut = Path(output_dir), write, probs_cut(threshold)
+        self.photos, self.cutout_alpha = photos or {}, cutout_alpha
         # photos already written, predicted again only to keep an uninterrupted run's batches
         self.skip: set[str] = set()
         self.pool = ThreadPoolExecutor(max(1, threads))
@@ -72,6 +87,8 @@ class MaskWriter(BasePredictionWriter):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if "cutout" in self.write:
+            (self.output_dir / CUTOUTS).mkdir(exist_ok=True)
         if "rle" in self.write:
             self.shard = RleShardWriter(self.output_dir, trainer.global_rank)
 
@@ -89,6 +106,9 @@ class MaskWriter(BasePredictionWriter):
         probs8 = prediction.numpy()[index]  # waits for the batch's copy from the GPU, in this thread
         if "png" in self.write:
             write_probs8(self.output_dir / f"{Path(name).stem}.png", probs8)
+        if "cutout" in self.write:  # the photo read again here, in the thread: the batch holds the network's input
+            rgba = cutout(read_image(self.photos[name]), probs8, self.cutout_alpha, self.cut)
+            write_png(self.output_dir / CUTOUTS / f"{Path(name).stem}.png", rgba)
         return name, rle_encode(probs8 > self.cut) if self.shard else None  # encoded here, in the thread
 
     def _finish(self, future: Future) -> None:

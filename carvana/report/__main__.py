@@ -38,8 +38,14 @@ def parse_args(argv: list[str]) -> dict:
                 or conf_value("data/carvana", "root"))
     recorded_group = recorded_values([probs_dir], "group") if Path(probs_dir).is_dir() else []
     cfg["group"] = cfg["group"] or (recorded_group[0] if len(recorded_group) == 1 and recorded_group[0] else CAR_GROUP)
-    cfg["masks_dir"] = cfg["masks_dir"] or str(root / "train_masks")
-    cfg["images_dir"] = cfg["images_dir"] or str(root / "train")
+    old_root = Path(recorded_root[0]) if len(recorded_root) == 1 and recorded_root[0] else None
+    for key, default in (("masks_dir", "train_masks"), ("images_dir", "train")):
+        # the folder predict.py recorded, at its place under the data root (given anew or recorded), else Kaggle's
+        recorded = recorded_values([probs_dir], key) if Path(probs_dir).is_dir() else []
+        folder = Path(recorded[0]) if len(recorded) == 1 and recorded[0] else None
+        if folder is not None and old_root is not None and folder.is_relative_to(old_root):
+            folder = root / folder.relative_to(old_root)
+        cfg[key] = cfg[key] or str(folder or root / default)
     cfg["output_dir"] = cfg["output_dir"] or str(Path(probs_dir) / "report")
     return cfg
 

@@ -47,9 +47,10 @@ def check_data(data: DictConfig, seed: int) -> None:
             write_folds(root / "metadata.csv", data.folds, data.n_folds, seed, stratify=None)
         return
     if not (root / data.image_dir).is_dir():
-        raise CarvanaError(f"no Carvana data in {root} (data.root): get it with `{KAGGLE}` and unzip train.zip, "
-                           f"train_masks.zip, test.zip and the csvs into {root}; or run the demo on the synthetic set: "
-                           "python train.py data=synthetic (or make demo)")
+        raise CarvanaError(f"no photos in {root / data.image_dir} (data.root, data.image_dir): for Kaggle's Carvana "
+                           f"data run `{KAGGLE}` and unzip train.zip, train_masks.zip, test.zip and the csvs into "
+                           f"{root}; for your own photos use data=folder data.root=DIR (DIR/images, DIR/masks); or run "
+                           "the demo: python train.py data=synthetic (or make demo)")
 
 
 def check_settings(cfg: DictConfig) -> None:

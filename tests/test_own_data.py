@@ -1,0 +1,233 @@
+"""Your own data (data=folder): photos and masks named as they are, of mixed sizes and formats, folds by a group regex;
+training in each input mode, prediction at each photo's size, cut-outs, tiles, the report; each bad input refused in
+one line before training."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, compose_train, parse_result
+from PIL import Image
+
+from carvana import CarvanaError
+from carvana.data.io import read_image, read_probs8, write_png
+
+# three sizes, one portrait and one that is no multiple of 32; group = the part before the first '-'
+PHOTOS = [  # (name, (height, width), photo format, mask format)
+    ("chair one-a.jpg", (64, 96), "jpg", "png255"),
+    ("chair one-b.png", (96, 64), "rgb", "png01"),
+    ("lämp.2-front.jpg", (72, 120), "jpg", "palette"),
+    ("lämp.2-side.png", (64, 96), "grey", "png255"),
+    ("sofa-x 1.jpeg", (96, 64), "jpg", "gif"),
+    ("sofa-x 2.png", (72, 120), "rgba", "png255"),
+    ("table-1.jpg", (64, 96), "jpg", "png255"),
+    ("table-2.jpg", (96, 64), "jpg", "png01"),
+    ("vase-a.tif", (72, 120), "tif", "png255"),
+    ("vase-b.jpg", (64, 96), "jpg", "png255"),
+]
+GROUP = "^([^-]+)-"
+GROUPS = {"chair one", "lämp.2", "sofa", "table", "vase"}
+
+
+def write_photo_and_mask(root: Path, name: str, size: tuple[int, int], photo: str, mask: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    image = np.empty((h, w, 3), np.uint8)
+    image[:] = rng.integers(40, 120, 3)
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    truth = np.zeros((h, w), np.uint8)
+    centre = (int(rng.integers(w // 3, 2 * w // 3)), int(rng.integers(h // 3, 2 * h // 3)))
+    cv2.ellipse(truth, centre, (w // 4, h // 4), float(rng.integers(0, 180)), 0, 360, 1, -1)
+    image[truth > 0] = rng.integers(170, 255, 3)
+    path = root / "images" / name
+    if photo in ("jpg", "tif"):
+        Image.fromarray(image).save(path, format="JPEG" if photo == "jpg" else "TIFF")
+    elif photo == "rgb":
+        Image.fromarray(image).save(path)
+    elif photo == "grey":
+        Image.fromarray(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)).save(path)
+    else:
+        Image.fromarray(np.dstack([image, np.full((h, w), 255, np.uint8)])).save(path)  # RGBA, opaque
+    stem = Path(name).stem
+    if mask == "png255":
+        Image.fromarray(truth * 255).save(root / "masks" / f"{stem}.png")
+    elif mask == "png01":
+        Image.fromarray(truth).save(root / "masks" / f"{stem}.png")
+    else:
+        img = Image.fromarray(truth, mode="P")
+        img.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
+        img.save(root / "masks" / f"{stem}.{'gif' if mask == 'gif' else 'png'}")
+
+
+@pytest.fixture(scope="module")
+def own_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("own") / "my data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for seed, (name, size, photo, mask) in enumerate(PHOTOS):
+        write_photo_and_mask(root, name, size, photo, mask, seed)
+    return root
+
+
+def folder_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["data=folder", f"data.root={root}", f"data.group='{GROUP}'", "data.n_folds=3", "trainer=cpu",
+            "trainer.max_epochs=1", "data.num_workers=0", "data.batch_size=2", "model.encoder_weights=null",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={out}", *extra]
+
+
+def run_tool(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+@pytest.fixture(scope="module")
+def trained(own_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch on the whole photos, padded (data.crop_size=null): the run folder and checkpoint."""
+    out = tmp_path_factory.mktemp("own-run") / "run"
+    proc = run_tool("train.py", folder_args(own_root, out, "data.crop_size=null"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dice, ckpt = parse_result(proc.stdout.strip().splitlines()[-1])
+    return {"out": out, "ckpt": ckpt, "dice": dice}
+
+
+def test_folds_are_made_by_the_group_regex_and_written_to_the_run(trained: dict):
+    folds = pd.read_csv(trained["out"] / "folds.csv")
+    assert list(folds.columns) == ["group", "fold"] and set(folds.group) == GROUPS
+    assert sorted(folds.fold.unique()) == [0, 1, 2] and 0 <= trained["dice"] <= 1
+
+
+@pytest.mark.parametrize("mode", [["data.crop_size=[64,64]"], ["data.crop_size=null", "data.input_size=[64,64]"]])
+def test_own_photos_train_in_every_input_mode(own_root: Path, tmp_path: Path, mode: list[str]):
+    """Random crops at native resolution and a resize, on photos of three sizes (the padded mode: `trained`)."""
+    proc = run_tool("train.py", folder_args(own_root, tmp_path / "run", *mode))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dice, ckpt = parse_result(proc.stdout.strip().splitlines()[-1])
+    assert 0 <= dice <= 1 and ckpt.is_file()
+
+
+def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trained: dict, tmp_path: Path):
+    out = tmp_path / "out"
+    args = [f"ckpt={trained['ckpt']}", f"input_dir={own_root / 'images'}", f"output_dir={out}", "trainer=cpu",
+            "num_workers=0", "write=[png,cutout]", f"hydra.run.dir={tmp_path / 'h'}"]
+    proc = run_tool("predict.py", args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"predicted={len(PHOTOS)} skipped=0")
+    for name, size, _, _ in PHOTOS:
+        stem = Path(name).stem
+        probs8 = read_probs8(out / f"{stem}.png")
+        assert probs8.shape == size, name
+        rgba = cv2.cvtColor(cv2.imread(str(out / "cutouts" / f"{stem}.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+        assert rgba.shape == (*size, 4)
+        assert (rgba[..., :3] == read_image(own_root / "images" / name)).all() and (rgba[..., 3] == probs8).all()
+    again = run_tool("predict.py", args)
+    assert again.stdout.strip().splitlines()[-1].startswith(f"predicted=0 skipped={len(PHOTOS)}"), again.stderr
+    # the thresholded alpha is other settings: refused in that folder, written in another
+    mask_alpha = run_tool("predict.py", [*args, "cutout_alpha=mask"])
+    assert mask_alpha.returncode == 2 and "cutout_alpha" in mask_alpha.stderr, mask_alpha.stderr
+    other = tmp_path / "mask-alpha"
+    proc = run_tool("predict.py", [*args[:2], f"output_dir={other}", *args[3:], "write=cutout", "cutout_alpha=mask"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, size, _, _ in PHOTOS:
+        stem = Path(name).stem
+        alpha = cv2.imread(str(other / "cutouts" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)[..., 3]
+        assert set(np.unique(alpha)) <= {0, 255}
+        assert ((alpha == 255) == (read_probs8(out / f"{stem}.png") > 127)).all()
+        assert not (other / f"{stem}.png").exists()  # write=cutout alone: no probability PNG
+
+
+def test_tiled_prediction_of_own_photos(own_root: Path, trained: dict, tmp_path: Path):
+    """tile=[32,32]: masks at each photo's size, recorded as tiled; a whole-photo run in that folder is refused."""
+    out = tmp_path / "tiled"
+    args = [f"ckpt={trained['ckpt']}", f"input_dir={own_root / 'images'}", f"output_dir={out}", "trainer=cpu",
+            "num_workers=0", "tile=[32,32]", "tile_overlap=0.5", f"hydra.run.dir={tmp_path / 'h'}"]
+    proc = run_tool("predict.py", args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, size, _, _ in PHOTOS:
+        assert read_probs8(out / f"{Path(name).stem}.png").shape == size
+    recorded = json.loads((out / "predict.json").read_text())["entries"][0]["settings"]
+    assert "tile=32x32 overlap=0.5" in recorded["geometry"]
+    whole = run_tool("predict.py", [a for a in args if not a.startswith("tile")])
+    assert whole.returncode == 2 and "geometry" in whole.stderr, whole.stderr
+
+
+def test_out_of_fold_report_of_own_photos(own_root: Path, trained: dict, tmp_path: Path):
+    """predict_on_val then python -m carvana.report probs_dir= alone: groups from the regex, no angle column."""
+    oof = tmp_path / "oof"
+    proc = run_tool("predict.py", [f"ckpt={trained['ckpt']}", "predict_on_val=true", f"output_dir={oof}",
+                                   "trainer=cpu", "num_workers=0", f"hydra.run.dir={tmp_path / 'h'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(next(oof.glob("dice_fold*.csv")))
+    assert list(table.columns) == ["image", "group", "dice"] and set(table.group) <= GROUPS
+    report = subprocess.run([sys.executable, "-m", "carvana.report", f"probs_dir={oof}", "worst=2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert report.returncode == 0, report.stderr[-3000:]
+    per_image = pd.read_csv(oof / "report" / "per_image.csv")
+    assert "angle" not in per_image.columns and set(per_image.group) <= GROUPS
+    assert (oof / "report" / "per_group.csv").is_file() and (oof / "report" / "report.html").is_file()
+
+
+def bad_set(root: Path, tmp: Path) -> Path:
+    copy = tmp / "bad"
+    shutil.copytree(root, copy)
+    return copy
+
+
+def build(root: Path, tmp: Path, *overrides: str) -> None:
+    from carvana.training.run import build_datamodule
+
+    cfg = compose_train("data=folder", f"data.root={root}", f"data.group='{GROUP}'", "data.n_folds=3",
+                        "data.num_workers=0", *overrides)
+    build_datamodule(cfg, tmp / "run")
+
+
+@pytest.mark.parametrize(("spoil", "needle"), [
+    (lambda r: (r / "masks" / "table-1.png").unlink(), "1 photo(s) have no mask in"),
+    (lambda r: Image.fromarray(np.zeros((10, 10), np.uint8)).save(r / "masks" / "table-1.png"),
+     "table-1.png is 10x10 (height x width)"),
+    (lambda r: Image.fromarray(np.full((64, 96), 128, np.uint8)).save(r / "masks" / "table-1.png"),
+     "table-1.png is not black and white"),
+    (lambda r: shutil.copy(r / "images" / "table-1.jpg", r / "images" / "table-1.png"),
+     "photos table-1.jpg and table-1.png in"),
+])
+def test_bad_own_data_is_refused_before_training(own_root: Path, tmp_path: Path, spoil, needle: str):
+    root = bad_set(own_root, tmp_path)
+    spoil(root)
+    with pytest.raises(CarvanaError) as err:
+        build(root, tmp_path)
+    assert needle in str(err.value), err.value
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_fold_without_photos_is_refused(own_root: Path, tmp_path: Path):
+    folds = tmp_path / "folds.csv"
+    pd.DataFrame({"group": sorted(GROUPS), "fold": [0, 0, 1, 1, 1]}).to_csv(folds, index=False)
+    with pytest.raises(CarvanaError, match="fold=2 is not in"):
+        build(own_root, tmp_path, f"data.folds={folds}", "fold=2")
+    pd.DataFrame({"group": sorted(GROUPS), "fold": [0] * 5}).to_csv(folds, index=False)
+    with pytest.raises(CarvanaError, match="fold=0 leaves no training photos"):
+        build(own_root, tmp_path, f"data.folds={folds}")
+
+
+def test_folder_needs_its_root(tmp_path: Path):
+    proc = run_tool("train.py", ["data=folder", f"hydra.run.dir={tmp_path / 'h'}"])
+    assert proc.returncode == 2 and "data.root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+        proc.stderr
+
+
+def test_photo_formats_read_as_rgb(own_root: Path):
+    for name, size, _, _ in PHOTOS:
+        image = read_image(own_root / "images" / name)
+        assert image.shape == (*size, 3) and image.dtype == np.uint8
+
+
+def test_write_png_keeps_rgba(tmp_path: Path):
+    rgba = np.random.default_rng(0).integers(0, 256, (8, 12, 4), dtype=np.uint8)
+    write_png(tmp_path / "x.png", rgba)
+    back = cv2.cvtColor(cv2.imread(str(tmp_path / "x.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+    assert (back == rgba).all()
