@@ -11,29 +11,40 @@ this project reads `probs`. The metadata (`carvana.hyper_parameters`, JSON) hold
 geometry, threshold, preprocessing, provenance. photo= (default: the first photo of the checkpoint's data.root/test)
 is predicted both ways; the export is refused, and nothing written, when the probabilities at full size differ by
 more than 1e-3 or the masks in more than 1e-4 of their pixels.
+
+format=smp writes the network alone in segmentation_models_pytorch's own format instead, a folder (save_pretrained:
+config.json, model.safetensors, README.md) with carvana.json beside: the preprocessing and geometry a user applies
+without this project, the threshold, and the checkpoint's hyperparameters. The folder is written under a temporary name;
+smp.from_pretrained rebuilds the network from it there, and only when its logits on the photo, preprocessed as
+carvana.json says, are the checkpoint's within 1e-5 is it put in place (replacing an earlier export).
 """
 
+import contextlib
+import io
 import json
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+import segmentation_models_pytorch as smp
 import torch
 
 from carvana import CarvanaError
 from carvana.cli import compose, conf_value, run_or_exit
-from carvana.data.geometry import padded_size
+from carvana.data.geometry import DIVISOR, padded_size
 from carvana.data.io import read_image
 from carvana.data.layout import list_images
-from carvana.files import atomic_path, check_writable_dir
+from carvana.files import atomic_dir, atomic_path, check_writable_dir
 from carvana.model.loading import load_module
 from carvana.model.module import SegModule
 from carvana.model.onnx import METADATA_KEY, OnnxModel, import_onnx
 
+FORMATS = ("onnx", "smp")
 OUTPUTS = ("logits", "probs")
 MAX_PROB_DIFF = 1e-3  # the export's refusal limits, at the photo's full size
 MAX_MASK_DIFF = 1e-4  # share of mask pixels (probs > threshold) that differ
+MAX_LOGIT_DIFF = 1e-5  # format=smp: the same network in PyTorch both ways, only the files between them
 PHOTO_SIZE = (1280, 1918)  # Kaggle's photos: what a full-size model is exported for when its checkpoint does not say
 
 
@@ -81,16 +92,21 @@ def export_onnx(module: SegModule, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def parity(module: SegModule, model: OnnxModel, photo: Path) -> dict[str, float]:
-    """PyTorch against onnxruntime on one photo at its full size -> max |probs difference| (also of the `probs`
-    output at the input size) and the share of mask pixels (probs > threshold) that differ."""
+def network_input(module: SegModule, photo: Path) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+    """A photo -> (its 1x(3+k)xhxw uint8 network input, its (H, W), its box as a 1x4 tensor: the whole photo)."""
     image = read_image(photo)
     size = image.shape[:2]
     box = (0, size[0], 0, size[1])  # a car-box model sees the whole photo as its box: the check is of the network
     extra = [np.zeros(size, np.uint8)] * (module.hparams.in_channels - 3)  # stacked masks: empty
     net_input, stacked = module.geometry.to_input(image, extra, box)
     x = torch.from_numpy(np.dstack([net_input, *stacked]).transpose(2, 0, 1).copy())[None]
-    boxes = torch.tensor([box])
+    return x, size, torch.tensor([box])
+
+
+def parity(module: SegModule, model: OnnxModel, photo: Path) -> dict[str, float]:
+    """PyTorch against onnxruntime on one photo at its full size -> max |probs difference| (also of the `probs`
+    output at the input size) and the share of mask pixels (probs > threshold) that differ."""
+    x, size, boxes = network_input(module, photo)
     with torch.inference_mode():
         logits = module(x)
         ours = module.geometry.to_full(logits, size, boxes).sigmoid()
@@ -111,22 +127,55 @@ def default_photo(hparams: dict) -> Path:
     raise CarvanaError(f"no photo to check the export on in {root}/test (the checkpoint's data.root): give photo=PATH")
 
 
-def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None) -> dict:
-    """Export a checkpoint to `output` (.onnx) and check it on `photo` -> the parity figures; nothing is written when
-    the export or its check fails."""
-    output = Path(output)
-    if output.suffix != ".onnx":
-        raise CarvanaError(f"output={output}: name it *.onnx (predict.py tells ONNX files by their suffix)")
-    if not output.parent.is_dir():
-        raise CarvanaError(f"output={output}: no folder {output.parent}")
-    check_writable_dir(output.parent, "output")  # a read-only folder is that, not a network the exporter cannot take
-    module = load_module(ckpt, {"channels_last": False, "compile": False})  # speed switches mean nothing in ONNX
-    photo = Path(photo) if photo else default_photo(module.hparams)
-    size = read_image(photo).shape[:2]  # a photo that cannot be read, or does not fit, fails now, not after the export
-    if module.geometry.input_size is None and padded_size(*size) != padded_size(*photo_size_of(module.hparams)):
-        height, width = photo_size_of(module.hparams)
-        raise CarvanaError(f"photo={photo} is {size[1]}x{size[0]}: this full-size model predicts photos of "
-                           f"{width}x{height}")
+def smp_metadata(module: SegModule) -> dict:
+    """carvana.json of format=smp: what a user does to a photo, without this project, before and after the network."""
+    hparams = json.loads(json.dumps(dict(module.hparams)))  # plain JSON values, as the ONNX metadata has them
+    pre, geometry = hparams["preprocessing"], module.geometry
+    return {
+        "about": "logits = smp.from_pretrained(this folder)(x): x is Bx(3+stacked_masks)xhxw float32, the photo's "
+                 "uint8 RGB pixels in input_space order, (x - mean) / std, at the geometry's size (pad: the bottom and "
+                 "right padded with 0 to a multiple of divisor; resize: cv2 area to input_size; boxes: the car's box "
+                 "resized to input_size); logits back at the photo's size (pad: cropped; resize: bilinear); "
+                 "mask = sigmoid(logits) > threshold",
+        "input_space": pre["input_space"], "mean": pre["mean"], "std": pre["std"],  # 0..255 units
+        "stacked_masks": hparams["in_channels"] - 3,  # probability masks 0..255 after the colours: x / 127.5 - 1
+        "geometry": "boxes" if geometry.boxes else "resize" if geometry.input_size else "pad",
+        "input_size": list(geometry.input_size) if geometry.input_size else None, "divisor": DIVISOR,
+        "threshold": hparams["threshold"], "hyper_parameters": hparams,
+    }
+
+
+def smp_input(meta: dict, image: np.ndarray) -> torch.Tensor:
+    """Bx(3+k)xhxw uint8 network inputs -> the smp network's float32 input, from carvana.json alone (as a user
+    without this project computes it)."""
+    x = image.astype(np.float32)
+    rgb, masks = x[:, :3], x[:, 3:]
+    if meta["input_space"] == "BGR":
+        rgb = rgb[:, ::-1]
+    mean, std = (np.array(meta[key], np.float32).reshape(1, -1, 1, 1) for key in ("mean", "std"))
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate([(rgb - mean) / std, masks / 127.5 - 1], 1)))
+
+
+def write_smp(module: SegModule, output: Path, photo: Path) -> dict[str, float]:
+    """Write the network with save_pretrained and carvana.json into a temporary folder, rebuild it there with
+    smp.from_pretrained, and put the folder at `output` only if its logits on `photo` are the checkpoint's."""
+    with atomic_dir(output) as tmp:
+        module.net.save_pretrained(tmp, dataset="Carvana Image Masking Challenge")
+        (tmp / "carvana.json").write_text(json.dumps(smp_metadata(module), indent=2) + "\n")
+        with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints "Loading weights from local ..."
+            net = smp.from_pretrained(str(tmp)).eval()
+        x, _, _ = network_input(module, photo)
+        with torch.inference_mode():
+            diff = float((module(x) - net(smp_input(json.loads((tmp / "carvana.json").read_text()), x.numpy())))
+                         .abs().max())
+        if not diff <= MAX_LOGIT_DIFF:  # `not <=`: a NaN fails too
+            raise CarvanaError(f"the smp folder's network differs from the checkpoint on {photo}: max_logit_diff="
+                               f"{diff:.2e} (limit {MAX_LOGIT_DIFF}): nothing written")
+    return {"max_logit_diff": diff}
+
+
+def write_onnx(module: SegModule, output: Path, photo: Path) -> dict[str, float]:
+    """Write the ONNX file through a temporary name, kept only if it predicts `photo` as the checkpoint does."""
     with atomic_path(output) as tmp:
         export_onnx(module, tmp)
         figures = parity(module, OnnxModel(tmp), photo)
@@ -135,6 +184,49 @@ def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None
             raise CarvanaError(f"the ONNX model differs from the checkpoint on {photo}: max_prob_diff="
                                f"{figures['max_prob_diff']:.2e} (limit {MAX_PROB_DIFF}), mask_diff_share="
                                f"{figures['mask_diff_share']:.2e} (limit {MAX_MASK_DIFF}): nothing written")
+    return figures
+
+
+def check_output(output: Path, format: str) -> None:
+    """Refuse an output the format cannot write, before the checkpoint is loaded."""
+    if format not in FORMATS:
+        raise CarvanaError(f"format={format}: choose one of {', '.join(FORMATS)}")
+    if format == "onnx" and output.suffix != ".onnx":
+        raise CarvanaError(f"output={output}: name it *.onnx (predict.py tells ONNX files by their suffix)")
+    if format == "smp":
+        if output.name in ("", "..") or output.is_file():
+            raise CarvanaError(f"output={output}: format=smp writes a folder: name a new one (e.g. output=model_smp)")
+        if output.is_dir() and any(output.iterdir()) and not (output / "carvana.json").is_file():
+            raise CarvanaError(f"output={output} is a folder that holds other files (no carvana.json of an earlier "
+                               "export, which would be replaced): choose a new or empty folder")
+    if not output.parent.is_dir():
+        raise CarvanaError(f"output={output}: no folder {output.parent}")
+    check_writable_dir(output.parent, "output")  # a read-only folder is that, not a network the exporter cannot take
+
+
+def check_photo(module: SegModule, photo: str | Path | None) -> Path:
+    """The photo to check the export on, read now: one that cannot be read, or does not fit, fails before the export."""
+    photo = Path(photo) if photo else default_photo(module.hparams)
+    size = read_image(photo).shape[:2]
+    if module.geometry.input_size is None and padded_size(*size) != padded_size(*photo_size_of(module.hparams)):
+        height, width = photo_size_of(module.hparams)
+        raise CarvanaError(f"photo={photo} is {size[1]}x{size[0]}: this full-size model predicts photos of "
+                           f"{width}x{height}")
+    return photo
+
+
+def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None, format: str = "onnx") -> dict:
+    """Export a checkpoint to `output` (format=onnx: a .onnx file; smp: a folder of segmentation_models_pytorch) and
+    check it on `photo` -> the parity figures; nothing is written when the export or its check fails."""
+    output = Path(output)
+    check_output(output, format)
+    module = load_module(ckpt, {"channels_last": False, "compile": False})  # speed switches mean nothing exported
+    arch = module.hparams.arch
+    if format == "smp" and arch not in smp.MODEL_ARCHITECTURES_MAPPING:
+        raise CarvanaError(f"model.arch={arch} is not a segmentation_models_pytorch network: export it with "
+                           "format=onnx")
+    photo = check_photo(module, photo)
+    figures = (write_smp if format == "smp" else write_onnx)(module, output, photo)
     height, width = module.geometry.input_shape(photo_size_of(module.hparams))
     return {**figures, "photo": photo, "input": f"Bx{module.hparams.in_channels}x{height}x{width}"}
 
@@ -146,9 +238,14 @@ def main(argv: list[str] | None = None) -> None:
         for key in ("ckpt", "output"):
             if not cfg[key]:
                 raise CarvanaError(f"{key}= is required: python -m carvana.export ckpt=last.ckpt output=model.onnx")
-        return cfg, export(cfg["ckpt"], cfg["output"], cfg["photo"])
+        return cfg, export(cfg["ckpt"], cfg["output"], cfg["photo"], cfg["format"])
 
     cfg, figures = run_or_exit(sys.argv[1:] if argv is None else argv, "export", work)
+    if cfg["format"] == "smp":
+        print(f"parity on {figures['photo']}: max_logit_diff={figures['max_logit_diff']:.2e} (limit {MAX_LOGIT_DIFF})")
+        print(f"smp={cfg['output']} input={figures['input']} (preprocessing and geometry: carvana.json) -> logits",
+              flush=True)
+        return
     print(f"parity on {figures['photo']}: max_prob_diff={figures['max_prob_diff']:.2e} (limit {MAX_PROB_DIFF}) "
           f"mask_diff_share={figures['mask_diff_share']:.2e} (limit {MAX_MASK_DIFF})")
     print(f"onnx={cfg['output']} image={figures['input']} uint8 -> logits, probs", flush=True)

@@ -1,10 +1,12 @@
-"""Files written whole or not at all: a temporary sibling renamed into place, the temporaries that killed processes
-left behind, and a folder proved writable before long work starts. Every writer of the project goes through here."""
+"""Files (and folders) written whole or not at all: a temporary sibling renamed into place, the temporaries that killed
+processes left behind, and a folder proved writable before long work starts. Every writer of the project goes through
+here."""
 
 import contextlib
 import errno
 import os
 import re
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +37,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty temporary sibling folder of `path`; put it in `path`'s place only if the block ends without an
+    error: a folder already at `path` is replaced then, not before. A full disk is a CarvanaError that says so."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old.tmp-{HOST}-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            os.replace(path, old)  # rename(2) does not replace a folder that holds files: move it aside first
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old.exists():
+                os.replace(old, path)
+            raise
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise CarvanaError(f"the disk is full: {path} was not written (free space on {path.parent}, or write "
+                               "elsewhere)") from None
+        raise
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def is_temporary(path: str | os.PathLike) -> bool:
-    """Whether a file is atomic_path's temporary (a reader of a folder skips it)."""
+    """Whether a file (or folder) is atomic_path's (atomic_dir's) temporary (a reader of a folder skips it)."""
     return _TEMPORARY.match(Path(path).name) is not None
 
 
@@ -47,7 +77,10 @@ def remove_dead_temporaries(directory: str | os.PathLike) -> int:
     for path in Path(directory).glob(".*.tmp-*") if Path(directory).is_dir() else []:
         match = _TEMPORARY.match(path.name)
         if match and match["host"] == HOST and not _alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
+            if path.is_dir():  # atomic_dir's
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
     return removed
 
