@@ -102,20 +102,40 @@ def test_folds_are_made_by_the_group_regex_and_written_to_the_run(trained: dict)
     assert sorted(folds.fold.unique()) == [0, 1, 2] and 0 <= trained["dice"] <= 1
 
 
+def train_in_process(root: Path, out: Path, *extra: str) -> tuple[float, Path]:
+    """train.py's job through the library (the subprocess is `trained`'s): (val_dice, checkpoint)."""
+    from carvana.training.run import train
+
+    overrides = [a for a in folder_args(root, out, *extra) if not a.startswith("hydra.")]
+    dice, ckpt, _ = train(compose_train(*overrides), out)
+    return dice, Path(ckpt)
+
+
 @pytest.mark.parametrize("mode", [["data.crop_size=[64,64]"], ["data.crop_size=null", "data.input_size=[64,64]"]])
 def test_own_photos_train_in_every_input_mode(own_root: Path, tmp_path: Path, mode: list[str]):
     """Random crops at native resolution and a resize, on photos of three sizes (the padded mode: `trained`)."""
-    proc = run_tool("train.py", folder_args(own_root, tmp_path / "run", *mode))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    dice, ckpt = parse_result(proc.stdout.strip().splitlines()[-1])
+    dice, ckpt = train_in_process(own_root, tmp_path / "run", *mode)
     assert 0 <= dice <= 1 and ckpt.is_file()
+
+
+def predict_in_process(*words: str) -> str:
+    """predict.py's job through the library (its subprocess runs once, below): the summary line."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from carvana.predict.run import run
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="predict", overrides=["trainer=cpu", "num_workers=0", *words])
+    line, status = run(OmegaConf.to_container(cfg, resolve=True))
+    assert status == 0
+    return line
 
 
 def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trained: dict, tmp_path: Path):
     out = tmp_path / "out"
-    args = [f"ckpt={trained['ckpt']}", f"input_dir={own_root / 'images'}", f"output_dir={out}", "trainer=cpu",
-            "num_workers=0", "write=[png,cutout]", f"hydra.run.dir={tmp_path / 'h'}"]
-    proc = run_tool("predict.py", args)
+    args = [f"ckpt={trained['ckpt']}", f"input_dir={own_root / 'images'}", f"output_dir={out}", "write=[png,cutout]"]
+    proc = run_tool("predict.py", [*args, "trainer=cpu", "num_workers=0", f"hydra.run.dir={tmp_path / 'h'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].startswith(f"predicted={len(PHOTOS)} skipped=0")
     for name, size, _, _ in PHOTOS:
@@ -125,14 +145,12 @@ def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trai
         rgba = cv2.cvtColor(cv2.imread(str(out / "cutouts" / f"{stem}.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
         assert rgba.shape == (*size, 4)
         assert (rgba[..., :3] == read_image(own_root / "images" / name)).all() and (rgba[..., 3] == probs8).all()
-    again = run_tool("predict.py", args)
-    assert again.stdout.strip().splitlines()[-1].startswith(f"predicted=0 skipped={len(PHOTOS)}"), again.stderr
+    assert predict_in_process(*args).startswith(f"predicted=0 skipped={len(PHOTOS)}")
     # the thresholded alpha is other settings: refused in that folder, written in another
-    mask_alpha = run_tool("predict.py", [*args, "cutout_alpha=mask"])
-    assert mask_alpha.returncode == 2 and "cutout_alpha" in mask_alpha.stderr, mask_alpha.stderr
+    with pytest.raises(CarvanaError, match="cutout_alpha"):
+        predict_in_process(*args, "cutout_alpha=mask")
     other = tmp_path / "mask-alpha"
-    proc = run_tool("predict.py", [*args[:2], f"output_dir={other}", *args[3:], "write=cutout", "cutout_alpha=mask"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    predict_in_process(*args[:2], f"output_dir={other}", "write=cutout", "cutout_alpha=mask")
     for name, size, _, _ in PHOTOS:
         stem = Path(name).stem
         alpha = cv2.imread(str(other / "cutouts" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)[..., 3]
@@ -144,29 +162,27 @@ def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trai
 def test_tiled_prediction_of_own_photos(own_root: Path, trained: dict, tmp_path: Path):
     """tile=[32,32]: masks at each photo's size, recorded as tiled; a whole-photo run in that folder is refused."""
     out = tmp_path / "tiled"
-    args = [f"ckpt={trained['ckpt']}", f"input_dir={own_root / 'images'}", f"output_dir={out}", "trainer=cpu",
-            "num_workers=0", "tile=[32,32]", "tile_overlap=0.5", f"hydra.run.dir={tmp_path / 'h'}"]
-    proc = run_tool("predict.py", args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = [f"ckpt={trained['ckpt']}", f"input_dir={own_root / 'images'}", f"output_dir={out}", "tta=none"]
+    predict_in_process(*args, "tile=[32,32]", "tile_overlap=0.5", "batch_size=16")
     for name, size, _, _ in PHOTOS:
         assert read_probs8(out / f"{Path(name).stem}.png").shape == size
     recorded = json.loads((out / "predict.json").read_text())["entries"][0]["settings"]
     assert "tile=32x32 overlap=0.5" in recorded["geometry"]
-    whole = run_tool("predict.py", [a for a in args if not a.startswith("tile")])
-    assert whole.returncode == 2 and "geometry" in whole.stderr, whole.stderr
+    with pytest.raises(CarvanaError, match="geometry"):
+        predict_in_process(*args)
 
 
-def test_out_of_fold_report_of_own_photos(own_root: Path, trained: dict, tmp_path: Path):
-    """predict_on_val then python -m carvana.report probs_dir= alone: groups from the regex, no angle column."""
+def test_out_of_fold_report_of_own_photos(own_root: Path, trained: dict, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture):
+    """predict_on_val then the report given probs_dir= alone: groups from the regex, no angle column."""
+    from carvana.report.__main__ import main as report
+
     oof = tmp_path / "oof"
-    proc = run_tool("predict.py", [f"ckpt={trained['ckpt']}", "predict_on_val=true", f"output_dir={oof}",
-                                   "trainer=cpu", "num_workers=0", f"hydra.run.dir={tmp_path / 'h'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    predict_in_process(f"ckpt={trained['ckpt']}", "predict_on_val=true", f"output_dir={oof}")
     table = pd.read_csv(next(oof.glob("dice_fold*.csv")))
     assert list(table.columns) == ["image", "group", "dice"] and set(table.group) <= GROUPS
-    report = subprocess.run([sys.executable, "-m", "carvana.report", f"probs_dir={oof}", "worst=2"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert report.returncode == 0, report.stderr[-3000:]
+    report([f"probs_dir={oof}", "worst=2"])
+    assert "report=" in capsys.readouterr().out
     per_image = pd.read_csv(oof / "report" / "per_image.csv")
     assert "angle" not in per_image.columns and set(per_image.group) <= GROUPS
     assert (oof / "report" / "per_group.csv").is_file() and (oof / "report" / "report.html").is_file()

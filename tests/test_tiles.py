@@ -70,6 +70,26 @@ def test_one_tile_over_the_whole_photo_is_the_untiled_prediction():
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
 
 
+class SpyNet(PixelNet):
+    """PixelNet that remembers the largest input it was given."""
+
+    largest: tuple = ()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.largest = max(self.largest, tuple(image.shape), key=lambda s: torch.Size(s).numel())
+        return super().forward(image)
+
+
+def test_a_large_photo_reaches_the_network_only_in_tiles():
+    """The memory bound: a 1280x1920 photo in 256x256 tiles, 3 a forward: the network never sees more than 3 tiles
+    (its activations scale with them, not the photo), and the output is the photo's size."""
+    net = SpyNet()
+    image = torch.randint(0, 256, (1, 3, 1280, 1920), dtype=torch.uint8)
+    (logits,) = tiled_logits(net, image, (1280, 1918), (256, 256), 0.25, batch_size=3, tta="none")
+    assert net.largest == (3, 3, 256, 256)
+    assert logits.shape == (1, 1, 1280, 1918) and torch.isfinite(logits).all()
+
+
 @pytest.mark.parametrize(("tile", "overlap", "geometry", "needle"), [
     ([100, 64], 0.25, Geometry(), "tile=[100, 64] must be [height, width], both multiples of 32"),
     ([64], 0.25, Geometry(), "must be [height, width]"),
