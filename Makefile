@@ -12,9 +12,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	PYTHON=$(VENV)/bin/python bash scripts/demo.sh
 
-# the tests also try the optional loggers (wandb offline, mlflow's local store)
+# the tests also try the optional loggers (wandb offline, mlflow's local store) and the service
 $(VENV)/.installed-loggers: $(VENV)/.installed
-	$(VENV)/bin/pip install -q -c constraints.txt -e ".[wandb,mlflow]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[wandb,mlflow,serve]"
 	touch $@
 
 test: $(VENV)/.installed-loggers
