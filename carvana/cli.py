@@ -2,11 +2,12 @@
 train.py's), `--help` written from that file's own comments, renamed keys kept for a release with a notice, and
 expected errors as one `error:` line with exit status 2."""
 
+import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -174,12 +175,21 @@ def describe(path: Path, prefix: str = "") -> list[str]:
     return out
 
 
+def print_help(text: str) -> NoReturn:
+    """Print `text` and exit 0, also when the reader stops early (`--help | head`), as Python's docs advise for
+    SIGPIPE: no BrokenPipeError traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
 def entry_point(name: str, groups: dict[str, str] | None = None, renamed: dict[str, str] | None = None) -> None:
     """What train.py, predict.py and submit.py do before Hydra reads their command line: `-h`/`--help` prints the
     help of conf/<name>.yaml and exits 0 (Hydra's own: --hydra-help); renamed keys get their new names."""
     if any(word in ("-h", "--help") for word in sys.argv[1:]):
-        print(help_text(name, f"python {Path(sys.argv[0]).name}", groups))
-        sys.exit(0)
+        print_help(help_text(name, f"python {Path(sys.argv[0]).name}", groups))
     sys.argv[1:] = rename_keys(sys.argv[1:], renamed or {})
 
 
@@ -187,8 +197,7 @@ def run_or_exit(argv: list[str], help_of: str, work: Callable[[list[str]], T]) -
     """`-h`/`--help` prints the help of conf/<help_of>.yaml and exits 0; a CarvanaError of `work(argv)` prints one
     `error:` line and exits 2."""
     if any(word in ("-h", "--help") for word in argv):
-        print(help_text(help_of, f"python -m carvana.{help_of}"))
-        sys.exit(0)
+        print_help(help_text(help_of, f"python -m carvana.{help_of}"))
     try:
         return work(argv)
     except CarvanaError as err:

@@ -48,3 +48,13 @@ def test_every_key_in_help_is_explained(tool: str):
     assert keys
     unexplained = [line.strip() for line in keys if len(line.strip().split(None, 1)) < 2]
     assert not unexplained, f"keys without a comment in conf/{name}.yaml or its groups: {unexplained}"
+
+
+@pytest.mark.parametrize("tool", ["train.py", "carvana.report"])
+def test_help_into_a_closed_pipe_exits_0_without_a_traceback(tool: str):
+    """`python train.py --help | head -1`: the reader has gone before the help is written."""
+    command = [sys.executable, tool] if tool.endswith(".py") else [sys.executable, "-m", tool]
+    proc = subprocess.Popen([*command, "--help"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in stderr, stderr
