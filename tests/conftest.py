@@ -114,16 +114,10 @@ def run_module(module: str, *words: str) -> subprocess.CompletedProcess:
                           timeout=120, check=False)
 
 
-SLURM_TESTS: set[str] = set()  # node ids of the tests marked slurm
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    SLURM_TESTS.update(item.nodeid for item in items if item.get_closest_marker("slurm"))
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say loudly when the SLURM tests did not run: a green run without them proves nothing about SLURM."""
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if r.nodeid in SLURM_TESTS]
+    """Say loudly when the SLURM tests did not run: a green run without them proves nothing about SLURM. (The
+    reports' keywords hold the markers, also for the reports pytest-xdist's workers send.)"""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "slurm" in getattr(r, "keywords", {})]
     if skipped:
         reason = str(skipped[0].longrepr[-1]) if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
         banner = f"{len(skipped)} SLURM TESTS SKIPPED, NOTHING ABOUT SLURM WAS CHECKED"
