@@ -115,8 +115,8 @@ def run_module(module: str, *words: str) -> subprocess.CompletedProcess:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say loudly when the SLURM tests did not run: a green run without them proves nothing about SLURM. (The
-    reports' keywords hold the markers, also for the reports pytest-xdist's workers send.)"""
+    """Say loudly when the SLURM tests did not run: a green run without them proves nothing about SLURM (a report's
+    keywords hold its test's markers)."""
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "slurm" in getattr(r, "keywords", {})]
     if skipped:
         reason = str(skipped[0].longrepr[-1]) if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
