@@ -25,9 +25,10 @@ from omegaconf import OmegaConf
 
 from carvana import CarvanaError
 from carvana.predict.shards import scan_shard
-from carvana.slurm import SlurmSweep, check_allocation
+from carvana.slurm import SlurmSweep, check_allocation, use_allocated_cpus
 
 SRUN_TIMEOUT_S = 300
+THREADS = torch.get_num_threads()  # this process's, put back after the tests that change it
 
 
 def slurm_problem() -> str:
@@ -479,3 +480,48 @@ def test_allocation_matching_or_outside_slurm_passes(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SLURM_NNODES", "1")
     check_allocation({"num_nodes": 1, "devices": 2})
     check_allocation({"num_nodes": 1, "devices": "auto"})
+
+
+@pytest.mark.parametrize(("env", "threads"), [
+    ({"SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_CPUS_PER_TASK": "1"}, 1),
+    ({"SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "2"}, None),
+    ({"SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1"}, None),  # no --cpus-per-task
+    ({"SLURM_JOB_NAME": "interactive", "SLURM_NTASKS": "1", "SLURM_CPUS_PER_TASK": "1"}, None),
+], ids=["cpus_per_task", "omp_num_threads_wins", "no_cpus_per_task", "interactive"])
+def test_a_slurm_task_uses_its_own_cpus(monkeypatch: pytest.MonkeyPatch, env: dict, threads: int | None):
+    """No SLURM needed: in a job step with --cpus-per-task, torch's threads are the task's CPUs, set once for
+    Lightning too (OMP_NUM_THREADS); elsewhere nothing changes."""
+    for key in [k for k in os.environ if k.startswith("SLURM_")] + ["OMP_NUM_THREADS"]:
+        monkeypatch.setenv(key, "")  # recorded, so that monkeypatch puts back what the suite had
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    torch.set_num_threads(2)
+    try:
+        use_allocated_cpus()
+        assert torch.get_num_threads() == (threads or 2)
+        assert os.environ.get("OMP_NUM_THREADS") == env.get("OMP_NUM_THREADS", str(threads) if threads else None)
+    finally:
+        torch.set_num_threads(THREADS)
+
+
+@pytest.mark.slurm
+def test_a_task_given_one_cpu_runs_one_torch_thread(slurm):
+    """srun -c 1 on a node of several CPUs, SLURM binding no CPU (task/none): one torch thread, not one per CPU of
+    the node (without -c torch keeps its default)."""
+    code = ("import torch; from carvana.slurm import use_allocated_cpus; use_allocated_cpus(); "
+            "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    seen = {}
+    for cpus in ("1", None):
+        name = unique_name()
+        words = ["srun", "-N", "1", "-n", "1", *(["-c", cpus] if cpus else []), "-t", "5", f"--job-name={name}",
+                 sys.executable, "-c", code]
+        try:
+            proc = subprocess.run(words, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+        finally:
+            cancel(name)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        seen[cpus] = int(proc.stdout.split()[-1])
+    assert seen["1"] == 1
+    assert seen[None] > 1, seen  # torch's default on a node of 2 CPUs or more: what -c changes

@@ -27,7 +27,7 @@ from carvana.predict.manifest import prepare, settings, written_names
 from carvana.predict.tiles import check_tiling
 from carvana.predict.writer import CUTOUT_ALPHAS, MaskWriter
 from carvana.progress import progress
-from carvana.slurm import check_allocation
+from carvana.slurm import check_allocation, use_allocated_cpus
 
 WRITES = ("png", "rle", "cutout")
 
@@ -121,6 +121,7 @@ def car_boxes(models: list, bboxes: str | None, images: list[Path]) -> dict | No
 def run(cfg: dict) -> tuple[str, int]:
     """predict.py's job from its plain config -> (summary line for rank 0, exit status); see conf/predict.yaml."""
     check_allocation(cfg["trainer"])
+    use_allocated_cpus()
     ckpts = find_checkpoints(cfg["ckpt"])
     write = check_settings(cfg)
     meta = read_checkpoint(ckpts[0], onnx=True)["hyper_parameters"].get("data") or {}

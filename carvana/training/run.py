@@ -21,7 +21,7 @@ from carvana.hardware import check_accelerator, trainer_kwargs
 from carvana.model.loading import init_from, read_checkpoint
 from carvana.model.module import SegModule
 from carvana.model.network import resolve_preprocessing
-from carvana.slurm import check_allocation
+from carvana.slurm import check_allocation, use_allocated_cpus
 from carvana.training.callbacks import callbacks
 from carvana.training.ddp import ddp_job_scope, relaunch_job_not_sweep
 from carvana.training.loggers import build_loggers, finish_loggers
@@ -141,6 +141,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a key an experiment requires (???) first
     check_settings(cfg)
     check_allocation(cfg.trainer)
+    use_allocated_cpus()
     check_data(cfg.data, cfg.seed)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
