@@ -17,8 +17,9 @@ $(VENV)/.installed-loggers: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -c constraints.txt -e ".[wandb,mlflow,serve]"
 	touch $@
 
+# two test processes, one per core, each test file whole in one of them (its module fixtures shared)
 test: $(VENV)/.installed-loggers
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/train_throughput.py

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# tiny models: one torch thread per process, so that the two test processes (make test: -n 2) and the processes
+# a test starts (DDP ranks, SLURM jobs) do not spin on each other's cores; set before torch is imported, inherited
+# by every subprocess
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # non-square and divisible by 32: a swapped axis cannot pass, and the full photo needs no padding
