@@ -525,3 +525,26 @@ def test_a_task_given_one_cpu_runs_one_torch_thread(slurm):
         seen[cpus] = int(proc.stdout.split()[-1])
     assert seen["1"] == 1
     assert seen[None] > 1, seen  # torch's default on a node of 2 CPUs or more: what -c changes
+
+
+def test_train_and_predict_fit_their_threads_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No SLURM needed: both jobs call use_allocated_cpus, after the allocation check and before any work."""
+    from conftest import compose_train
+
+    from carvana.cli import compose
+    from carvana.predict import run as prediction
+    from carvana.training import run as training
+
+    class Called(Exception):
+        pass
+
+    def called() -> None:
+        raise Called
+
+    for module in (training, prediction):
+        monkeypatch.setattr(module, "use_allocated_cpus", called)
+    with pytest.raises(Called):
+        training.train(compose_train("model.encoder_weights=null", "data.crop_size=null"), tmp_path / "run")
+    with pytest.raises(Called):
+        prediction.run(compose("predict", [f"ckpt={tmp_path / 'none.ckpt'}"]))
+    assert not (tmp_path / "run").exists()
