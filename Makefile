@@ -17,9 +17,10 @@ $(VENV)/.installed-loggers: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -c constraints.txt -e ".[wandb,mlflow,serve]"
 	touch $@
 
-# two test processes, one per core, each test file whole in one of them (its module fixtures shared)
+# two test processes, one per core, each test file whole in one of them (its module fixtures shared), the dearest
+# files first (tests/conftest.py: DEAREST_FIRST)
 test: $(VENV)/.installed-loggers
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/train_throughput.py
