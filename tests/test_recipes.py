@@ -13,7 +13,7 @@ from conftest import REPO, TINY_SIZE, run_train, tiny_module, train_args
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
-from test_predict import predict_here, train_here
+from test_predict import predict_args, predict_here, train_here
 
 from carvana import CarvanaError
 from carvana.data.boxes import write_bboxes
@@ -21,11 +21,9 @@ from carvana.model.loading import read_checkpoint
 from carvana.predict.ensemble import Ensemble, PredictDataset
 
 
-def predict_into(out: Path, *args: str) -> None:
-    """predict.py ARGS output_dir=OUT in this process (the mechanics of the recipes are tested here, not the
-    interpreter: the refusals below run as a user types them)."""
-    run = predict_here(["trainer.enable_progress_bar=false", "num_workers=0", f"output_dir={out}",
-                        f"hydra.run.dir={out.parent / ('.hydra-' + out.name)}", *args])
+def predict_into(out: Path, ckpt: Path, *extra: str) -> None:
+    """predict.py in this process (the mechanics are tested here; the refusals below run as a user types them)."""
+    run = predict_here(predict_args(ckpt, out, *extra))
     assert run.code == 0, run.out[-2000:] + run.err[-2000:]
 
 
@@ -35,7 +33,7 @@ def first_stage(trained_run: dict, carvana_root: Path, tmp_path_factory: pytest.
     one fold model each; these tests check the mechanics, so one checkpoint predicts them all."""
     out = tmp_path_factory.mktemp("stage1") / "masks"
     for photos in ("train", "test"):
-        predict_into(out, f"ckpt={trained_run['ckpt']}", f"input_dir={carvana_root / photos}")
+        predict_into(out, trained_run["ckpt"], f"input_dir={carvana_root / photos}")
     photos = [p.stem for d in ("train", "test") for p in (carvana_root / d).glob("*.jpg")]
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(photos)
     return out
@@ -54,7 +52,7 @@ def test_stacked_second_stage_trains_and_predicts(carvana_root: Path, first_stag
     assert hparams["in_channels"] == 4 and hparams["arch"] == "simple_unet"
     assert hparams["data"]["stacked_dirs"] == [str(first_stage)]
     out = tmp_path / "pred"
-    predict_into(out, f"ckpt={ckpt}", f"input_dir={carvana_root / 'test'}")
+    predict_into(out, ckpt, f"input_dir={carvana_root / 'test'}")
     written = sorted(out.glob("*.png"))
     assert len(written) == len(list((carvana_root / "test").glob("*.jpg")))
     assert cv2.imread(str(written[0]), cv2.IMREAD_UNCHANGED).shape == TINY_SIZE
@@ -135,7 +133,7 @@ def test_car_crops_train_and_paste_back(carvana_root: Path, first_stage: Path, t
     ckpt = train_here(train_args(carvana_root, run, f"data.bboxes={bboxes}", "data.input_size=[32,64]"))
     assert read_checkpoint(ckpt)["hyper_parameters"]["data"]["bboxes"] == str(bboxes)
     out = tmp_path / "pred"
-    predict_into(out, f"ckpt={ckpt}", f"input_dir={carvana_root / 'test'}")
+    predict_into(out, ckpt, f"input_dir={carvana_root / 'test'}")
     boxes = table.set_index("img")
     for png in sorted(out.glob("*.png")):
         probs = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
