@@ -1,6 +1,7 @@
 """Every photo decoded all through before a long run (training or prediction), and every mask read: a file that is
 not an image, a truncated JPEG, one whose image data is corrupt, a mask of another size than its photo or with values
-other than black and white is named in one line before any work starts.
+other than black and white is named in one line before any work starts. The HTTP service checks each upload with
+the same decoder (PhotoChecker): one photo check for every reader.
 
 libjpeg decodes corrupt data with a mere warning on the process's stderr (what cv2 and PIL then return looks like a
 photo): the warnings are read back from file descriptor 2, so the check runs in processes of its own, fresh Python
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -33,16 +35,25 @@ class Checked(NamedTuple):
 
 def check_photo(path: str | os.PathLike) -> tuple[int, int]:
     """Decode a photo all through, cheaply -> its (height, width); a bad photo is a CarvanaError naming it. Call it in
-    a process of its own (check_photos does): it reads libjpeg's warnings from file descriptor 2.
-
-    At 1/8 scale in grey the decoder still reads every coefficient: 1.6 ms a 1918x1280 photo instead of 17.
-    """
+    a process of its own (check_photos does): it reads libjpeg's warnings from file descriptor 2."""
     path = Path(path)
     size = image_size(path)
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise CarvanaError(f"photo {path} is not readable ({err.strerror})") from None
+    why = corruption(data)
+    if why:
+        raise CarvanaError(f"photo {path} is corrupt ({why}): download it again or remove it")
+    return size
+
+
+def corruption(data: np.ndarray) -> str | None:
+    """Why a photo's bytes (1-D uint8) do not decode cleanly (libjpeg's first warning, truncated, undecodable), or None.
+    Call it in a process of its own (check_photos and PhotoChecker do): it reads file descriptor 2.
+
+    At 1/8 scale in grey the decoder still reads every coefficient: 1.6 ms a 1918x1280 photo instead of 17.
+    """
     with tempfile.TemporaryFile() as captured:
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
@@ -55,9 +66,8 @@ def check_photo(path: str | os.PathLike) -> tuple[int, int]:
         warnings = captured.read().decode(errors="replace").strip()
     truncated = is_jpeg(data) and not data[-64:].tobytes().rstrip(b"\x00").endswith(JPEG_END)
     if decoded is None or warnings or truncated:
-        why = warnings.splitlines()[0] if warnings else "truncated or undecodable"
-        raise CarvanaError(f"photo {path} is corrupt ({why}): download it again or remove it")
-    return size
+        return warnings.splitlines()[0] if warnings else "truncated or undecodable"
+    return None
 
 
 def check_pair(photo: str | os.PathLike, mask: str | os.PathLike | None) -> Checked:
@@ -82,9 +92,7 @@ def check_photos(paths: list[Path], workers: int = 1, masks: list[Path] | None =
         return
     share = -(-len(pairs) // max(1, min(workers, len(pairs))))
     shares = [pairs[i:i + share] for i in range(0, len(pairs), share)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
-                                                        *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "PYTHONIOENCODING": "utf-8:backslashreplace"}
+    env = _worker_env()
     procs = []
     try:
         for part in shares:
@@ -112,6 +120,68 @@ def check_photos(paths: list[Path], workers: int = 1, masks: list[Path] | None =
                 proc.kill()
             proc.wait()
             proc.stdout.close()
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker: this checkout importable, any file name printable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                         *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "PYTHONIOENCODING": "utf-8:backslashreplace"}
+
+
+class PhotoChecker:
+    """corruption() for uploaded bytes (the HTTP service's), in one long-lived Python process of its own, started at the
+    first check and again after it died: libjpeg's warnings stay out of the caller's stderr. One check at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+
+    def check(self, data: bytes) -> str | None:
+        """Why the photo's bytes do not decode cleanly, or None (as corruption() says)."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                start = "from carvana.data.photo_check import _upload_worker; _upload_worker()"
+                self.proc = subprocess.Popen([sys.executable, "-c", start], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, env=_worker_env())
+            try:
+                self.proc.stdin.write(len(data).to_bytes(8, "big"))
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+                answer = self.proc.stdout.readline().decode(errors="replace").rstrip("\n")
+            except OSError:
+                answer = ""
+            if not answer:
+                self._stop()
+                return "the photo check's process died decoding it"
+            return None if answer == "ok" else answer[1:]
+
+    def close(self) -> None:
+        """End the worker (it exits at the end of its input)."""
+        with self.lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc = None
+
+
+def _upload_worker() -> None:
+    """PhotoChecker's worker: photos on stdin, each its length (8 bytes, big-endian) then its bytes; one line each on
+    stdout: `ok`, or `!` and why it is corrupt."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while len(head := stdin.read(8)) == 8:
+        why = corruption(np.frombuffer(stdin.read(int.from_bytes(head, "big")), np.uint8))
+        stdout.write(b"ok\n" if why is None else ("!" + " ".join(why.split())).encode() + b"\n")
+        stdout.flush()
 
 
 def _worker() -> None:
