@@ -234,3 +234,73 @@ def test_a_png_named_jpg_is_read_as_the_png_it_is(tmp_path: Path):
     (tmp_path / "car_01.png").rename(path)
     np.testing.assert_array_equal(read_image(path), image)
     assert [c.size for c in check_photos([path])] == [(64, 96)]
+
+
+def alpha_mask(truth: np.ndarray, colour: int | np.ndarray) -> np.ndarray:
+    """HxWx4 RGBA whose alpha is `truth` (0/255) and whose colours are `colour` everywhere (or an HxWx3 image)."""
+    rgb = np.broadcast_to(colour, (*truth.shape, 3)).astype(np.uint8)
+    return np.dstack([rgb, truth * 255])
+
+
+@pytest.mark.parametrize("colour", ["white", "black", "photo"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_an_alpha_that_is_not_opaque_everywhere_is_the_mask(tmp_path: Path, colour: str, mode: str):
+    """Background-removal masks: white or black pixels (or the photo), the object in the alpha; RGBA or LA."""
+    truth = np.zeros((32, 48), np.uint8)
+    truth[5:20, 7:30] = 1
+    pixels = {"white": 255, "black": 0, "photo": np.random.default_rng(0).integers(0, 256, (32, 48, 3))}[colour]
+    rgba = alpha_mask(truth, pixels)
+    image = Image.fromarray(rgba) if mode == "RGBA" else Image.fromarray(rgba[..., [0, 3]], mode="LA")
+    image.save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "a.png"), truth)
+
+
+def test_a_transparent_colour_of_a_gif_or_png_is_the_mask(tmp_path: Path):
+    """A palette GIF and a grey PNG whose background colour is marked transparent: the alpha is the object."""
+    truth = np.zeros((32, 48), np.uint8)
+    truth[5:20, 7:30] = 1
+    gif = Image.fromarray(truth, mode="P")
+    gif.putpalette([0, 0, 0, 0, 0, 0] + [0, 0, 0] * 254)  # black object on black: only the transparency tells
+    gif.save(tmp_path / "a.gif", transparency=0)
+    Image.fromarray(np.full((32, 48), 200, np.uint8)).save(tmp_path / "b.png", transparency=200)
+    np.testing.assert_array_equal(read_mask(tmp_path / "a.gif"), truth)
+    np.testing.assert_array_equal(read_mask(tmp_path / "b.png"), np.zeros_like(truth))  # all transparent: empty
+
+
+def test_an_opaque_alpha_leaves_the_colours_the_mask(tmp_path: Path):
+    truth = np.zeros((32, 48), np.uint8)
+    truth[5:20, 7:30] = 1
+    opaque = np.dstack([np.dstack([truth * 255] * 3), np.full((32, 48), 255, np.uint8)])
+    Image.fromarray(opaque).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "a.png"), truth)
+
+
+def test_a_soft_alpha_and_an_alpha_the_colours_contradict_are_refused(tmp_path: Path):
+    truth = np.zeros((32, 48), np.uint8)
+    truth[5:20, 7:30] = 1
+    soft = alpha_mask(truth, 255)
+    soft[5, 7, 3] = 128  # an anti-aliased edge
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    with pytest.raises(CarvanaError, match=r"soft\.png is not black and white: its alpha, .* has alpha levels 128 "
+                                           r"\(of 0\.\.255\): .*alpha > 127"):
+        read_mask(tmp_path / "soft.png")
+    other = truth.copy()
+    other[25:30, 35:40] = 1  # colours: a black-and-white mask of their own, not the alpha's
+    Image.fromarray(np.dstack([np.dstack([other * 255] * 3), truth * 255])).save(tmp_path / "two.png")
+    with pytest.raises(CarvanaError, match=r"two\.png shows two masks: .* differ in 25 pixels"):
+        read_mask(tmp_path / "two.png")
+    Image.fromarray(np.dstack([np.dstack([truth * 255] * 3), truth * 255])).save(tmp_path / "same.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "same.png"), truth)  # colours and alpha agree: one mask
+
+
+def test_check_photos_reads_an_alpha_mask(tmp_path: Path):
+    """The mask check before training reads the alpha too: white + an all-transparent alpha holds no object."""
+    photo = tmp_path / "a.jpg"
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(photo)
+    empty = np.zeros((32, 48), np.uint8)
+    Image.fromarray(alpha_mask(empty, 255)).save(tmp_path / "white_mask.png")  # white, all transparent: no object
+    truth = empty.copy()
+    truth[3:9, 4:10] = 1
+    Image.fromarray(alpha_mask(truth, 0)).save(tmp_path / "black_mask.png")  # black, object in the alpha
+    checked = list(check_photos([photo, photo], 1, [tmp_path / "white_mask.png", tmp_path / "black_mask.png"]))
+    assert [c.car for c in checked] == [False, True]

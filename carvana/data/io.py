@@ -53,30 +53,49 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise CarvanaError(f"{path} is not a readable image ({err}): replace or remove it") from None
 
 
-def mask_values(path: str | os.PathLike) -> np.ndarray:
-    """A mask's pixels as a viewer shows them, HxW uint8 grey levels: a palette image (Carvana's GIFs) through its
-    palette, so a GIF whose palette lists white first reads as it looks."""
+def mask_values(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """A mask's pixels as a viewer shows them: HxW uint8 grey levels of its colours (a palette image, as Carvana's
+    GIFs, through its palette, so a GIF listing white first reads as it looks), and its HxW uint8 alpha (RGBA, LA, a
+    PNG or GIF with a transparent colour), None when it has none or it is opaque everywhere."""
     path = Path(path)
     try:
         with Image.open(path) as img:
-            if img.mode in ("P", "PA", "1", "L", "LA", "I", "I;16", "RGB", "RGBA"):
-                return np.asarray(img.convert("L"))
-            raise CarvanaError(f"mask {path} has image mode {img.mode}: save it as an 8-bit grey or palette image")
+            if img.mode not in ("P", "PA", "1", "L", "LA", "I", "I;16", "RGB", "RGBA"):
+                raise CarvanaError(f"mask {path} has image mode {img.mode}: save it as an 8-bit grey or palette image")
+            alpha = None
+            if img.has_transparency_data:
+                alpha = np.asarray((img if "A" in img.getbands() else img.convert("RGBA")).getchannel("A"))
+            return np.asarray(img.convert("L")), None if alpha is None or (alpha == 255).all() else alpha
     except OSError as err:
         raise CarvanaError(f"mask {path} is not a readable image ({err})") from None
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a binary mask as HxW uint8 in {0, 1}, by the colours it shows: black/white (0/255), 0/1, or a palette
-    of black and white in any order. Any other value (a soft or anti-aliased mask) is a CarvanaError naming it."""
-    values = mask_values(path)
+def binary_levels(values: np.ndarray) -> np.ndarray | None:
+    """HxW uint8 levels -> HxW uint8 {0, 1} when they are 0/1 or 0/255 only, else None."""
     top = 1 if values.max() <= 1 else 255
-    others = np.unique(values[(values != 0) & (values != top)])
-    if not len(others):
-        return (values > 0).astype(np.uint8)
-    shown = ", ".join(map(str, others[:4])) + (", ..." if len(others) > 4 else "")
-    raise CarvanaError(f"mask {path} is not black and white: it has grey levels {shown} (of 0..255): a mask must be "
-                       "binary, threshold it first (e.g. value > 127)")
+    return (values > 0).astype(np.uint8) if ((values == 0) | (values == top)).all() else None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a binary mask as HxW uint8 in {0, 1}, by what it shows: black/white (0/255), 0/1, or a palette of black and
+    white in any order. An alpha that is not opaque everywhere is the mask, its colours ignored (background-removal
+    sets: white or black pixels, the object in the alpha), unless they show another black-and-white mask. A soft or
+    anti-aliased mask or alpha, or colours and alpha that disagree, is a CarvanaError naming the file."""
+    grey, alpha = mask_values(path)
+    values, what = (grey, "grey levels") if alpha is None else (alpha, "alpha levels")
+    mask = binary_levels(values)
+    if mask is None:
+        others = np.unique(values[(values != 0) & (values != (1 if values.max() <= 1 else 255))])
+        shown = ", ".join(map(str, others[:4])) + (", ..." if len(others) > 4 else "")
+        whose = "it has" if alpha is None else "its alpha, which is its mask (it is not opaque everywhere), has"
+        raise CarvanaError(f"mask {path} is not black and white: {whose} {what} {shown} (of 0..255): a mask must be "
+                           f"binary, threshold it first (e.g. {'value' if alpha is None else 'alpha'} > 127)")
+    colours = None if alpha is None else binary_levels(grey)
+    if colours is not None and 0 < colours.sum() < colours.size and (colours != mask).any():
+        raise CarvanaError(f"mask {path} shows two masks: its alpha (not opaque everywhere, so read as the mask) and "
+                           f"its black-and-white colours differ in {int((colours != mask).sum())} pixels: save it "
+                           "opaque (the colours are the mask) or in one colour (the alpha is the mask)")
+    return mask
 
 
 def read_probs8(path: str | os.PathLike) -> np.ndarray:
