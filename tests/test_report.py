@@ -110,8 +110,11 @@ def test_tables_match_brute_force(oof: dict, capsys: pytest.CaptureFixture) -> N
     assert sweep.threshold.to_numpy() == pytest.approx(THRESHOLDS)
     brute = [np.mean([brute_dice(p > t * 255, m > 0) for m, p in pairs.values()]) for t in THRESHOLDS]
     assert sweep.dice.to_numpy() == pytest.approx(brute)
-    best = THRESHOLDS[int(np.argmax(brute))]
-    assert f"best_threshold={best:.2f} mean_dice={max(brute):.5f}" in lines
+    # the reported threshold scores the best mean Dice; not which of two near-equal thresholds wins (float noise)
+    found = next(line for line in lines if line.startswith("best_threshold="))
+    best, dice = (float(word.split("=")[1]) for word in found.split())
+    assert dice == pytest.approx(max(brute), abs=1e-5)
+    assert brute[int(np.abs(THRESHOLDS - best).argmin())] == pytest.approx(max(brute), abs=1e-5)
 
 
 def test_worst_gallery(oof: dict) -> None:
