@@ -17,6 +17,7 @@ from PIL import Image
 
 from carvana import CarvanaError
 from carvana.data.io import read_image, read_probs8, write_png
+from carvana.data.layout import find_masks, list_images
 
 # three sizes, one portrait and one that is no multiple of 32; group = the part before the first '-'
 PHOTOS = [  # (name, (height, width), photo format, mask format)
@@ -204,6 +205,10 @@ def build(root: Path, tmp: Path, *overrides: str) -> None:
 
 @pytest.mark.parametrize(("spoil", "needle"), [
     (lambda r: (r / "masks" / "table-1.png").unlink(), "1 photo(s) have no mask in"),
+    (lambda r: (r / "masks" / "table-1.png").unlink(),
+     "(expected <name>_mask.gif, <name>_mask.png, <name>.png or <name>.gif for photo <name>.jpg), first: table-1.jpg"),
+    (lambda r: shutil.copy(r / "masks" / "table-1.png", r / "masks" / "table-1_mask.gif"),
+     "photo table-1.jpg has 2 masks in"),
     (lambda r: Image.fromarray(np.zeros((10, 10), np.uint8)).save(r / "masks" / "table-1.png"),
      "table-1.png is 10x10 (height x width)"),
     (lambda r: Image.fromarray(np.full((64, 96), 128, np.uint8)).save(r / "masks" / "table-1.png"),
@@ -247,3 +252,47 @@ def test_write_png_keeps_rgba(tmp_path: Path):
     write_png(tmp_path / "x.png", rgba)
     back = cv2.cvtColor(cv2.imread(str(tmp_path / "x.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
     assert (back == rgba).all()
+
+
+@pytest.mark.parametrize("names", [["a_mask.gif", "a.png"], ["a.png", "a.gif"], ["a_mask.png", "a_mask.gif", "a.gif"]])
+def test_a_photo_with_two_masks_is_refused_naming_both(tmp_path: Path, names: list[str]):
+    for name in ["a.jpg", *names]:
+        (tmp_path / name).touch()
+    with pytest.raises(CarvanaError) as err:
+        find_masks([tmp_path / "a.jpg"], tmp_path)
+    assert all(name in str(err.value) for name in names) and len(str(err.value).splitlines()) == 1, err.value
+    assert f"photo a.jpg has {len(names)} masks in {tmp_path}" in str(err.value)
+
+
+def test_files_that_are_not_photos_are_counted_and_named(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    """One warning line, on the first process only (DDP's other ranks list the folder too); hidden files are not
+    named, a subfolder is."""
+    for name in ["b.jpg", "a.png", "c.webp", "notes.txt", ".DS_Store", "d.bmp", "e.gif", "f.heic", "g.jpg.part"]:
+        (tmp_path / name).touch()
+    (tmp_path / "more").mkdir()
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.jpg"]
+    err = capsys.readouterr().err
+    assert err == (f"warning: 7 file(s) in {tmp_path} left out, not photos (.jpg, .jpeg, .png, .tif, .tiff): c.webp, "
+                   "d.bmp, e.gif, f.heic, g.jpg.part, more/, notes.txt\n"), err
+    for i in range(10):
+        (tmp_path / f"z{i}.txt").touch()
+    list_images(tmp_path)
+    assert capsys.readouterr().err.endswith(", notes.txt, z0.txt, z1.txt, z2.txt and 7 more\n")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    list_images(tmp_path)
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("LOCAL_RANK")
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "a.jpg").touch()
+    (only / ".DS_Store").touch()
+    list_images(only)
+    assert capsys.readouterr().err == ""  # only photos and a hidden file: no line
+
+
+def test_training_names_the_files_it_leaves_out(own_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture):
+    root = bad_set(own_root, tmp_path)
+    (root / "images" / "table-3.webp").touch()
+    build(root, tmp_path)
+    assert f"warning: 1 file(s) in {root / 'images'} left out, not photos" in capfd.readouterr().err

@@ -3,6 +3,7 @@ photo belongs to (Carvana's car: all 16 angles of a car share a fold) and its an
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from carvana import CarvanaError
@@ -47,14 +48,26 @@ def group_of(path: str | os.PathLike, pattern: re.Pattern, key: str = "data.grou
     return match[1]
 
 
+def first_process() -> bool:
+    """Whether this is the only or the first process of a run (DDP's rank 0): notes are printed once."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def note_left_out(directory: Path, names: list[str], what: str) -> None:
+    """One `warning:` line on stderr counting and naming the files of `directory` a tool leaves out, and why."""
+    if names and first_process():
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        print(f"warning: {len(names)} file(s) in {directory} left out, {what}: {shown}", file=sys.stderr, flush=True)
+
+
 def list_images(directory: str | os.PathLike, key: str = "data.root") -> list[Path]:
-    """The photos of a directory, sorted; a missing or empty directory, or a name that is not valid UTF-8, is a
-    CarvanaError naming `key`."""
+    """The photos of a directory, sorted; other files (not hidden ones) are counted and named in one warning line; a
+    missing or empty directory, or a name that is not valid UTF-8, is a CarvanaError naming `key`."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CarvanaError(f"photo directory {directory} does not exist: check {key}")
-    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                    and p.is_file())
+    entries = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+    images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if not images:
         raise CarvanaError(f"photo directory {directory} holds no photos ({', '.join(IMAGE_SUFFIXES)}): check {key}")
     for image in images:
@@ -69,25 +82,35 @@ def list_images(directory: str | os.PathLike, key: str = "data.root") -> list[Pa
             raise CarvanaError(f"photos {stems[image.stem].name} and {image.name} in {directory} share the name "
                                f"{image.stem!r}: their masks and predictions would be one file; rename one")
         stems[image.stem] = image
+    chosen = set(images)
+    others = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in chosen]
+    note_left_out(directory, others, f"not photos ({', '.join(IMAGE_SUFFIXES)})")
     return images
 
 
+def expected_masks() -> str:
+    """The mask names a photo may have, for messages: '<name>_mask.gif, <name>_mask.png, <name>.png or <name>.gif'."""
+    names = [p.format("<name>") for p in MASK_PATTERNS]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def find_masks(images: list[Path], mask_dir: str | os.PathLike, key: str = "data.train_mask_dir") -> list[Path]:
-    """The mask of each photo in `mask_dir` (MASK_PATTERNS, in that order); the missing ones are reported in one
-    line with their count."""
+    """The mask of each photo in `mask_dir` (one of MASK_PATTERNS); a photo without one is reported in one line with
+    their count, a photo with two (`a_mask.gif` and `a.png`) is refused naming both."""
     mask_dir = Path(mask_dir)
     if not mask_dir.is_dir():
         raise CarvanaError(f"mask directory {mask_dir} does not exist: check {key}")
     present = set(os.listdir(mask_dir))
     masks, missing = [], []
     for image in images:
-        found = next((name for p in MASK_PATTERNS if (name := p.format(image.stem)) in present), None)
-        masks.append(mask_dir / found if found else None)
+        found = [name for p in MASK_PATTERNS if (name := p.format(image.stem)) in present]
+        if len(found) > 1:
+            raise CarvanaError(f"photo {image.name} has {len(found)} masks in {mask_dir}: {' and '.join(found)}; "
+                               f"remove or rename all but one (a photo's mask is one of {expected_masks()})")
+        masks.append(mask_dir / found[0] if found else None)
         if not found:
             missing.append(image.name)
     if missing:
-        raise CarvanaError(
-            f"{len(missing)} photo(s) have no mask in {mask_dir} (expected {MASK_PATTERNS[0].format('<name>')} or "
-            f"{MASK_PATTERNS[2].format('<name>')}), first: {', '.join(missing[:5])}; add the masks or remove the photos"
-        )
+        raise CarvanaError(f"{len(missing)} photo(s) have no mask in {mask_dir} (expected {expected_masks()} for "
+                           f"photo <name>.jpg), first: {', '.join(missing[:5])}; add the masks or remove the photos")
     return masks
