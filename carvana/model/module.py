@@ -134,12 +134,12 @@ class SegModule(pl.LightningModule):
         """
         if self.hparams.bn_recalibration_batches <= 0 or self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
-        norms = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self.train()  # frozen layers stay in eval mode (train below): their pretrained statistics are kept
+        norms = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
         momenta = [m.momentum for m in norms]
         for norm in norms:
             norm.reset_running_stats()
             norm.momentum = None  # a plain average over the batches below
-        self.train()
         with torch.no_grad():
             for i, batch in enumerate(self.trainer.train_dataloader):
                 if i >= self.hparams.bn_recalibration_batches:
@@ -149,11 +149,26 @@ class SegModule(pl.LightningModule):
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
 
+    def frozen(self) -> list[torch.nn.Module]:
+        """The encoder's layers that do not train now: all of it for model.freeze_encoder_epochs, and the layers up to
+        model.freeze_encoder_until for the whole run."""
+        whole = self._trainer is not None and self.current_epoch < self.hparams.freeze_encoder_epochs
+        return [self.net.encoder] if whole else self.frozen_layers
+
+    def train(self, mode: bool = True) -> "SegModule":
+        """Lightning's train mode, with the BatchNorm layers of frozen encoder layers in eval mode: a frozen
+        pretrained layer keeps the statistics its weights were trained with, not those of a few photos."""
+        super().train(mode)
+        if mode:
+            for layer in self.frozen():
+                layer.eval()
+        return self
+
     def on_train_epoch_start(self) -> None:
-        frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
-        self.net.encoder.requires_grad_(not frozen)
-        for layer in self.frozen_layers:  # model.freeze_encoder_until: frozen for the whole run
+        self.net.encoder.requires_grad_(True)
+        for layer in self.frozen():
             layer.requires_grad_(False)
+        self.train()
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

@@ -99,12 +99,30 @@ def resolve_preprocessing(preprocessing: dict, encoder_name: str, encoder_weight
             "mean": [float(m) * scale for m in settings["mean"]], "std": [float(s) * scale for s in settings["std"]]}
 
 
+def encoder_layers(encoder: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The encoder's layers in order, by the names a user reads in its network: a timm encoder's own (smp wraps it
+    as `model`), and the stages of a Sequential one by one (features.3, blocks.2) beside the stage itself."""
+    children = list(encoder.named_children())
+    if [name for name, _ in children] == ["model"]:  # smp's TimmUniversalEncoder
+        children = list(children[0][1].named_children())
+    layers = []
+    for name, child in children:
+        if isinstance(child, torch.nn.Sequential):
+            layers += [(f"{name}.{k}", grandchild) for k, grandchild in child.named_children()]
+        else:
+            layers.append((name, child))
+    return layers
+
+
 def encoder_layers_until(encoder: torch.nn.Module, last: str | None) -> list[torch.nn.Module]:
-    """The encoder's top-level layers from the first up to `last` included (model.freeze_encoder_until)."""
+    """The encoder's layers from the first up to `last` included (model.freeze_encoder_until): a layer (blocks.2) or a
+    whole stage (layer2, blocks)."""
     if last is None:
         return []
-    names = [name for name, _ in encoder.named_children()]
-    if last not in names:
+    layers = encoder_layers(encoder)
+    hits = [i for i, (name, _) in enumerate(layers) if name == last or name.startswith(f"{last}.")]
+    if not hits:
+        stages = dict.fromkeys(name.split(".")[0] for name, _ in layers)
         raise CarvanaError(f"model.freeze_encoder_until={last} is not a layer of this encoder: one of "
-                           f"{', '.join(names)}")
-    return list(encoder.children())[: names.index(last) + 1]
+                           f"{', '.join(stages)} (or one of a stage's layers: {layers[-1][0]})")
+    return [layer for _, layer in layers[: hits[-1] + 1]]
