@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from carvana.data.io import write_image, write_mask_gif, write_probs8
 from carvana.data.layout import CAR_GROUP
@@ -162,6 +163,7 @@ def test_missing_oof_dir_exits_2_without_traceback(tmp_path: Path) -> None:
     [
         ("empty", "holds no predictions"),
         ("no_mask", "have no mask"),
+        ("two_masks", "photo bbbb00000002_16.png has 2 masks in"),
         ("size", "but its mask"),
         ("no_photo", "is not in images_dir="),
         ("not_a_number", "worst=abc is not an integer"),
@@ -176,6 +178,9 @@ def test_bad_inputs_exit_2(oof: dict, tmp_path: Path, capsys: pytest.CaptureFixt
         args[0] = f"probs_dir={tmp_path / 'empty'}"
     elif case == "no_mask":
         (oof["root"] / "train_masks" / "bbbb00000002_16_mask.gif").unlink()
+    elif case == "two_masks":
+        shutil.copy(oof["root"] / "train_masks" / "bbbb00000002_16_mask.gif", oof["root"] / "train_masks" /
+                    "bbbb00000002_16.gif")
     elif case == "size":
         write_probs8(oof["oof"] / "bbbb00000002_16.png", np.zeros((SIZE[1], SIZE[0]), np.uint8))
     elif case == "no_photo":
@@ -207,6 +212,43 @@ def test_report_takes_the_data_root_and_group_predict_recorded(oof: dict) -> Non
     truth = {name: brute_dice(probs > 0.5 * 255, t > 0) for name, (t, probs) in oof["pairs"].items()}
     assert per_image.dice.to_numpy() == pytest.approx([truth[n] for n in sorted(truth)])
     assert sorted(pd.read_csv(out / "per_group.csv").group) == ["aaaa", "bbbb", "cccc"]
+
+
+def test_masks_whose_alpha_is_the_object_are_scored_by_their_alpha(oof: dict, capsys: pytest.CaptureFixture) -> None:
+    """White + alpha and black + alpha PNG masks (background-removal sets): scored against the alpha, and the photo's
+    folder's other files are named in one warning line."""
+    masks = oof["root"] / "train_masks"
+    for name, colour in (("aaaa00000001_02", 255), ("bbbb00000002_01", 0)):
+        truth = oof["pairs"][name][0]
+        (masks / f"{name}_mask.gif").unlink()
+        Image.fromarray(np.dstack([np.full((*SIZE, 3), colour, np.uint8), truth * 255])).save(masks / f"{name}.png")
+    (oof["root"] / "train" / "notes.txt").touch()
+    out = oof["oof"].parent / "report"
+    main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "worst=2"])
+    per_image = pd.read_csv(out / "per_image.csv").set_index("image").dice
+    for name, (truth, probs) in oof["pairs"].items():
+        assert per_image[f"{name}.jpg"] == pytest.approx(brute_dice(probs > 0.5 * 255, truth > 0)), name
+    err = capsys.readouterr().err
+    assert err == f"warning: 1 file(s) in {oof['root'] / 'train'} left out, not photos (.jpg, .jpeg, .png, .tif, " \
+                  ".tiff): notes.txt\n", err
+
+
+def test_photos_predicted_without_masks_are_named_as_such(oof: dict, capsys: pytest.CaptureFixture) -> None:
+    """predict.py input_dir= records no masks_dir: the report says the photos have no masks, not that a default
+    train_masks folder is missing; masks_dir= given scores them."""
+    names = sorted(p.name.replace(".png", ".jpg") for p in oof["oof"].glob("*.png"))
+    (oof["root"] / "train_masks").rename(oof["root"] / "their_masks")
+    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None, {"data_root": str(oof["root"]), "group": None,
+                        "images_dir": str(oof["root"] / "train"), "masks_dir": None})
+    (oof["oof"] / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": names}]}))
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"probs_dir={oof['oof']}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: probs_dir={oof['oof']} holds predictions of photos without masks (input_dir="
+                          f"{oof['root'] / 'train'}; ") and "give masks_dir=" in err and "does not exist" not in err
+    main([f"probs_dir={oof['oof']}", f"masks_dir={oof['root'] / 'their_masks'}", "worst=0"])
+    assert len(pd.read_csv(oof["oof"] / "report" / "per_image.csv")) == len(names)
 
 
 class Page(HTMLParser):

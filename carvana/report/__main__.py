@@ -9,7 +9,7 @@ import pandas as pd
 from carvana import CarvanaError
 from carvana.cli import compose, conf_value, run_or_exit
 from carvana.data.layout import CAR_GROUP
-from carvana.predict.manifest import recorded_values
+from carvana.predict.manifest import read_manifest, recorded_values
 from carvana.report.oof import write_report
 from carvana.report.run import best_epoch, write_run_report
 
@@ -45,9 +45,23 @@ def parse_args(argv: list[str]) -> dict:
         folder = Path(recorded[0]) if len(recorded) == 1 and recorded[0] else None
         if folder is not None and old_root is not None and folder.is_relative_to(old_root):
             folder = root / folder.relative_to(old_root)
+        if key == "masks_dir" and not cfg[key]:
+            refuse_photos_without_masks(probs_dir, str(folder or root / default))
         cfg[key] = cfg[key] or str(folder or root / default)
     cfg["output_dir"] = cfg["output_dir"] or str(Path(probs_dir) / "report")
     return cfg
+
+
+def refuse_photos_without_masks(probs_dir: str, masks_dir: str) -> None:
+    """A CarvanaError when predict.py recorded the predictions as of photos without masks (input_dir=) and the default
+    mask folder read instead does not exist: the photos have no masks, so say that, not that a folder is missing."""
+    entries = read_manifest(probs_dir) if Path(probs_dir).is_dir() else []
+    if Path(masks_dir).is_dir() or not entries or any(e["settings"].get("masks_dir", "") is not None for e in entries):
+        return
+    photos = sorted({str(e["settings"].get("images_dir")) for e in entries})
+    raise CarvanaError(f"probs_dir={probs_dir} holds predictions of photos without masks (input_dir={', '.join(photos)}"
+                       "; predict.json records no masks_dir), and the report scores them against true masks: give "
+                       "masks_dir=<the folder of their masks>, or predict with predict_on_val=true")
 
 
 def print_summary(cfg: dict, result: dict[str, pd.DataFrame]) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from carvana import CarvanaError
 from carvana.data.io import image_size, read_image, read_mask, read_probs8, write_png
-from carvana.data.layout import CAR_GROUP, IMAGE_SUFFIXES, angle_of, find_masks, group_of, group_pattern
+from carvana.data.layout import CAR_GROUP, IMAGE_SUFFIXES, angle_of, find_masks, group_of, group_pattern, note_left_out
 from carvana.files import atomic_path
 from carvana.predict.manifest import find_predictions
 from carvana.progress import progress
@@ -76,8 +76,11 @@ def tables(preds: list[Path], names: list[str], hists: np.ndarray, threshold: fl
 def find_photos(images_dir: Path, preds: list[Path], required: bool) -> list[Path | None]:
     """The photo of each prediction (`<stem>.jpg` or another photo suffix) in `images_dir`; a missing one is None,
     or, when `required` (the worst photos are drawn), a CarvanaError."""
-    present = {Path(n).stem: images_dir / n for n in os.listdir(images_dir) if Path(n).suffix.lower() in
-               IMAGE_SUFFIXES} if images_dir.is_dir() else {}
+    names = sorted(n for n in os.listdir(images_dir) if not n.startswith(".")) if images_dir.is_dir() else []
+    present = {Path(n).stem: images_dir / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES}
+    note_left_out(images_dir, [n + "/" * (images_dir / n).is_dir() for n in names if Path(n).suffix.lower() not in
+                               IMAGE_SUFFIXES],
+                  f"not photos ({', '.join(IMAGE_SUFFIXES)})")
     photos = [present.get(p.stem) for p in preds]
     if required and not images_dir.is_dir():
         raise CarvanaError(f"images_dir={images_dir} does not exist: set images_dir= or data_root=, or worst=0")
