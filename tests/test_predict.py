@@ -3,11 +3,15 @@ table and bad input, against hand computations on the same checkpoints (tiny 64x
 
 import contextlib
 import io
+import os
 import re
 import runpy
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -19,14 +23,16 @@ import pytest
 import torch
 from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, submission, train_args
 
+from carvana import CarvanaError
 from carvana.data.io import read_image, read_mask, read_probs8, write_image, write_probs8
 from carvana.data.layout import car_id
 from carvana.data.rle import rle_decode
 from carvana.hardware import default_workers
-from carvana.model.loading import load_module
+from carvana.model.loading import init_from, load_models, load_module
 from carvana.model.losses import dice_per_image
 from carvana.model.module import SegModule
-from carvana.predict.manifest import MANIFEST
+from carvana.predict.ensemble import Ensemble
+from carvana.predict.manifest import MANIFEST, sha256
 from carvana.predict.writer import to_probs8
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
@@ -459,6 +465,51 @@ def _missing_input_dir(tmp_path: Path, good: Path) -> tuple[list[str], Path]:
     return [f"ckpt={good}", f"input_dir={tmp_path / 'nothere'}"], tmp_path / "nothere"
 
 
+def damage(ckpt: Path, copy: Path) -> Path:
+    """A copy of a checkpoint with 8 KB of its largest weight overwritten (the zip's structure intact) -> the copy."""
+    shutil.copy(ckpt, copy)
+    with zipfile.ZipFile(copy) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    assert member.file_size > 12288, member
+    with open(copy, "r+b") as f:
+        f.seek(member.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        f.seek(member.header_offset + 30 + name_length + extra_length + 4096)
+        f.write(b"\x7f" * 8192)
+    return copy
+
+
+def _damaged_checkpoint(tmp_path: Path, good: Path) -> tuple[list[str], Path]:
+    bad = damage(good, tmp_path / "copied.ckpt")
+    torch.load(bad, map_location="cpu", weights_only=True, mmap=True)  # torch alone reads it without a word
+    return [f"ckpt={bad}"], bad
+
+
+def _photos(tmp_path: Path, names: list[str]) -> Path:
+    """A folder of tiny photos (the same 64x96 picture) named `names` -> the folder."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = np.random.default_rng(0).integers(0, 255, (*TINY_SIZE, 3), np.uint8)
+    for name in names:
+        write_image(folder / name, image)
+    return folder
+
+
+def _comma_in_a_name_with_rle(tmp_path: Path, good: Path) -> tuple[list[str], Path]:
+    folder = _photos(tmp_path, ["a.jpg", "b,c.jpg", "d.jpg"])
+    return [f"ckpt={good}", f"input_dir={folder}", "write=[png,rle]"], folder / "b,c.jpg"
+
+
+def _two_photos_one_name(tmp_path: Path, good: Path) -> tuple[list[str], str]:
+    folder = _photos(tmp_path, ["a.jpg", "a.png", "b.jpg"])
+    return [f"ckpt={good}", f"input_dir={folder}"], "photos a.jpg and a.png"
+
+
+def _input_dir_a_text_file(tmp_path: Path, good: Path) -> tuple[list[str], Path]:
+    (tmp_path / "car.txt").write_text("not a photo")
+    return [f"ckpt={good}", f"input_dir={tmp_path / 'car.txt'}"], tmp_path / "car.txt"
+
+
 STOPPING = [
     _no_ckpt_key,
     _no_checkpoint,
@@ -467,6 +518,10 @@ STOPPING = [
     _second_of_an_ensemble_is_missing,
     _empty_input_dir,
     _missing_input_dir,
+    _damaged_checkpoint,
+    _comma_in_a_name_with_rle,
+    _two_photos_one_name,
+    _input_dir_a_text_file,
 ]
 
 
@@ -484,6 +539,129 @@ def test_bad_input_stops_with_one_line(case, ckpt_pad: Path, tmp_path: Path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], run.err
     assert "Traceback" not in run.err + run.out and "predicted=" not in run.out
     assert snapshot(out) == before
+
+
+def test_a_damaged_checkpoint_is_refused_by_every_loader(ckpt_pad: Path, tmp_path: Path):
+    """predict.py, the export (load_module), the service (load_models) and model.init_from share the CRC check."""
+    bad = damage(ckpt_pad, tmp_path / "bad.ckpt")
+    module = load_module(ckpt_pad)
+    for load, key in ((lambda: load_module(bad), "ckpt"), (lambda: load_models([bad]), "ckpt"),
+                      (lambda: init_from(module, bad), "model.init_from")):
+        with pytest.raises(CarvanaError) as err:
+            load()
+        assert str(err.value).startswith(f"{key}={bad} is damaged: ") and "CRC-32" in str(err.value), err.value
+
+
+def test_a_checkpoint_changed_since_its_predictions_is_named(ckpt_pad: Path, ckpt_resize: Path, tmp_path: Path):
+    ckpt = Path(shutil.copy(ckpt_pad, tmp_path / "last.ckpt"))
+    args = predict_args(ckpt, tmp_path / "pred", f"input_dir={_photos(tmp_path, ['a.jpg', 'b.jpg'])}")
+    assert predict_here(args).code == 0
+    before = snapshot(tmp_path / "pred")
+    shutil.copy(ckpt_resize, ckpt)  # other bytes at the recorded path (retrained, replaced)
+    run = predict_here(args)
+    assert run.code == 2, run.out + run.err
+    errors = run.errors()
+    assert len(errors) == 1 and f"ckpt={ckpt} changed since: SHA-256 {sha256(ckpt_pad)[:12]}... on record, " \
+        f"{sha256(ckpt_resize)[:12]}... now" in errors[0], errors
+    assert snapshot(tmp_path / "pred") == before
+
+
+def everything(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder (hidden ones too): relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("where", "overwrite"), [("same", "false"), ("same", "true"), ("through_dotdot", "true"),
+                                                  ("its_cutouts", "true")])
+def test_an_output_dir_holding_the_photos_is_refused_before_anything_is_touched(where: str, overwrite: str,
+                                                                                 ckpt_pad: Path, tmp_path: Path):
+    """Issue 38.1: PNG photos with output_dir=input_dir were removed by overwrite=true as old predictions."""
+    out = tmp_path / "pred"
+    out.mkdir()
+    photos = _photos(out if where == "its_cutouts" else tmp_path, ["car_01.png", "car_02.png"])
+    photos = photos.rename(out / "cutouts") if where == "its_cutouts" else photos
+    output_dir = {"same": photos, "through_dotdot": photos / ".." / photos.name, "its_cutouts": out}[where]
+    before = everything(tmp_path)
+    run = predict_here(predict_args(ckpt_pad, output_dir, f"input_dir={photos}", f"overwrite={overwrite}",
+                                    "write=[png,cutout]"))
+    assert run.code == 2, run.out + run.err
+    errors = run.errors()
+    assert len(errors) == 1 and f"output_dir={output_dir}" in errors[0] and f"input_dir={photos}" in errors[0], errors
+    assert everything(tmp_path) == before  # the photos as they were, nothing written
+
+
+def test_an_output_dir_inside_the_photos_folder_is_not_read_as_photos(ckpt_pad: Path, tmp_path: Path):
+    photos = _photos(tmp_path, ["car_01.png", "car_02.png"])
+    (photos / "notes.txt").write_text("not a photo")
+    out = photos / "pred"
+    for _ in range(2):
+        run = predict_here(predict_args(ckpt_pad, out, f"input_dir={photos}"))
+        assert run.code == 0, run.out + run.err
+    assert (run.summary()["predicted"], run.summary()["skipped"]) == ("0", "2")
+    assert sorted(p.name for p in out.iterdir()) == [*(f"car_0{i}.png" for i in (1, 2)), MANIFEST]
+    # what the listing leaves out is counted and named (issue 38.9)
+    warnings = [line for line in run.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 file(s)" in warnings[0] and "notes.txt" in warnings[0] and "pred/" in warnings[0]
+
+
+def test_overwrite_never_removes_a_file_predict_did_not_write(ckpt_pad: Path, tmp_path: Path):
+    photos = _photos(tmp_path, ["car_01.jpg", "car_02.jpg"])
+    out = tmp_path / "pred"
+    out.mkdir()
+    write_image(out / "car_01.png", np.zeros((*TINY_SIZE, 3), np.uint8))  # the user's, where a prediction would go
+    before = everything(out)
+    for overwrite in ("false", "true"):
+        run = predict_here(predict_args(ckpt_pad, out, f"input_dir={photos}", f"overwrite={overwrite}"))
+        assert run.code == 2, run.out + run.err
+        errors = run.errors()
+        assert len(errors) == 1 and str(out / "car_01.png") in errors[0] and "did not record" in errors[0], errors
+        assert everything(out) == before
+    # predictions it recorded are still predicted afresh under other settings with overwrite=true
+    (out / "car_01.png").unlink()
+    assert predict_here(predict_args(ckpt_pad, out, f"input_dir={photos}")).code == 0
+    run = predict_here(predict_args(ckpt_pad, out, f"input_dir={photos}", "tta=hflip"))
+    assert run.code == 2 and "tta" in run.errors()[0], run.out + run.err
+    run = predict_here(predict_args(ckpt_pad, out, f"input_dir={photos}", "tta=hflip", "overwrite=true"))
+    assert run.code == 0 and run.summary()["predicted"] == "2", run.out + run.err
+
+
+def test_one_photo_as_input_dir_is_predicted_as_in_a_folder(ckpt_pad: Path, carvana_root: Path, tmp_path: Path):
+    """Issue 37.7: input_dir=car.jpg said that the directory did not exist."""
+    photo = sorted((carvana_root / "test").glob("*.jpg"))[3]
+    out = tmp_path / "pred"
+    run = predict_here(predict_args(ckpt_pad, out, f"input_dir={photo}"))
+    assert run.code == 0, run.out + run.err
+    assert (run.summary()["predicted"], run.summary()["skipped"]) == ("1", "0")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, f"{photo.stem}.png"])
+    expected = expected_pngs([load_module(ckpt_pad)], [photo], tta=False)[photo.name]
+    assert max_diff(read_probs8(out / f"{photo.stem}.png"), expected) <= 1
+
+
+def test_sigterm_stops_at_the_next_batch_keeping_what_is_written(ckpt_pad: Path, tmp_path: Path):
+    """Issue 38.10: a SIGTERM after the 2nd of 8 batches stops the run there, exit 143, the 4 photos written kept
+    (PNGs and RLE rows); the same command resumes with the other 12."""
+    out = tmp_path / "pred"
+    args = predict_args(ckpt_pad, out, "write=[png,rle]", "batch_size=2")
+    predict_step = Ensemble.predict_step
+
+    def signalled(self: Ensemble, batch: dict, batch_idx: int) -> object:
+        result = predict_step(self, batch, batch_idx)
+        if batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` or a scheduler sends it
+        return result
+
+    with mock.patch.object(Ensemble, "predict_step", signalled):
+        run = predict_here(args)
+    assert run.code == 143, run.out + run.err
+    lines = [line for line in run.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM: 4 of 16 photos are written"), run.err
+    assert "predicted=" not in run.out and "Traceback" not in run.out + run.err
+    written = sorted(p.stem for p in out.glob("*.png"))
+    assert len(written) == 4 and sorted(Path(img).stem for _, img, _ in shard_rows(out)) == written
+    run = predict_here(args)
+    assert run.code == 0, run.out + run.err
+    assert (run.summary()["predicted"], run.summary()["skipped"]) == ("12", "4")
+    assert len(list(out.glob("*.png"))) == 16 and len(shard_rows(out)) == 16
 
 
 def _truncate(photo: Path) -> None:

@@ -2,6 +2,8 @@
 .onnx file, for predict.py, the export, fine-tuning (model.init_from) and the service."""
 
 import inspect
+import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", onnx: bool = False) -> 
         if not onnx:
             raise CarvanaError(f"{key}={path} is an ONNX model: {key} takes a checkpoint of train.py (.ckpt)")
         return {"hyper_parameters": read_onnx_hparams(path, key)}
+    check_crcs(path, key)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 -- torch raises many types for a file that is not a checkpoint
@@ -30,6 +33,22 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", onnx: bool = False) -> 
     if not isinstance(ckpt, dict) or "encoder_name" not in ckpt.get("hyper_parameters", {}):
         raise CarvanaError(f"{key}={path} is not a checkpoint of this project (no SegModule hyperparameters)")
     return ckpt
+
+
+def check_crcs(path: Path, key: str = "ckpt") -> None:
+    """Refuse a checkpoint whose bytes differ from the CRC-32s its zip records: torch.load checks none (with mmap or
+    without), and a copy with 8 KB of one weight overwritten loads and predicts garbage. Reading the CRCs of a 124 MB
+    resnet50 U-Net takes 0.08 s (its SHA-256 0.22 s, loading it 0.65 s; 2-core CPU, warm page cache)."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy pickle format has no CRCs; torch.load says whether it reads
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as err:
+        raise CarvanaError(f"{key}={path} is damaged ({err}): copy it again from where it was trained") from None
+    if bad is not None:
+        raise CarvanaError(f"{key}={path} is damaged: {bad} does not match the CRC-32 its zip records (a corrupt "
+                           "copy or disk): copy it again from where it was trained")
 
 
 def load_module(path: str | Path, switches: dict | None = None) -> SegModule:

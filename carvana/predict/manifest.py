@@ -2,7 +2,8 @@
 (the checkpoints with the SHA-256 of their files, TTA, threshold, outputs, geometry, data root) with the photos it
 covers: the seed's stacked recipe writes the out-of-fold masks of five checkpoints and the test photos of their
 ensemble into one folder. A rerun over photos written with the same settings resumes; over photos written with other
-settings (or by nobody on record) it stops with what differs, unless overwrite=true starts those photos afresh.
+settings it stops with what differs (a checkpoint whose SHA-256 changed since is named), unless overwrite=true starts
+those photos afresh; files there that predict.py did not record are never removed: the run stops before any work.
 submit.py reads the threshold and the data root from it."""
 
 import hashlib
@@ -60,10 +61,11 @@ def prepare(output_dir: Path, wanted: dict, images: list[Path], overwrite: bool,
     others = [e for e in entries if {key: e["settings"].get(key) for key in COMPARED} != mine]
     clash = {name for e in others for name in e["photos"]} & names
     recorded = {name for e in entries for name in e["photos"]}
-    unrecorded = existing_outputs(output_dir, images) - recorded
+    check_unrecorded_files(output_dir, images, recorded)
+    unrecorded = existing_outputs(output_dir, images) - recorded  # rows of predict.py's own RLE shards
     if (clash or unrecorded) and not overwrite:
         what = ("predictions of other settings (" + _difference(others, wanted) + ")") if clash else \
-            "predictions that predict.py did not record"
+            "RLE rows that predict.py did not record"
         raise CarvanaError(f"output_dir={output_dir} holds {what} for {len(clash or unrecorded)} of these photos: "
                            "start them afresh with overwrite=true, or choose another output_dir")
     if not rank_zero:
@@ -75,6 +77,17 @@ def prepare(output_dir: Path, wanted: dict, images: list[Path], overwrite: bool,
     record = [e for e in kept if e["photos"]] + [{"settings": wanted, "photos": photos}]
     with atomic_path(output_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps({"entries": record}) + "\n")
+
+
+def check_unrecorded_files(output_dir: Path, images: list[Path], recorded: set[str]) -> None:
+    """Refuse files where the predictions of `images` go that predict.py did not record (photos, anyone's PNGs):
+    overwrite=true removes only predictions this tool wrote, and a run would write over them."""
+    found = [path for p in images if p.name not in recorded
+             for path in (output_dir / f"{p.stem}.png", output_dir / CUTOUTS / f"{p.stem}.png") if path.exists()]
+    if found:
+        raise CarvanaError(f"output_dir={output_dir} holds {len(found)} files that predict.py did not record where "
+                           f"these photos' predictions go (e.g. {found[0]}): move them away (if they are predictions "
+                           "whose predict.json was lost, remove them), or choose another output_dir")
 
 
 def existing_outputs(output_dir: Path, images: list[Path]) -> set[str]:
@@ -151,7 +164,19 @@ def _difference(others: list[dict], wanted: dict) -> str:
     for key in COMPARED:
         before = {json.dumps(e["settings"].get(key)) for e in others}
         if before != {json.dumps(wanted[key])}:
-            shown = "other checkpoints or weights" if key == "checkpoints" else \
+            shown = _changed_checkpoints(others, wanted) if key == "checkpoints" else \
                 f"{key}: {', '.join(sorted(before))} -> {json.dumps(wanted[key])}"
             parts.append(shown)
     return "; ".join(parts)
+
+
+def _changed_checkpoints(others: list[dict], wanted: dict) -> str:
+    """'ckpt=<path> changed since: SHA-256 <recorded> on record, <now> now' for a checkpoint recorded at the same path
+    with other bytes (retrained, or damaged since); 'other checkpoints or weights' otherwise."""
+    now = {c["path"]: c["sha256"] for c in wanted["checkpoints"]}
+    changed = sorted({(c["path"], c["sha256"]) for e in others for c in e["settings"].get("checkpoints") or []
+                      if c.get("path") in now and c.get("sha256") != now[c["path"]]})
+    if not changed:
+        return "other checkpoints or weights"
+    path, before = changed[0]
+    return f"ckpt={path} changed since: SHA-256 {before[:12]}... on record, {now[path][:12]}... now"

@@ -2,6 +2,8 @@
 the out-of-fold Dice table of a fold."""
 
 import glob
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +17,16 @@ from carvana.data.boxes import load_boxes
 from carvana.data.dataset import find_stacked
 from carvana.data.folds import read_folds, split
 from carvana.data.io import probs_cut, read_mask, read_probs8
-from carvana.data.layout import CAR_GROUP, EACH_PHOTO, angle_of, find_masks, group_of, group_pattern, list_images
+from carvana.data.layout import (
+    CAR_GROUP,
+    EACH_PHOTO,
+    IMAGE_SUFFIXES,
+    angle_of,
+    find_masks,
+    group_of,
+    group_pattern,
+    list_images,
+)
 from carvana.data.photo_check import check_photos
 from carvana.files import atomic_path, check_writable_dir
 from carvana.hardware import check_accelerator, default_workers, trainer_kwargs
@@ -23,9 +34,10 @@ from carvana.model.loading import load_models, read_checkpoint
 from carvana.model.losses import dice_per_image
 from carvana.model.tta import check_tta
 from carvana.predict.ensemble import Ensemble, PredictData, PredictDataset, batches_to_do, check_onnx_run
-from carvana.predict.manifest import prepare, settings, written_names
+from carvana.predict.manifest import CUTOUTS, prepare, settings, written_names
+from carvana.predict.shards import ROW_BREAKERS
 from carvana.predict.tiles import check_tiling
-from carvana.predict.writer import CUTOUT_ALPHAS, MaskWriter
+from carvana.predict.writer import CUTOUT_ALPHAS, MaskWriter, Stopped
 from carvana.progress import progress
 from carvana.slurm import check_allocation, use_allocated_cpus
 
@@ -106,7 +118,15 @@ def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Pat
     # tiled: one photo at a time, batch_size tiles a forward
     data = PredictData(dataset, [sizes[i] for i in todo], 1 if tile else cfg["batch_size"], workers)
     ensemble = Ensemble(models, cfg["tta"], tile, cfg["tile_overlap"], cfg["batch_size"])
-    trainer.predict(ensemble, datamodule=data, return_predictions=False)
+    try:
+        trainer.predict(ensemble, datamodule=data, return_predictions=False)
+    except Exception:  # DataLoader workers killed by the same SIGTERM (timeout signals the process group) raise here
+        if not trainer.received_sigterm:
+            raise
+    if trainer.received_sigterm:  # also when it came during the last batch: a signal is never reported as success
+        written = len(written_names(output_dir, write, images))
+        raise Stopped(f"stopped by SIGTERM: {written} of {len(images)} photos are written and kept in "
+                      f"output_dir={output_dir}; the same command resumes with the other {len(images) - written}")
     return sum(p.name not in done for p in photos)
 
 
@@ -116,6 +136,57 @@ def car_boxes(models: list, bboxes: str | None, images: list[Path]) -> dict | No
         return None
     path = bboxes or next((m.hparams.get("data") or {}).get("bboxes") for m in models if m.geometry.boxes)
     return load_boxes(path, images)
+
+
+def find_photos(path: str | Path, key: str) -> list[Path]:
+    """The photos of a folder (carvana.data.layout.list_images), or one photo file itself: [path]."""
+    path = Path(path)
+    if not path.is_file():
+        return list_images(path, key)
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        raise CarvanaError(f"{key}={path} is a file but not a photo ({', '.join(IMAGE_SUFFIXES)}): give a photo or a "
+                           "folder of photos")
+    return [path]
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name one folder (relative, through links, or another mount of it)."""
+    if a.is_dir() and b.is_dir():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_apart(output_dir: Path, photos_dir: Path, key: str) -> None:
+    """Refuse an output_dir that is the photos' folder, or whose cutouts/ is: the predictions (<photo>.png) would be
+    written over photos, removed as old predictions by overwrite=true, and listed as photos by the next run."""
+    for folder in (output_dir, output_dir / CUTOUTS):
+        if same_folder(folder, photos_dir):
+            raise CarvanaError(f"output_dir={output_dir}: its {'' if folder == output_dir else CUTOUTS + '/ '}folder "
+                               f"holds the photos ({key}={photos_dir}): predictions go into a folder of their own, "
+                               f"e.g. output_dir={photos_dir.parent / (photos_dir.name + '_predictions')}")
+
+
+def check_row_names(images: list[Path]) -> None:
+    """Refuse photos whose names would break a row `img,rle_mask` of write=rle (a comma or a line break), before the
+    run: the names are known, the rows would be written last."""
+    bad = [p for p in images if any(c in p.name for c in ROW_BREAKERS)]
+    if bad:
+        raise CarvanaError(f"photo {bad[0]} has a comma or a line break in its name ({len(bad)} such photos): "
+                           "write=rle writes rows 'img,rle_mask' that Kaggle's CSV reader splits there; rename them, "
+                           "or predict with write=png")
+
+
+def choose_photos(cfg: dict, meta: dict, root: Path, group: str, fold: int | None
+                  ) -> tuple[list[Path], list[Path] | None, Path | None]:
+    """The photos to predict -> (photos, their masks, the masks' folder): the validation photos of `fold` with their
+    masks (predict_on_val), else input_dir's photos (a folder or one photo) without masks."""
+    if not cfg["predict_on_val"]:
+        return find_photos(cfg["input_dir"] or root / "test", "input_dir"), None, None
+    folds = read_folds(cfg["data"]["folds"] or meta.get("folds"))
+    photos = list_images(root / meta.get("image_dir", "train"), "data.root")
+    images = split(photos, folds, fold, group_pattern(group))[1]
+    masks_dir = root / meta.get("val_mask_dir", "train_masks")
+    return images, find_masks(images, masks_dir), masks_dir  # the masks before the long run starts
 
 
 def run(cfg: dict) -> tuple[str, int]:
@@ -131,18 +202,14 @@ def run(cfg: dict) -> tuple[str, int]:
     group = meta.get("group", CAR_GROUP)
     group = EACH_PHOTO if group is None else group
     output_dir = Path(cfg["output_dir"])
-    masks_dir = None
-    if cfg["predict_on_val"]:
-        if "png" not in write:
-            raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
-        fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
-        folds = read_folds(cfg["data"]["folds"] or meta.get("folds"))
-        photos = list_images(root / meta.get("image_dir", "train"), "data.root")
-        images = split(photos, folds, fold, group_pattern(group))[1]
-        masks_dir = root / meta.get("val_mask_dir", "train_masks")
-        masks = find_masks(images, masks_dir)  # before the long run starts
-    else:
-        images = list_images(cfg["input_dir"] or root / "test", "input_dir")
+    if cfg["predict_on_val"] and "png" not in write:
+        raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
+    fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
+    images, masks, masks_dir = choose_photos(cfg, meta, root, group, fold)
+    # before any file of output_dir is touched
+    check_apart(output_dir, images[0].parent, "data.root" if cfg["predict_on_val"] else "input_dir")
+    if "rle" in write:
+        check_row_names(images)
     provenance = {"data_root": str(root), "group": group, "images_dir": str(images[0].parent),
                   "masks_dir": None if masks_dir is None else str(masks_dir)}
     check_writable_dir(output_dir, "output_dir")
@@ -170,6 +237,9 @@ def main(cfg: dict) -> None:
     except CarvanaError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stop:
+        print(str(stop), file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)  # as a shell reports a process that SIGTERM ended
     if line:
         print(line, flush=True)
     sys.exit(status)

@@ -15,6 +15,7 @@ from carvana.progress import progress
 HEADER = "img,rle_mask"
 SHARD_PATTERN = "rle-rank*.csv"
 _SHOWN = 5  # names quoted in an error message
+ROW_BREAKERS = ",\r\n"  # characters a photo name or RLE of a row cannot hold
 
 
 class Row(NamedTuple):
@@ -27,7 +28,7 @@ class Row(NamedTuple):
 
 def format_row(img: str, rle: str) -> bytes:
     """The shard row `img,rle\\n` of a photo; a name or RLE that would break the CSV row is a ValueError."""
-    if not img or any(c in text for text in (img, rle) for c in ",\r\n"):
+    if not img or any(c in text for text in (img, rle) for c in ROW_BREAKERS):
         raise ValueError(f"cannot write row {img[:40]!r},{rle[:40]!r}: want a photo name and an RLE string")
     return f"{img},{rle}\n".encode()
 

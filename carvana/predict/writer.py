@@ -62,6 +62,10 @@ def copy_probs8(probs: torch.Tensor) -> HostProbs8:
 CUTOUT_ALPHAS = ("probs", "mask")
 
 
+class Stopped(Exception):
+    """A signal (SIGTERM) stopped the prediction between two batches; what was written is kept."""
+
+
 def cutout(image: np.ndarray, probs8: np.ndarray, alpha: str, cut: int) -> np.ndarray:
     """HxWx3 uint8 RGB photo, HxW probs8 -> HxWx4 RGBA cut-out: the background transparent, the alpha the probability
     (`alpha`='probs': soft edges) or the thresholded mask ('mask': 0 or 255)."""
@@ -110,6 +114,23 @@ class MaskWriter(BasePredictionWriter):
             rgba = cutout(read_image(self.photos[name]), probs8, self.cutout_alpha, self.cut)
             write_png(self.output_dir / CUTOUTS / f"{Path(name).stem}.png", rgba)
         return name, rle_encode(probs8 > self.cut) if self.shard else None  # encoded here, in the thread
+
+    def on_predict_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int,
+                               dataloader_idx: int = 0) -> None:
+        # Lightning's SIGTERM handler only records the signal, and its predict loop never looks: stop here, at the
+        # next batch (with tile=, the next photo); on_exception writes what the threads hold
+        if trainer.received_sigterm:
+            raise Stopped("SIGTERM")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # the photos handed to the threads are written whole before the process ends, so a rerun skips them; a
+        # write that failed is left to the error being raised
+        while self.pending:
+            future = self.pending.popleft()
+            if future.exception() is None:
+                self._finish(future)
+        if self.shard is not None:
+            self.shard.close()
 
     def _finish(self, future: Future) -> None:
         name, rle = future.result()
