@@ -296,3 +296,29 @@ def test_training_names_the_files_it_leaves_out(own_root: Path, tmp_path: Path, 
     (root / "images" / "table-3.webp").touch()
     build(root, tmp_path)
     assert f"warning: 1 file(s) in {root / 'images'} left out, not photos" in capfd.readouterr().err
+
+
+def test_training_reads_masks_whose_alpha_is_the_object(own_root: Path, tmp_path: Path):
+    """Background-removal masks (white or black pixels, the object in the alpha) train on the alpha: the data module
+    gives each photo the mask its alpha holds, not all object (white) or none (black)."""
+    from carvana.data.io import read_mask
+    from carvana.training.run import build_datamodule
+
+    root = bad_set(own_root, tmp_path)
+    truths = {}
+    for stem, colour, mode in (("table-1", 255, "RGBA"), ("vase-b", 0, "RGBA"), ("table-2", 255, "LA")):
+        truths[stem] = truth = read_mask(root / "masks" / f"{stem}.png")
+        pixels = np.dstack([np.full((*truth.shape, 3), colour, np.uint8), truth * 255])
+        image = Image.fromarray(pixels if mode == "RGBA" else pixels[..., [0, 3]], mode=mode)
+        image.save(root / "masks" / f"{stem}.png")
+    cfg = compose_train("data=folder", f"data.root={root}", f"data.group='{GROUP}'", "data.n_folds=3",
+                        "data.num_workers=0")
+    dm = build_datamodule(cfg, tmp_path / "run")
+    seen = {}
+    for dataset in (dm.train_set, dm.val_set):
+        for i, image in enumerate(dataset.images):
+            if image.stem in truths:
+                seen[image.stem] = dataset.read(i)["mask"]
+    assert seen.keys() == truths.keys()
+    for stem, truth in truths.items():
+        assert 0 < truth.sum() < truth.size and (seen[stem] == truth).all(), stem
