@@ -63,7 +63,7 @@ def mask_values(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
             if img.mode not in ("P", "PA", "1", "L", "LA", "I", "I;16", "RGB", "RGBA"):
                 raise CarvanaError(f"mask {path} has image mode {img.mode}: save it as an 8-bit grey or palette image")
             alpha = None
-            if img.has_transparency_data:
+            if "A" in img.getbands() or "transparency" in img.info:  # Image.has_transparency_data needs Pillow 10.1
                 alpha = np.asarray((img if "A" in img.getbands() else img.convert("RGBA")).getchannel("A"))
             return np.asarray(img.convert("L")), None if alpha is None or (alpha == 255).all() else alpha
     except OSError as err:
