@@ -4,6 +4,7 @@
     python bench/real_car_quality.py --mode stress --name lite0 --results bench/results/few_photos.csv [overrides]
     python bench/real_car_quality.py --mode angles [--holdout 3,7,11,15] [overrides ...]
     python bench/real_car_quality.py --real /work/shared/data/real ...   (from a git worktree elsewhere)
+    python bench/real_car_quality.py --table bench/results/few_photos.csv  (the study's table, in markdown)
 
 Each seed trains `experiment=few_photos` (an ImageNet-pretrained EfficientNet-Lite0, photos resized to 320x480,
 trainer=cpu) plus the overrides, e.g. `model.encoder_weights=null encoder=mobilenet` for the from-scratch baseline.
@@ -126,7 +127,7 @@ def score_seed(root: Path, run_dir: Path, seed: int, overrides: list[str]) -> di
     worst = table.loc[table.dice.idxmin()]
     white = table[table.image.str.contains("-white")].dice
     print(f"seed={seed} val_dice " + " ".join(f"{e}:{d:.4f}" for e, d in sorted(dice.items())))
-    print("seed={} photos ".format(seed) + " ".join(f"{r.image}:{r.dice:.4f}" for r in table.itertuples()))
+    print(f"seed={seed} photos " + " ".join(f"{r.image}:{r.dice:.4f}" for r in table.itertuples()))
     return {"seed": seed, "epochs": len(dice), "minutes": round(minutes, 1), "dice": round(table.dice.mean(), 4),
             "worst": round(worst.dice, 4), "worst_photo": worst.image,
             "white": round(white.mean(), 4) if len(white) else "", "spread": round(max(last) - min(last), 4),
@@ -150,6 +151,19 @@ def append_row(results: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def print_table(results: Path) -> None:
+    """A markdown row per candidate of a results CSV: the means over its seeds, its worst photo, its largest spread."""
+    table = pd.read_csv(results)
+    print("| candidate | overrides | seeds | epochs | minutes | Dice (mean) | worst photo | white cars "
+          "| spread, last 5 | best epoch's |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, runs in table.groupby("name", sort=False):
+        worst = runs.loc[runs.worst.idxmin()]
+        print(f"| {name} | `{runs.overrides.fillna('').iloc[0] or '-'}` | {len(runs)} | {runs.epochs.iloc[0]} | "
+              f"{runs.minutes.mean():.1f} | {runs.dice.mean():.4f} | {worst.worst:.4f} ({worst.worst_photo}) | "
+              f"{runs.white.mean():.4f} | {runs.spread.max():.4f} | {runs.best.mean():.4f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("stress", "unseen", "angles"), default="stress")
@@ -159,13 +173,17 @@ def main() -> None:
     parser.add_argument("--holdout", type=ints, default="3,7,11,15", help="--mode angles: the angles held out")
     parser.add_argument("--name", default="recipe", help="the candidate's name in --results (default: %(default)s)")
     parser.add_argument("--results", type=Path, help="append each seed's row to this CSV; skip seeds it holds")
+    parser.add_argument("--table", type=Path, help="print a results CSV as the study's markdown table, and stop")
     args, overrides = parser.parse_known_args()
+    if args.table:
+        return print_table(args.table)
     if not (args.real / "train").is_dir() or not (args.real / "val" / "train").is_dir():
         sys.exit(f"error: {args.real} is missing or incomplete: this benchmark needs the real Carvana photos of "
                  f"../shared/data/real (or --real DIR)")
     if args.out and args.out.exists():
         sys.exit(f"error: --out {args.out} exists: give a new folder")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                            check=False).stdout
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.out or Path(tmp)
