@@ -164,6 +164,7 @@ def test_missing_oof_dir_exits_2_without_traceback(tmp_path: Path) -> None:
         ("empty", "holds no predictions"),
         ("no_mask", "have no mask"),
         ("two_masks", "photo bbbb00000002_16.png has 2 masks in"),
+        ("two_photos", "photos bbbb00000002_16.jpg and bbbb00000002_16.png in images_dir="),
         ("size", "but its mask"),
         ("no_photo", "is not in images_dir="),
         ("not_a_number", "worst=abc is not an integer"),
@@ -181,6 +182,8 @@ def test_bad_inputs_exit_2(oof: dict, tmp_path: Path, capsys: pytest.CaptureFixt
     elif case == "two_masks":
         shutil.copy(oof["root"] / "train_masks" / "bbbb00000002_16_mask.gif", oof["root"] / "train_masks" /
                     "bbbb00000002_16.gif")
+    elif case == "two_photos":
+        write_image(oof["root"] / "train" / "bbbb00000002_16.png", np.zeros((*SIZE, 3), np.uint8))
     elif case == "size":
         write_probs8(oof["oof"] / "bbbb00000002_16.png", np.zeros((SIZE[1], SIZE[0]), np.uint8))
     elif case == "no_photo":

@@ -73,14 +73,28 @@ def tables(preds: list[Path], names: list[str], hists: np.ndarray, threshold: fl
     return {**result, "per_angle": mean_by("angle")} if unit == "car" else result
 
 
+def photos_by_name(images_dir: Path, wanted: set[str]) -> dict[str, Path]:
+    """The photos of `images_dir` by their name without suffix; its other files are named in one warning line, and
+    two photos of one wanted name (`a.jpg`, `a.png`: the prediction `a.png` could be either's) are a CarvanaError."""
+    names = sorted(n for n in os.listdir(images_dir) if not n.startswith(".")) if images_dir.is_dir() else []
+    others = [n + "/" * (images_dir / n).is_dir() for n in names if Path(n).suffix.lower() not in IMAGE_SUFFIXES]
+    note_left_out(images_dir, others, f"not photos ({', '.join(IMAGE_SUFFIXES)})")
+    present: dict[str, Path] = {}
+    for name in names:
+        stem = Path(name).stem
+        if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if stem in present and stem in wanted:
+            raise CarvanaError(f"photos {present[stem].name} and {name} in images_dir={images_dir} share the name "
+                               f"{stem!r}: the prediction {stem}.png could be either's; rename one, or set images_dir=")
+        present[stem] = images_dir / name
+    return present
+
+
 def find_photos(images_dir: Path, preds: list[Path], required: bool) -> list[Path | None]:
     """The photo of each prediction (`<stem>.jpg` or another photo suffix) in `images_dir`; a missing one is None,
     or, when `required` (the worst photos are drawn), a CarvanaError."""
-    names = sorted(n for n in os.listdir(images_dir) if not n.startswith(".")) if images_dir.is_dir() else []
-    present = {Path(n).stem: images_dir / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES}
-    note_left_out(images_dir, [n + "/" * (images_dir / n).is_dir() for n in names if Path(n).suffix.lower() not in
-                               IMAGE_SUFFIXES],
-                  f"not photos ({', '.join(IMAGE_SUFFIXES)})")
+    present = photos_by_name(images_dir, {p.stem for p in preds})
     photos = [present.get(p.stem) for p in preds]
     if required and not images_dir.is_dir():
         raise CarvanaError(f"images_dir={images_dir} does not exist: set images_dir= or data_root=, or worst=0")
