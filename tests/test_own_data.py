@@ -322,3 +322,16 @@ def test_training_reads_masks_whose_alpha_is_the_object(own_root: Path, tmp_path
     assert seen.keys() == truths.keys()
     for stem, truth in truths.items():
         assert 0 < truth.sum() < truth.size and (seen[stem] == truth).all(), stem
+
+
+def test_predicts_dice_table_scores_an_alpha_mask_by_its_alpha(tmp_path: Path):
+    """predict_on_val's per-photo Dice reads masks as training does: white + alpha is the alpha, not all object."""
+    from carvana.predict.run import dice_table
+
+    truth = np.zeros((32, 48), np.uint8)
+    truth[4:20, 6:30] = 1
+    Image.fromarray(np.dstack([np.full((32, 48, 3), 255, np.uint8), truth * 255])).save(tmp_path / "a.png")
+    (tmp_path / "probs").mkdir()
+    write_png(tmp_path / "probs" / "a.png", truth * 255)
+    table = dice_table([tmp_path / "a.jpg"], tmp_path / "probs", [tmp_path / "a.png"], 0.5, r"^(.*)$")
+    assert table.dice.tolist() == [1.0]
