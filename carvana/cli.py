@@ -102,7 +102,7 @@ def help_text(name: str, command: str, groups: dict[str, str] | None = None) -> 
     usage = f"usage: {command} [key=value ...]" + ("  (-m key=a,b,...: one run each)" if name == "config" else "")
     out = [usage, *intro, "", "Keys (key=value: the default, then what it means):", *describe(CONF / f"{name}.yaml")]
     for prefix, file in (groups or {}).items():
-        out += describe(CONF / f"{file}.yaml", prefix)
+        out += describe_group(CONF / f"{file}.yaml", prefix)
     group_dirs = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
     chosen = [g for g in group_dirs if re.search(rf"^\s*- (optional )?(override /)?{g}:", text, re.MULTILINE)]
     if chosen:
@@ -172,6 +172,18 @@ def describe(path: Path, prefix: str = "") -> list[str]:
             out.append(f"  {'.'.join(filter(None, [prefix, dotted]))}={shown}  {note}".rstrip())
 
     walk(values, [])
+    return out
+
+
+def describe_group(path: Path, prefix: str) -> list[str]:
+    """describe() of a group's file, then the keys it takes from the files of its own group that its defaults list
+    names (data/folder.yaml: data/carvana.yaml's), each key once, with the file's own value."""
+    out = describe(path, prefix)
+    for parent in OmegaConf.load(path).get("defaults", []):
+        if isinstance(parent, str) and parent != "_self_" and (path.parent / f"{parent}.yaml").is_file():
+            seen = {re.split(r"[=*]", line.strip(), maxsplit=1)[0].rstrip(".") for line in out}
+            out += [line for line in describe(path.parent / f"{parent}.yaml", prefix)
+                    if re.split(r"[=*]", line.strip(), maxsplit=1)[0].rstrip(".") not in seen]
     return out
 
 

@@ -3,8 +3,10 @@
 import re
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -84,6 +86,10 @@ def test_mobilenet_run(trained_run: dict, carvana_root: Path):
     out, ckpt = trained_run["out"], trained_run["ckpt"]
     check_run_dir(out, ckpt, "mobilenet_v2", 0, trained_run["dice"])
     assert trained_run["proc"].stdout.count("val_dice=") == 1
+    said = trained_run["proc"].stdout + trained_run["proc"].stderr
+    assert "fold 0: 32 training photos (2 groups), 16 validation photos (1 group)" in said
+    for noise in ("Tip:", "log_every_n_steps", "deprecated", "limit_train_batches=1.0"):  # Lightning's, not the run's
+        assert noise not in said, noise
     last = load_ckpt(out / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (0, 8)  # 2 training cars x 16 photos / batch 4
     hp = last["hyper_parameters"]
@@ -166,8 +172,8 @@ def test_without_data_the_real_recipe_says_where_it_goes(tmp_path: Path):
                           timeout=120, check=False)
     kaggle = "kaggle competitions download -c carvana-image-masking-challenge"
     check_user_error(proc.returncode, proc.stderr, ["data/carvana", kaggle, "data=synthetic"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # Hydra's run folder, and nothing generated
-    assert not list(tmp_path.glob("outputs/train/*/checkpoints"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # Hydra's folder, and nothing generated
+    assert not list(tmp_path.glob("outputs/train/*"))  # the refused run leaves no run folder
 
 
 @pytest.mark.slow
@@ -453,6 +459,7 @@ def test_unknown_encoder_group_lists_the_options(carvana_root: Path, tmp_path: P
 
 VALIDATE = """
 import sys
+import time
 from pathlib import Path
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
@@ -533,3 +540,101 @@ def test_batches_split_by_rank_refuse_a_second_split():
     assert sorted(shares[0] + shares[1]) == list(range(13))  # each photo once, on one rank
     with pytest.raises(CarvanaError, match="use_distributed_sampler=False"):
         SizeBatchSampler(DistributedSampler(range(13), num_replicas=2, rank=0), sizes, 2, num_replicas=2, rank=0)
+
+
+def test_a_run_started_again_in_its_folder_takes_its_own_settings(trained_run: dict, tmp_path: Path):
+    """python train.py hydra.run.dir=<run> alone: the run's saved overrides (data=synthetic, its data.root, ...), not
+    Carvana's defaults, and its .hydra record unchanged byte for byte; an override that changes the model is refused
+    in one line and overwrites nothing."""
+    out = shutil.copytree(trained_run["out"], tmp_path / "run")
+    record = {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()}
+    proc = run_train([f"hydra.run.dir={out}"])
+    dice, ckpt = result_of(proc)
+    assert f"resuming from {out / 'checkpoints' / 'last.ckpt'}" in proc.stdout
+    assert ckpt.parent == out / "checkpoints" and dice == pytest.approx(trained_run["dice"], abs=1e-4)
+    assert {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()} == record
+    proc = run_train([f"hydra.run.dir={out}", "model.encoder_name=resnet18"])
+    check_user_error(proc.returncode, proc.stderr, ["cannot resume", "model.encoder_name", "resnet18"])
+    assert {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()} == record
+
+
+def test_sigterm_saves_the_run_and_exits_non_zero(carvana_root: Path, tmp_path: Path):
+    """A container stop or `timeout` mid-epoch: last.ckpt of the step reached, one error line saying how to resume,
+    exit 143 (Lightning's own SIGTERM handling exits 0); started again, the run ends where an unstopped one does."""
+    out = tmp_path / "run"
+    args = train_args(carvana_root, out, "data.batch_size=1", "trainer.max_epochs=20", "logger=[csv]")
+    train = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    last = out / "checkpoints" / "last.ckpt"
+    try:
+        for _ in range(600):  # the end of epoch 0: Lightning's SIGTERM handler is in place, epoch 1 training
+            if last.is_file() or train.poll() is not None:
+                break
+            time.sleep(0.5)
+        train.send_signal(signal.SIGTERM)
+        stdout, stderr = train.communicate(timeout=120)
+    finally:
+        train.kill()
+    assert train.returncode == 143, (train.returncode, stderr[-3000:])
+    assert "val_dice=" not in stdout
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("error: stopped by SIGTERM") and str(last) in error and f"hydra.run.dir={out}" in error
+    assert load_ckpt(last)["global_step"] >= 32  # epoch 0: 2 cars x 16 photos, batch 1
+    dice, ckpt = result_of(run_train([f"hydra.run.dir={out}", "trainer.max_epochs=2"]))
+    assert (load_ckpt(last)["epoch"], load_ckpt(last)["global_step"]) == (1, 64)
+    assert val_metrics(out)["epoch"].tolist() == [0, 1]
+    check_best_of(out, dice, ckpt)
+
+
+def test_a_resumed_run_keeps_its_folds(carvana_root: Path, tmp_path: Path):
+    """Folds made by group (data.folds=null), then a car added to data.root: the run started again in its folder, or
+    resumed into another from its checkpoint, keeps the folds it began with and says what it leaves out."""
+    root = shutil.copytree(carvana_root, tmp_path / "data")
+    out = tmp_path / "run"
+    quick = ["data.folds=null", "data.n_folds=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+             "logger=[csv]"]
+    result_of(run_train(train_args(root, out, *quick)))
+    folds = (out / "folds.csv").read_bytes()
+    car = pd.read_csv(out / "folds.csv", dtype=str)["group"][0]
+    for photo in (root / "train").glob(f"{car}_*.jpg"):  # a new car: 16 photos and their masks
+        shutil.copy(photo, root / "train" / photo.name.replace(car, "newcar000001"))
+        mask = root / "train_masks" / f"{photo.stem}_mask.gif"
+        shutil.copy(mask, root / "train_masks" / mask.name.replace(car, "newcar000001"))
+    proc = run_train([f"hydra.run.dir={out}", "trainer.max_epochs=2"])
+    result_of(proc)
+    assert (out / "folds.csv").read_bytes() == folds
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: 16 photo(s)")]
+    assert warning and "newcar000001_" in warning[0] and "left out" in warning[0], proc.stderr[-2000:]
+    other = tmp_path / "other"
+    result_of(run_train(train_args(root, other, *quick, f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+                                   "trainer.max_epochs=3")))
+    assert (other / "folds.csv").read_bytes() == folds
+
+
+def test_a_tiny_fold_and_a_large_cpu_run_are_warned_about(capsys: pytest.CaptureFixture):
+    """1 validation photo: val_dice is that photo's Dice, said; Carvana's defaults on a machine without a GPU: hours,
+    said at the start, with the few-photo recipe named; the demo's size: nothing said."""
+    from carvana.training.messages import say_cpu, say_photos
+
+    say_photos(2, [Path("a_01.jpg"), Path("a_02.jpg"), Path("b_01.jpg")], [Path("c_01.jpg")], r"^(.+)_\d+$")
+    out, err = capsys.readouterr()
+    assert out.strip() == "fold 2: 3 training photos (2 groups), 1 validation photo (1 group)"
+    assert err.startswith("warning: fold 2 validates on 1 photo:") and "data.n_folds" in err, err
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the CPU warning is for machines without one")
+    say_cpu(compose_train(), 4070, [1280, 1918])
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no GPU: 4070 photos x 60 epochs at 1024x1024") and "experiment=few_photos" in err
+    say_cpu(compose_train("data=synthetic"), 128, [1280, 1918])
+    assert capsys.readouterr().err == ""
+
+
+def test_help_lists_the_chosen_data_files_keys():
+    """train.py data=folder --help: the folder's defaults (data.root=???, images/, masks/), then Carvana's other keys
+    it inherits, each once."""
+    proc = subprocess.run([sys.executable, "train.py", "data=folder", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)
+    keys = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  data.")]
+    assert "data.root=???" in keys and "data.image_dir=images" in keys and "data.folds=null" in keys, keys
+    assert "data.crop_size=[1024," in keys and len(keys) == len({k.split("=")[0] for k in keys})
+    assert "data.root=data/carvana" not in keys

@@ -1,6 +1,7 @@
 """The training data of one fold: photos and masks found, every input checked before the first step, the folds (read,
 or made by group), and the loaders of each rank."""
 
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -9,8 +10,9 @@ from torch.utils.data import DataLoader
 
 from carvana import CarvanaError
 from carvana.data.boxes import load_boxes
+from carvana.data.coco import CocoSet, read_coco
 from carvana.data.dataset import AugmentSampler, SegDataset, SizeBatchSampler, find_stacked, pad_collate
-from carvana.data.folds import group_folds, read_folds, split
+from carvana.data.folds import Folds, group_folds, read_folds, split
 from carvana.data.geometry import Geometry
 from carvana.data.layout import find_masks, group_pattern, list_images
 from carvana.data.photo_check import check_photos
@@ -28,7 +30,7 @@ class SegDataModule(pl.LightningDataModule):
     def __init__(self, *, root: str | Path, image_dir: str, train_mask_dir: str, val_mask_dir: str,
                  folds: str | None, fold: int, group: str | None, n_folds: int, geometry: Geometry, batch_size: int,
                  num_workers: int | None, augment: dict, stacked_dirs: list[str], pseudo: dict, bboxes: str | None,
-                 seed: int, made_folds: Path | None):
+                 seed: int, made_folds: Path | None, annotations: str | None = None, categories: list | None = None):
         super().__init__()
         self.root, self.image_dir = Path(root), image_dir
         self.train_mask_dir, self.val_mask_dir = train_mask_dir, val_mask_dir
@@ -36,19 +38,28 @@ class SegDataModule(pl.LightningDataModule):
         self.geometry, self.batch_size, self.num_workers, self.augment = geometry, batch_size, num_workers, augment
         self.stacked_dirs, self.pseudo, self.bboxes, self.seed = list(stacked_dirs), pseudo, bboxes, seed
         self.made_folds = made_folds
+        # data=coco: the photos a COCO file lists (under root) and masks drawn from its objects, not mask files
+        self.annotations, self.categories = annotations, categories
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:
         """Every check on the inputs happens here, once (Lightning calls setup again: nothing is read twice)."""
         if self.train_set is not None:
             return
-        images = list_images(self.root / self.image_dir, "data.root and data.image_dir")
-        train, val = split(images, self.read_or_make_folds(images), self.fold, group_pattern(self.group))
-        train_masks = find_masks(train, self.root / self.train_mask_dir, "data.train_mask_dir")
-        val_masks = find_masks(val, self.root / self.val_mask_dir, "data.val_mask_dir")
-        checked = list(progress(check_photos(train + val, default_workers(1), train_masks + val_masks),
-                                "checking the photos and masks", len(train) + len(val)))
-        if not any(c.car for c in checked):
+        coco = read_coco(self.annotations, self.root, self.categories) if self.annotations else None
+        images = coco.images if coco else list_images(self.root / self.image_dir, "data.root and data.image_dir")
+        folds = self.read_or_make_folds(images)
+        if self.folds == str(self.made_folds):
+            images = self.listed(images, folds)
+        train, val = split(images, folds, self.fold, group_pattern(self.group))
+        train_masks, val_masks = self.find_masks(train, val, coco)
+        files = None if coco else train_masks + val_masks  # COCO masks: sizes and objects checked by read_coco
+        checked = list(progress(check_photos(train + val, default_workers(1), files), "checking the photos and masks",
+                                len(train) + len(val)))
+        if coco and not any(m.segmentations for m in train_masks + val_masks):
+            raise CarvanaError(f"none of the {len(checked)} photos of {self.annotations} has an object (of "
+                               "data.categories): check data.annotations and data.categories")
+        if not coco and not any(c.car for c in checked):
             raise CarvanaError(f"none of the {len(checked)} masks (e.g. {train_masks[0]}) holds any object: check "
                                "data.train_mask_dir and the masks (white or 1 = object, black or 0 = background)")
         self.val_sizes = [c.size for c in checked[len(train):]]
@@ -68,11 +79,21 @@ class SegDataModule(pl.LightningDataModule):
         self.val_set = SegDataset(val, val_masks, self.geometry, stacked=stacked and stacked[len(train):],
                                   boxes=boxes)
 
-    def read_or_make_folds(self, images: list[Path]) -> object:
+    def find_masks(self, train: list[Path], val: list[Path], coco: CocoSet | None) -> tuple[list, list]:
+        """The masks of the training and validation photos: files in the mask folders, or a COCO file's objects."""
+        if coco:
+            return coco.masks_of(train), coco.masks_of(val)
+        return (find_masks(train, self.root / self.train_mask_dir, "data.train_mask_dir"),
+                find_masks(val, self.root / self.val_mask_dir, "data.val_mask_dir"))
+
+    def read_or_make_folds(self, images: list[Path]) -> Folds:
         """data.folds read, or, when it is null, folds made by group (data.group, data.n_folds, seed) and written to
         the run folder (`made_folds`), where predict.py finds them."""
         if self.folds:
             return read_folds(self.folds)
+        if self.made_folds is not None and self.made_folds.is_file():  # a run started again keeps the folds it made
+            self.folds = str(self.made_folds)
+            return read_folds(self.made_folds)
         table = group_folds(images, group_pattern(self.group), self.n_folds, self.seed)
         if self.made_folds is None:
             raise CarvanaError("data.folds=null makes folds by group, but this run has no folder to write them to")
@@ -81,6 +102,17 @@ class SegDataModule(pl.LightningDataModule):
             table.to_csv(tmp, index=False)
         self.folds = str(self.made_folds)
         return read_folds(self.made_folds)
+
+    def listed(self, images: list[Path], folds: Folds) -> list[Path]:
+        """The photos the run's own folds list; photos added to data.root since the run began are left out, said
+        once on stderr (a resumed run that took them would move photos it trained on into validation)."""
+        pattern = group_pattern(self.group)
+        added = [p for p in images if folds.key(p, pattern) not in folds.fold_of]
+        if added:
+            print(f"warning: {len(added)} photo(s) in {self.root / self.image_dir} are not in this run's folds "
+                  f"{self.made_folds} (first: {added[0].name}): left out, as when the run began; a new run folder "
+                  "(hydra.run.dir=...) trains on them", file=sys.stderr, flush=True)
+        return [p for p in images if folds.key(p, pattern) in folds.fold_of]
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._ranks()

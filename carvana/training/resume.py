@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from carvana import CarvanaError
 from carvana.files import atomic_path
@@ -111,3 +112,29 @@ class MetricsHistory(pl.Callback):
             tmp.write_bytes(self.rows.encode())
         # the writer appends under the header it knows: the restored one (it rewrites the file when a key is new)
         writer.metrics_keys = self.rows.splitlines()[0].split(",") if self.rows else []
+
+
+class Stopped(Exception):
+    """train.py stopped by SIGTERM: what it saved and how to go on (main prints it, and exits 143)."""
+
+
+class SaveOnSigterm(pl.Callback):
+    """On SIGTERM (a container stop, `timeout`, scancel, SLURM's requeue) Lightning ends the current batch and raises
+    SIGTERMException, which exits 0 (it is a SystemExit): last.ckpt is written there, mid-epoch too, and the run
+    ends as Stopped, so that a `train.py && predict.py` chain does not take it for a finished run."""
+
+    def __init__(self, last: Path) -> None:
+        self.last, self.saved = last, False
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and trainer.global_step > 0:
+            trainer.save_checkpoint(self.last)  # every rank takes part; rank 0 writes
+            self.saved = True
+
+    def stopped(self, trainer: pl.Trainer, run_dir: Path) -> Stopped:
+        """The line that says where the run stopped and how to resume it."""
+        if not self.saved:
+            return Stopped(f"stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}, before "
+                           "any training step of this start: nothing new saved")
+        return Stopped(f"stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
+                       f"{self.last}; resume with python train.py hydra.run.dir={run_dir}")

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from carvana import CarvanaError
 from carvana.cli import check_threshold
@@ -25,10 +26,12 @@ from carvana.slurm import check_allocation, use_allocated_cpus
 from carvana.training.callbacks import callbacks
 from carvana.training.ddp import ddp_job_scope, relaunch_job_not_sweep
 from carvana.training.loggers import build_loggers, finish_loggers
-from carvana.training.resume import AtomicCheckpointIO, check_resumed_settings
+from carvana.training.messages import quiet_lightning, say_cpu, say_photos
+from carvana.training.resume import AtomicCheckpointIO, SaveOnSigterm, Stopped, check_resumed_settings
+from carvana.training.rundir import MADE_FOLDS, discard_refused_run, keep_folds, update_record
 
 KAGGLE = "kaggle competitions download -c carvana-image-masking-challenge"
-MADE_FOLDS = "folds.csv"  # in the run folder: the folds made by data.group when data.folds is null
+STOPPED_BY_SIGTERM = 143  # 128 + 15, what a shell reports for a process SIGTERM ended: not a success
 
 
 def check_data(data: DictConfig, seed: int) -> None:
@@ -121,10 +124,20 @@ def build_datamodule(cfg: DictConfig, out_dir: Path) -> SegDataModule:
         stacked_dirs=list(d.stacked_dirs or []), bboxes=d.bboxes,
         pseudo={"dir": d.pseudo_dir, "image_dir": d.pseudo_image_dir, "ratio": d.pseudo_ratio,
                 "min_confidence": d.pseudo_min_confidence},
-        seed=cfg.seed, made_folds=out_dir / MADE_FOLDS,
+        seed=cfg.seed, made_folds=out_dir / MADE_FOLDS, **coco_settings(d),
     )
     dm.setup()
     return dm
+
+
+def coco_settings(data: DictConfig) -> dict:
+    """data=coco's annotations file and category filter (None for mask folders), as plain values."""
+    categories = data.get("categories")
+    if isinstance(categories, (str, int)):  # data.categories=car: one category
+        categories = [categories]
+    elif categories is not None:
+        categories = list(OmegaConf.to_container(categories))
+    return {"annotations": data.get("annotations"), "categories": categories}
 
 
 def provenance(cfg: DictConfig, dm: SegDataModule) -> dict:
@@ -133,7 +146,7 @@ def provenance(cfg: DictConfig, dm: SegDataModule) -> dict:
     return {"root": str(d.root), "folds": str(dm.folds), "fold": cfg.fold, "image_dir": d.image_dir,
             "val_mask_dir": d.val_mask_dir, "group": d.group, "image_size": dm.image_size,
             "stacked_dirs": [str(s) for s in d.stacked_dirs or []],
-            "bboxes": None if d.bboxes is None else str(d.bboxes)}
+            "bboxes": None if d.bboxes is None else str(d.bboxes), **coco_settings(d)}
 
 
 def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
@@ -152,17 +165,26 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     if ckpt_path:  # a missing or foreign file, or other settings than it was trained with: one line, before work
         saved = read_checkpoint(ckpt_path, key="ckpt_path")["hyper_parameters"]
         check_resumed_settings(ckpt_path, saved, module_kwargs(cfg, data={}))
+        keep_folds(cfg.data.folds, ckpt_path, saved.get("data") or {}, out_dir)
     dm = build_datamodule(cfg, out_dir)
     module = build_module(cfg, provenance(cfg, dm))
+    say_photos(cfg.fold, dm.train_set.images, dm.val_set.images, cfg.data.group)
+    say_cpu(cfg, len(dm.train_set), dm.image_size)
     relaunch_job_not_sweep()
     loggers = build_loggers(OmegaConf.to_container(cfg.logger), out_dir)
+    sigterm = SaveOnSigterm(last)
     trainer = pl.Trainer(**trainer_kwargs(OmegaConf.to_container(cfg.trainer)), logger=loggers,
-                         callbacks=callbacks(cfg, out_dir, loggers), plugins=[AtomicCheckpointIO()],
+                         callbacks=[*callbacks(cfg, out_dir, loggers), sigterm], plugins=[AtomicCheckpointIO()],
                          default_root_dir=out_dir, use_distributed_sampler=False)
+    if trainer.is_global_zero and update_record(out_dir, cfg):
+        print(f"{out_dir / '.hydra'}: the settings given now are recorded", flush=True)
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {ckpt_path}", flush=True)
     with ddp_job_scope():
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            raise sigterm.stopped(trainer, out_dir) from None
     finish_loggers(loggers)
     checkpoint = trainer.checkpoint_callback
     score = checkpoint.best_model_score
@@ -171,14 +193,21 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
 
 def main(cfg: DictConfig) -> float:
     """train.py: train, print rank 0's `val_dice=... checkpoint=...` line; expected errors: one line, exit 2."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    quiet_lightning()
     try:
-        val_dice, ckpt, rank_zero = train(cfg, HydraConfig.get().runtime.output_dir)
+        val_dice, ckpt, rank_zero = train(cfg, out_dir)
     except CarvanaError as err:
+        discard_refused_run(out_dir)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (MissingMandatoryValue, InterpolationToMissingValueError) as err:  # a ??? an experiment requires
+        discard_refused_run(out_dir)
         print(f"error: {str(err).splitlines()[0]}: give it on the command line", file=sys.stderr)
         sys.exit(2)
+    except Stopped as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(STOPPED_BY_SIGTERM)
     if rank_zero:
         print(f"val_dice={val_dice:.4f} checkpoint={ckpt}", flush=True)
     return val_dice

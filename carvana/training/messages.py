@@ -1,0 +1,79 @@
+"""What train.py says besides its result line: the photos each side of the fold holds, a warning for a fold too small
+to choose a checkpoint by, a warning when a large recipe would train on the CPU; and Lightning's lines that are not
+the user's business kept off the screen."""
+
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
+
+from carvana.data.layout import group_of, group_pattern
+
+SMALL_FOLD = 5  # validation photos below which val_dice, and the best checkpoint chosen by it, is a few photos' Dice
+# training pixels (photos x epochs x height x width) above which a CPU run is warned about: Carvana's defaults are
+# 4,070 x 60 x 1024 x 1024 = 2.6e11; experiment=few_photos on 100 photos 100 x 12 x 320 x 480 = 1.8e8
+CPU_PIXELS = 1e10
+# Lightning's lines that say nothing about this run: tips for its products, the `limit_*_batches=1.0` it was
+# given, deprecations inside its own code, a logging interval longer than a tiny epoch, and on a resume the folders
+# it finds full (the run's own: MetricsHistory restores the CSV log) and its torch.load default
+QUIET_WARNINGS = [r"The number of training batches \(\d+\) is smaller than the logging interval",
+                  r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                  r"Experiment logs directory .* exists and is not empty",
+                  r"Checkpoint directory .* exists and is not empty"]
+QUIET_INFO = re.compile(r"^(💡 Tip|`Trainer\(limit_(train|val)_batches=1\.0\)` was configured|"
+                        r"`weights_only` was not set)")
+
+
+def plural(n: int, word: str) -> str:
+    """'1 photo', '2 photos'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def quiet_lightning() -> None:
+    """Lightning's tips, deprecations and logging-interval notes off the screen (QUIET_WARNINGS, QUIET_INFO)."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.trainer.connectors.checkpoint_connector",
+                 "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietInfo) for f in logger.filters):
+            logger.addFilter(_QuietInfo())
+
+
+class _QuietInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not QUIET_INFO.match(record.getMessage())
+
+
+def say_photos(fold: int, train: list[Path], val: list[Path], group: str | None) -> None:
+    """`fold 0: 32 training photos (2 groups), 16 validation photos (1 group)` on stdout (rank 0), and a warning on
+    stderr when the validation photos are too few for val_dice to mean much."""
+    if rank_zero_only.rank != 0:
+        return
+    pattern = group_pattern(group)
+    groups = [len({group_of(p, pattern) for p in photos}) for photos in (train, val)]
+    print(f"fold {fold}: {plural(len(train), 'training photo')} ({plural(groups[0], 'group')}), "
+          f"{plural(len(val), 'validation photo')} ({plural(groups[1], 'group')})", flush=True)
+    if len(val) < SMALL_FOLD:
+        print(f"warning: fold {fold} validates on {plural(len(val), 'photo')}: val_dice, and the best checkpoint "
+              "chosen by it, is their Dice alone; use fewer folds (data.n_folds) or more photos per fold",
+              file=sys.stderr, flush=True)
+
+
+def say_cpu(cfg: DictConfig, photos: int, size: list[int]) -> None:
+    """A warning at the start when a large recipe would train on the CPU, naming experiment=few_photos."""
+    if rank_zero_only.rank != 0 or (torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"):
+        return
+    h, w = (cfg.data.crop_size or cfg.data.input_size or size)[:2]
+    epochs = cfg.trainer.max_epochs
+    if photos * epochs * h * w < CPU_PIXELS:
+        return
+    print(f"warning: no GPU: {plural(photos, 'photo')} x {plural(epochs, 'epoch')} at {h}x{w} on the CPU take hours "
+          "to days; for a few photos on a CPU use the few-photo recipe (experiment=few_photos), or run on a GPU",
+          file=sys.stderr, flush=True)
+
