@@ -14,8 +14,9 @@ from torch.utils.data import BatchSampler, Dataset, DistributedSampler
 
 from carvana import CarvanaError
 from carvana.data.boxes import Box, cut_box
+from carvana.data.coco import CocoMask, read_mask_source
 from carvana.data.geometry import Geometry
-from carvana.data.io import probs_cut, read_image, read_mask, read_probs8
+from carvana.data.io import probs_cut, read_image, read_probs8
 
 
 class SegDataset(Dataset):
@@ -26,7 +27,7 @@ class SegDataset(Dataset):
     through `geometry.to_input` and the mask stays at the photo's own size, for Kaggle's metric.
     """
 
-    def __init__(self, images: list[Path], masks: list[Path] | None, geometry: Geometry,
+    def __init__(self, images: list[Path], masks: list[Path | CocoMask] | None, geometry: Geometry,
                  transform: A.Compose | None = None, stacked: list[list[Path]] | None = None,
                  boxes: dict[str, Box] | None = None, soft_masks: Iterable[Path] = ()):
         self.images, self.masks, self.geometry, self.transform = images, masks, geometry, transform
@@ -46,15 +47,19 @@ class SegDataset(Dataset):
         image = read_image(path)
         mask = None if self.masks is None else self.read_mask(self.masks[index])
         if mask is not None and mask.shape != image.shape[:2]:
-            raise CarvanaError(f"mask {self.masks[index]} is {mask.shape[0]}x{mask.shape[1]} (height x width), photo "
+            where = getattr(self.masks[index], "source", self.masks[index])  # a file, or a COCO file's photo
+            raise CarvanaError(f"mask {where} is {mask.shape[0]}x{mask.shape[1]} (height x width), photo "
                                f"{path} is {image.shape[0]}x{image.shape[1]}")
         extra = [read_stacked(p, image.shape[:2]) for p in self.stacked[index]] if self.stacked else []
         box = self.boxes[path.name] if self.boxes is not None else None
         return {"image": image, "mask": mask, "extra": extra, "box": box}
 
-    def read_mask(self, path: Path) -> np.ndarray:
-        """A mask, or a pseudo-label's probabilities cut at 0.5 -> HxW uint8 {0,1}."""
-        return (read_probs8(path) > probs_cut(0.5)).astype(np.uint8) if path in self.soft_masks else read_mask(path)
+    def read_mask(self, source: Path | CocoMask) -> np.ndarray:
+        """A mask (a file, or a photo's COCO objects), or a pseudo-label's probabilities cut at 0.5 -> HxW uint8
+        {0,1}."""
+        if isinstance(source, Path) and source in self.soft_masks:
+            return (read_probs8(source) > probs_cut(0.5)).astype(np.uint8)
+        return read_mask_source(source)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, key)  # the sampler's (index, seed), or an index
