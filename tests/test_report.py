@@ -77,6 +77,7 @@ def test_per_image_dice_by_hand(tmp_path: Path) -> None:
     assert row.dice == pytest.approx(2 * 256 / (320 + 320))
     on_disk = pd.read_csv(tmp_path / "out" / "per_image.csv", dtype={"car": str})
     assert on_disk.dice.iloc[0] == pytest.approx(0.8)
+    assert "1 photo of 1 car." in (tmp_path / "out" / "report.html").read_text()  # not '1 photos of 1 cars'
     assert not (tmp_path / "out" / "worst.png").exists()
 
 

@@ -190,7 +190,7 @@ def oof_page(tables: dict[str, pd.DataFrame], overlays: list[tuple[str, float, n
         section("summary", "Dice per photo", table(spread(per_image, unit), "summary-table", dice_formats)),
         *angles,
         section("cars", f"Dice by {unit}", row(image(plot_groups(per_group, unit), f"Dice by {unit}"),
-                f"<p>The {len(hardest)} hardest of {len(per_group)} {unit}s (all in per_{unit}.csv):</p>"
+                f"<p>The {len(hardest)} hardest of {_count(len(per_group), unit)} (all in per_{unit}.csv):</p>"
                 + table(hardest, "car-table", dice_formats))),
         section("thresholds", "Threshold sweep", row(image(plot_sweep(sweep, threshold), "Threshold sweep"),
                 f"<p>Best threshold <b>{sweep.threshold[best]:.2f}</b>: mean Dice <b>{dice_text(sweep.dice[best])}"
@@ -200,5 +200,11 @@ def oof_page(tables: dict[str, pd.DataFrame], overlays: list[tuple[str, float, n
                 *worst_parts),
     ]
     intro = (f"Predictions <code>{html.escape(str(source))}</code>, object where probability &gt; {threshold}: "
-             f"{len(per_image)} photos of {per_image[unit].nunique()} {unit}s. Numbers from the CSVs beside this page.")
+             f"{_count(len(per_image), 'photo')} of {_count(per_image[unit].nunique(), unit)}. Numbers from the CSVs "
+             "beside this page.")
     return page("Out-of-fold report", intro, sections)
+
+
+def _count(n: int, word: str) -> str:
+    """'1 photo', '3 photos'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
