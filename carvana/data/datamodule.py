@@ -14,7 +14,7 @@ from carvana.data.coco import CocoSet, read_coco
 from carvana.data.dataset import AugmentSampler, SegDataset, SizeBatchSampler, find_stacked, pad_collate
 from carvana.data.folds import Folds, group_folds, read_folds, split
 from carvana.data.geometry import Geometry
-from carvana.data.layout import find_masks, group_pattern, list_images
+from carvana.data.layout import find_masks, first_process, group_pattern, list_images
 from carvana.data.photo_check import check_photos
 from carvana.data.pseudo import select_pseudo
 from carvana.data.transforms import train_transform
@@ -108,7 +108,7 @@ class SegDataModule(pl.LightningDataModule):
         once on stderr (a resumed run that took them would move photos it trained on into validation)."""
         pattern = group_pattern(self.group)
         added = [p for p in images if folds.key(p, pattern) not in folds.fold_of]
-        if added:
+        if added and first_process():
             print(f"warning: {len(added)} photo(s) in {self.root / self.image_dir} are not in this run's folds "
                   f"{self.made_folds} (first: {added[0].name}): left out, as when the run began; a new run folder "
                   "(hydra.run.dir=...) trains on them", file=sys.stderr, flush=True)

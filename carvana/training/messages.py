@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.utilities import rank_zero_only
 
-from carvana.data.layout import group_of, group_pattern
+from carvana.data.layout import first_process, group_of, group_pattern
 
 SMALL_FOLD = 5  # validation photos below which val_dice, and the best checkpoint chosen by it, is a few photos' Dice
 # training pixels (photos x epochs x height x width) above which a CPU run is warned about: Carvana's defaults are
@@ -53,7 +52,7 @@ class _QuietInfo(logging.Filter):
 def say_photos(fold: int, train: list[Path], val: list[Path], group: str | None) -> None:
     """`fold 0: 32 training photos (2 groups), 16 validation photos (1 group)` on stdout (rank 0), and a warning on
     stderr when the validation photos are too few for val_dice to mean much."""
-    if rank_zero_only.rank != 0:
+    if not first_process():
         return
     pattern = group_pattern(group)
     groups = [len({group_of(p, pattern) for p in photos}) for photos in (train, val)]
@@ -67,7 +66,7 @@ def say_photos(fold: int, train: list[Path], val: list[Path], group: str | None)
 
 def say_cpu(cfg: DictConfig, photos: int, size: list[int]) -> None:
     """A warning at the start when a large recipe would train on the CPU, naming experiment=few_photos."""
-    if rank_zero_only.rank != 0 or (torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"):
+    if not first_process() or (torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"):
         return
     h, w = (cfg.data.crop_size or cfg.data.input_size or size)[:2]
     epochs = cfg.trainer.max_epochs
