@@ -2,6 +2,7 @@
 answered in one JSON line with the service healthy afterwards, SIGTERM with a request in flight, the page in Chromium.
 One service process for the module (tiny random-weight U-Net, 64x96 network input) and one short-lived for SIGTERM."""
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -23,7 +25,10 @@ import pytest
 from conftest import REPO, SHARED_DATA, write_checkpoint
 from test_predict import predict_args, predict_here
 
+from carvana import CarvanaError
+from carvana.cli import compose
 from carvana.data.io import probs_cut, read_probs8, write_image
+from carvana.data.photo_check import check_photos
 from carvana.data.rle import rle_encode
 from carvana.serve.batcher import Batcher
 
@@ -222,7 +227,7 @@ def test_bad_input_is_one_json_line_and_the_service_goes_on(served: dict) -> Non
     cases = [  # (what, the request, status, a part of the message)
         ("not an image", lambda: post(url, b"just some text\n" * 20), 422, "not a readable image"),
         ("truncated JPEG", lambda: post(url, jpeg[: len(jpeg) // 2]), 422, "truncated"),
-        ("truncated PNG", lambda: post(url, png[: len(png) - 40]), 422, "cannot be decoded"),
+        ("truncated PNG", lambda: post(url, png[: len(png) - 40]), 422, "is corrupt (libpng error"),
         ("empty file", lambda: post(url, b""), 422, "empty"),
         ("missing field", lambda: post(url, jpeg, field="photo"), 400, "'image'"),
         ("unknown output", lambda: post(url, jpeg, "?output=gif"), 400, "output=gif: choose one of png, cutout, rle"),
@@ -242,6 +247,144 @@ def test_bad_input_is_one_json_line_and_the_service_goes_on(served: dict) -> Non
     assert status == 200 and decode(body).shape == SIZES["car_01.jpg"]
     assert health(url)["admitted"] == 0
     assert "Traceback" not in served["main"].stderr.read_text()
+
+
+def corrupt_middle(data: bytes) -> bytes:
+    """2,000 bytes in the middle of a file overwritten (seed 0), its end marker intact: the issue's photo."""
+    middle = len(data) // 2
+    return data[:middle] + np.random.default_rng(0).bytes(2000) + data[middle + 2000 :]
+
+
+def check_corrupt_refused(url: str, data: bytes, tmp_path: Path, stderr: Path) -> None:
+    """predict.py's photo check refuses the corrupt file, and the service answers it 422 in one line, libjpeg's
+    warning kept out of its log."""
+    path = tmp_path / "corrupt.jpg"
+    path.write_bytes(corrupt_middle(data))
+    with pytest.raises(CarvanaError, match="is corrupt"):
+        list(check_photos([path]))
+    status, headers, body = post(url, path.read_bytes())
+    assert status == 422 and headers["content-type"] == "application/json", (status, body[:300])
+    message = json.loads(body)["error"]
+    assert message.startswith("the photo is corrupt (Corrupt JPEG data") and "\n" not in message, message
+    assert "Corrupt JPEG" not in stderr.read_text()
+    assert post(url, data)[0] == 200, "the intact photo is answered"
+
+
+def test_a_jpeg_corrupt_in_the_middle_is_refused_as_predict_py_refuses_it(served: dict, tmp_path: Path) -> None:
+    _, data = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    check_corrupt_refused(served["url"], data.tobytes(), tmp_path, served["main"].stderr)
+
+
+def test_a_real_photo_corrupt_in_the_middle_is_refused(served: dict, shared_data: Path, tmp_path: Path) -> None:
+    photo = min((shared_data / "real" / "test").glob("*.jpg"))
+    check_corrupt_refused(served["url"], photo.read_bytes(), tmp_path, served["main"].stderr)
+
+
+def send_raw(url: str, head: bytes, body: list[bytes] | None = None, close_early: bool = False) -> bytes:
+    """Send a request's head, then its body piece by piece while a thread reads the answer (the service may answer and
+    close before the body ends) -> the answer's bytes; close_early: hang up after the first piece instead."""
+    host, port = url.removeprefix("http://").split(":")
+    answer = []
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        reader = threading.Thread(target=lambda: answer.append(read_to_end(sock)))
+        reader.start()
+        try:
+            sock.sendall(head)
+            for piece in body or []:
+                sock.sendall(piece)
+                if close_early:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    break
+        except OSError:
+            pass  # answered and closed already
+        reader.join(timeout=60)
+    return answer[0]
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    pieces = []
+    try:
+        while piece := sock.recv(65536):
+            pieces.append(piece)
+    except OSError:
+        pass  # reset after the answer: what came before it counts
+    return b"".join(pieces)
+
+
+def multipart_head(url: str, boundary: str, length: int | None) -> bytes:
+    """The head of POST /predict, Content-Length `length`, or chunked for None."""
+    size = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    return (f"POST /predict HTTP/1.1\r\nHost: {url.removeprefix('http://')}\r\nConnection: close\r\n{size}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+
+
+def part_open(boundary: str) -> bytes:
+    """The multipart body up to the file `image`'s first byte."""
+    return f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'.encode()
+
+
+def chunked(pieces: list[bytes]) -> list[bytes]:
+    return [f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces] + [b"0\r\n\r\n"]
+
+
+def test_a_chunked_upload_is_counted_as_it_arrives(served: dict) -> None:
+    """A chunked body has no Content-Length: past the limit (21 MB at MAX_PIXELS) it is refused 413 as it arrives,
+    not read whole; a chunked photo under it is answered."""
+    url, boundary = served["url"], uuid.uuid4().hex
+    open_ = part_open(boundary)
+    close = f"\r\n--{boundary}--\r\n".encode()
+    answer = send_raw(url, multipart_head(url, boundary, None), chunked([open_, *[bytes(1 << 20)] * 30, close]))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    message = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert message.startswith(f"the upload passed {8 * MAX_PIXELS + (1 << 20)} bytes"), message
+    photo = (served["photos"] / "car_01.jpg").read_bytes()
+    answer = send_raw(url, multipart_head(url, boundary, None), chunked([open_, photo[:1000], photo[1000:], close]))
+    assert answer.startswith(b"HTTP/1.1 200") and decode(answer.partition(b"\r\n\r\n")[2]).shape == (64, 96)
+
+
+def test_a_client_gone_mid_upload_is_one_log_line(served: dict) -> None:
+    url, boundary, stderr = served["url"], uuid.uuid4().hex, served["main"].stderr
+    before = stderr.read_text().count("disconnected before its upload ended")
+    for _ in range(3):
+        send_raw(url, multipart_head(url, boundary, 1 << 20), [part_open(boundary) + b"x" * 1000],
+                 close_early=True)
+    deadline = time.monotonic() + 30
+    while stderr.read_text().count("disconnected before its upload ended") < before + 3:
+        assert time.monotonic() < deadline, stderr.read_text()[-3000:]
+        time.sleep(0.05)
+    assert "Traceback" not in stderr.read_text() and health(url)["admitted"] == 0
+
+
+def get_as(url: str, host: str, path: str = "/health") -> tuple[int, dict, bytes]:
+    """GET with this Host header and an Origin of another site (what a page reached through DNS rebinding sends)."""
+    request = urllib.request.Request(url + path, headers={"Host": host, "Origin": f"http://{host}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_a_host_that_does_not_name_the_service_is_refused(served: dict) -> None:
+    """DNS rebinding: a page of rebind.example reaching 127.0.0.1 sends Host: rebind.example; the loopback names pass;
+    no answer carries CORS headers."""
+    from carvana.serve.hosts import allowed_hosts
+
+    url = served["url"]
+    port = url.rsplit(":", 1)[1]
+    status, headers, body = get_as(url, f"rebind.example:{port}")
+    message = json.loads(body)["error"]
+    assert status == 400 and headers["content-type"] == "application/json", (status, body)
+    assert message.startswith(f"Host rebind.example:{port} is not a name of this service (127.0.0.1, localhost, [::1]")
+    assert "allowed_hosts=[...]" in message and "\n" not in message, message
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST"):
+        status, headers, _ = get_as(url, host)
+        assert status == 200 and not any(h.lower().startswith("access-control") for h in headers), (host, headers)
+    assert allowed_hosts("0.0.0.0", None)[:3] == ["127.0.0.1", "localhost", "[::1]"]
+    assert allowed_hosts("::1", None) == ["127.0.0.1", "localhost", "[::1]"]
+    assert allowed_hosts("10.1.2.3", ["*"]) == ["*"]
+    with pytest.raises(CarvanaError, match=r"allowed_hosts: ex\*ample.com is not a host name"):
+        allowed_hosts("127.0.0.1", ["ex*ample.com"])
 
 
 def get_raw(url: str) -> tuple[int, dict, bytes]:
@@ -268,6 +411,12 @@ class FailingPredictor:
     def inputs(self, image: np.ndarray) -> np.ndarray:
         return image
 
+    def kind(self, size: tuple[int, int], tta: str) -> tuple:
+        return size, tta, False
+
+    def batch_limit(self, kind: tuple) -> int:
+        return 4
+
     def forward(self, kind: tuple, items: list) -> list:
         if self.fail:
             raise RuntimeError("an unexpected fault\nover two lines")
@@ -282,23 +431,30 @@ class ReadyProbs:
         return self.probs8[None]
 
 
-def test_an_internal_error_is_a_json_500_and_the_service_goes_on(served: dict, capfd: pytest.CaptureFixture) -> None:
+@contextlib.contextmanager
+def serving_here(cfg: dict, predictor: object) -> Iterator[str]:
+    """The service's app around `predictor`, served by uvicorn in a thread of this process -> its URL."""
     import uvicorn
 
-    from carvana.cli import compose
     from carvana.serve.app import create_app
 
-    predictor = FailingPredictor()
-    app = create_app(compose("serve", ["ckpt=unused"]), predictor)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, predictor), log_level="error"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     thread.start()
     try:
         while not server.started:
             time.sleep(0.02)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_an_internal_error_is_a_json_500_and_the_service_goes_on(served: dict, capfd: pytest.CaptureFixture) -> None:
+    predictor = FailingPredictor()
+    with serving_here(compose("serve", ["ckpt=unused"]), predictor) as url:
         photo = (served["photos"] / "car_01.jpg").read_bytes()
         status, headers, body = post(url, photo)
         assert status == 500 and headers["content-type"] == "application/json", body
@@ -306,10 +462,37 @@ def test_an_internal_error_is_a_json_500_and_the_service_goes_on(served: dict, c
         predictor.fail = False
         status, _, body = post(url, photo)
         assert status == 200 and (decode(body) == 200).all() and decode(body).shape == SIZES["car_01.jpg"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     assert "RuntimeError: an unexpected fault" in capfd.readouterr().err  # the traceback stays in the service's log
+
+
+def test_a_photo_past_max_input_pixels_goes_in_predict_pys_tiles(served: dict, tmp_path: Path) -> None:
+    """A full-size model (input: the photo padded), max_input_pixels of 4 tiles of 64x96: a 200x300 photo (input
+    224x320) gets predict.py's tile=[64,96] mask (batch_size=4 tiles a forward), not the whole one; photos of 64x96
+    share a forward 4 at most; with tile=null the large photo is refused in one line."""
+    from carvana.serve.photos import PhotoError
+    from carvana.serve.predictor import Predictor
+
+    ckpt = write_checkpoint(tmp_path / "full.ckpt", input_size=None)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    yy, xx = np.mgrid[:200, :300]
+    write_image(photos / "big.png", np.dstack([xx % 256, yy, (xx * yy) % 256]).astype(np.uint8))
+    masks = {}
+    for name, tile in (("tiled", "tile=[64,96]"), ("whole", "tile=null")):
+        run = predict_here(predict_args(ckpt, tmp_path / name, f"input_dir={photos}", "trainer=cpu", tile))
+        assert run.code == 0, run.err[-2000:]
+        masks[name] = read_probs8(tmp_path / name / "big.png")
+    assert not np.array_equal(masks["tiled"], masks["whole"])
+    settings = [f"ckpt={ckpt}", "tta=none", f"max_input_pixels={4 * 64 * 96}", "tile=[64,96]"]
+    predictor = Predictor(compose("serve", settings))
+    assert predictor.batch_limit(predictor.kind((64, 96), "none")) == 4
+    assert predictor.batch_limit(predictor.kind((64, 100), "none")) == 3  # 64x128 inputs: 3 fit
+    with serving_here(compose("serve", settings), predictor) as url:
+        status, _, body = post(url, (photos / "big.png").read_bytes(), filename="big.png")
+        assert status == 200 and np.array_equal(decode(body), masks["tiled"])
+    untiled = Predictor(compose("serve", [*settings[:-1], "tile=null"]))
+    with pytest.raises(PhotoError, match=r"network input is 71680 pixels, over max_input_pixels=24576, and tile=null"):
+        untiled.kind((200, 300), "none")
 
 
 def test_batcher_groups_by_kind_within_max_batch() -> None:
@@ -403,7 +586,8 @@ def check_page(sync_api: object, url: str, photo: Path, tmp_path: Path) -> None:
     assert cutout == [True, width, height] and f"{width}x{height}" in status, (cutout, status)
     mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
     assert mask_path.name == f"{photo.stem}_mask.png" and mask.shape == (height, width), (mask_path, mask.shape)
-    # the page asks for the mask and the cut-out at once: they share a forward, which may round a pixel a level apart
+    # the page asks for the mask and the cut-out at once: two forwards as a rule; should they share one, it may round a
+    # pixel a level apart
     diff = np.abs(mask.astype(int) - decode(post(url, photo.read_bytes())[2]).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (diff.max(), (diff > 0).sum())
     image = cv2.imread(str(shot))

@@ -16,8 +16,8 @@ def check_settings(cfg: dict) -> None:
     if not cfg["ckpt"]:
         raise CarvanaError("ckpt= is required: python -m carvana.serve ckpt=last.ckpt (a glob or a list [A, B] for an "
                            "ensemble, or a .onnx file)")
-    for key, least in (("max_batch", 1), ("max_wait_ms", 0), ("max_queue", 1), ("max_pixels", 1), ("port", 0),
-                       ("threads", 1)):
+    for key, least in (("max_batch", 1), ("max_wait_ms", 0), ("max_queue", 1), ("max_pixels", 1),
+                       ("max_input_pixels", 1), ("port", 0), ("threads", 1)):
         value = cfg[key]
         if value is None and key == "threads":
             continue
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose("serve", words)
         check_settings(cfg)
         import_server()
+        from carvana.serve.hosts import allowed_hosts
+
+        allowed_hosts(cfg["host"], cfg["allowed_hosts"])  # checked before the model loads
         sock = listen(cfg["host"], cfg["port"])
         from carvana.serve.predictor import Predictor
 

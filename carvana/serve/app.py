@@ -2,6 +2,7 @@
 the threadpool; the forward happens in the Batcher's one model thread. Every error is JSON {"error": "<one line>"}."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,16 +13,21 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
 
 from carvana import CarvanaError
+from carvana.data.photo_check import PhotoChecker
 from carvana.model.tta import TTAS
 from carvana.serve.batcher import Batcher
+from carvana.serve.hosts import HostCheck, allowed_hosts
 from carvana.serve.photos import OUTPUTS, PhotoError, decode_photo, encode
 from carvana.serve.predictor import Predictor
 
 PAGE = Path(__file__).with_name("page.html")
 ROUTES = "GET /, GET /health, POST /predict"
 RETRY_AFTER_S = 1  # a full queue drains in about max_queue / max_batch forwards
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own: its format, its log_level
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -34,9 +40,39 @@ def upload_limit(max_pixels: int) -> int:
     return 8 * max_pixels + (1 << 20)
 
 
+def count_bytes(receive: Receive, limit: int, max_pixels: int) -> Receive:
+    """`receive` whose body past `limit` bytes is PhotoError 413, counted as it arrives: a chunked upload has no
+    Content-Length to refuse it by."""
+    total = 0
+
+    async def receive_counted() -> Message:
+        nonlocal total
+        message = await receive()
+        total += len(message.get("body", b""))
+        if total > limit:
+            raise PhotoError(413, f"the upload passed {limit} bytes: more than a photo of max_pixels={max_pixels} "
+                                  "takes; send the photo alone, smaller")
+        return message
+
+    return receive_counted
+
+
+async def read_image_field(request: Request, max_pixels: int) -> bytes:
+    """The bytes of the multipart file `image`, at most upload_limit(max_pixels) of body read (PhotoError 413 past it,
+    400 without the field)."""
+    counted = Request(request.scope, count_bytes(request.receive, upload_limit(max_pixels), max_pixels))
+    async with counted.form(max_files=1, max_fields=8) as form:
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise PhotoError(400, "no file in the multipart field 'image': send the photo as -F image=@photo.jpg")
+        return await upload.read()
+
+
 def create_app(cfg: dict, predictor: Predictor) -> FastAPI:
     """The FastAPI app of conf/serve.yaml's settings around a loaded Predictor; its lifespan runs the model thread."""
-    batcher = Batcher(predictor.forward, cfg["max_batch"], cfg["max_wait_ms"], setup=predictor.set_threads)
+    batcher = Batcher(predictor.forward, cfg["max_batch"], cfg["max_wait_ms"], setup=predictor.set_threads,
+                      limit=predictor.batch_limit)
+    checker = PhotoChecker()
     page = PAGE.read_text()
     state = {"admitted": 0, "answered": 0}
 
@@ -45,10 +81,13 @@ def create_app(cfg: dict, predictor: Predictor) -> FastAPI:
         batcher.start()
         yield
         batcher.stop()  # uvicorn has answered the requests in flight by now
+        checker.close()
 
     # no /docs: FastAPI's pages load their scripts from a CDN
     app = FastAPI(title="carvana", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.counts = state
+    # the Host must name the service (DNS rebinding); no CORS middleware: other sites' pages cannot read its answers
+    app.add_middleware(HostCheck, allowed_hosts=allowed_hosts(cfg["host"], cfg["allowed_hosts"]))
 
     @app.exception_handler(PhotoError)
     async def photo_error(request: Request, err: PhotoError) -> JSONResponse:
@@ -64,6 +103,12 @@ def create_app(cfg: dict, predictor: Predictor) -> FastAPI:
             return error(err.status_code, f"no {request.method} {request.url.path} here: the service answers {ROUTES}",
                          err.headers)
         return error(err.status_code, err.detail, err.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, err: ClientDisconnect) -> Response:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        LOG.info("%s disconnected before its upload ended: not answered", client)  # nothing to fix here
+        return Response(status_code=400)  # uvicorn sends nothing to a gone client
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -103,14 +148,11 @@ def create_app(cfg: dict, predictor: Predictor) -> FastAPI:
                               f"in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
         state["admitted"] += 1
         try:
-            async with request.form(max_files=1, max_fields=8) as form:
-                upload = form.get("image")
-                if not isinstance(upload, UploadFile):
-                    return error(400, "no file in the multipart field 'image': send the photo as -F image=@photo.jpg")
-                data = await upload.read()
-            image = await run_in_threadpool(decode_photo, data, cfg["max_pixels"])
+            data = await read_image_field(request, cfg["max_pixels"])
+            image = await run_in_threadpool(decode_photo, data, cfg["max_pixels"], checker)
             inputs = await run_in_threadpool(predictor.inputs, image)  # resized or padded: the network's input
-            probs8, index = await asyncio.wrap_future(batcher.submit((image.shape[:2], tta), inputs))
+            kind = predictor.kind(image.shape[:2], tta)  # tiled past max_input_pixels
+            probs8, index = await asyncio.wrap_future(batcher.submit(kind, inputs))
             body = await run_in_threadpool(lambda: encode(output, image, probs8.numpy()[index], cfg["threshold"],
                                                           cfg["cutout_alpha"]))
             state["answered"] += 1

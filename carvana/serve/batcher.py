@@ -18,12 +18,14 @@ class _Job:
 
 
 class Batcher:
-    """`forward(kind, items) -> results` (one per item) run by one thread on batches of items of one kind; `setup()`
-    runs first in that thread (torch's thread count is the calling thread's)."""
+    """`forward(kind, items) -> results` (one per item) run by one thread on batches of items of one kind, at most
+    `limit(kind)` (default max_batch) a batch; `setup()` runs first in that thread (torch's thread count is the calling
+    thread's)."""
 
     def __init__(self, forward: Callable[[Hashable, list], list], max_batch: int, max_wait_ms: float,
-                 setup: Callable[[], None] | None = None):
+                 setup: Callable[[], None] | None = None, limit: Callable[[Hashable], int] | None = None):
         self.forward, self.max_batch, self.max_wait, self.setup = forward, max_batch, max_wait_ms / 1000, setup
+        self.limit = limit or (lambda kind: max_batch)  # items of a kind in one forward (a big photo's: fewer)
         self.jobs: deque[_Job] = deque()
         self.changed = threading.Condition()
         self.stopping = False
@@ -57,7 +59,7 @@ class Batcher:
         self.thread.join()
 
     def _next_batch(self) -> list[_Job] | None:
-        """The oldest job and up to max_batch - 1 others of its kind, once max_batch are there or the oldest has waited
+        """The oldest job and up to limit - 1 others of its kind, once limit are there or the oldest has waited
         max_wait; None when stopping with nothing queued. Jobs of other kinds keep their places."""
         with self.changed:
             while not self.jobs:
@@ -65,11 +67,11 @@ class Batcher:
                     return None
                 self.changed.wait()
             first = self.jobs[0]
-            deadline = first.arrived + self.max_wait
+            deadline, most = first.arrived + self.max_wait, self.limit(first.kind)
             while True:
-                batch = [job for job in self.jobs if job.kind == first.kind][: self.max_batch]
+                batch = [job for job in self.jobs if job.kind == first.kind][:most]
                 left = deadline - time.monotonic()
-                if len(batch) == self.max_batch or left <= 0 or self.stopping:
+                if len(batch) == most or left <= 0 or self.stopping:
                     break
                 self.changed.wait(left)
             for job in batch:

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from carvana.data.io import JPEG_END, is_jpeg, probs_cut
+from carvana.data.photo_check import PhotoChecker
 from carvana.data.rle import rle_encode
 from carvana.predict.writer import cutout
 
@@ -24,10 +25,10 @@ class PhotoError(Exception):
         self.status = status
 
 
-def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_photo(data: bytes, max_pixels: int, checker: PhotoChecker) -> np.ndarray:
     """An upload's bytes -> HxWx3 uint8 RGB as read_image reads them (JPEG, PNG, TIFF; grey, RGB or RGBA; EXIF
-    orientation applied). Not a readable image, truncated, empty: PhotoError 422; over max_pixels: 413, before any
-    decoding (the size is read from the header)."""
+    orientation applied). Not a readable image, truncated, corrupt (predict.py's photo check), empty: PhotoError 422;
+    over max_pixels: 413, before any decoding (the size is read from the header)."""
     if not data:
         raise PhotoError(422, "the image field is empty: send a photo (JPEG, PNG or TIFF)")
     try:
@@ -46,6 +47,9 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
     # cv2 decodes a truncated JPEG with a grey tail and only a warning: read_image's end-of-image check
     if is_jpeg(buffer) and not buffer[-64:].tobytes().rstrip(b"\x00").endswith(JPEG_END):
         raise PhotoError(422, "the photo is truncated (no JPEG end marker): send the whole file")
+    why = checker.check(data)  # libjpeg decodes corrupt data with a mere warning: predict.py refuses such a photo
+    if why:
+        raise PhotoError(422, f"the photo is corrupt ({why}): send an intact copy")
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)  # grey and RGBA photos come out as 3 channels
     if bgr is None:
         raise PhotoError(422, f"the photo ({width}x{height} by its header) cannot be decoded: truncated or corrupt")
