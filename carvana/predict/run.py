@@ -14,9 +14,10 @@ import torch
 from carvana import CarvanaError
 from carvana.cli import check_threshold
 from carvana.data.boxes import load_boxes
+from carvana.data.coco import CocoMask, annotations_path, read_coco, read_mask_source
 from carvana.data.dataset import find_stacked
 from carvana.data.folds import read_folds, split
-from carvana.data.io import probs_cut, read_mask, read_probs8
+from carvana.data.io import probs_cut, read_probs8
 from carvana.data.layout import (
     CAR_GROUP,
     EACH_PHOTO,
@@ -75,13 +76,14 @@ def check_settings(cfg: dict) -> list[str]:
     return write
 
 
-def dice_table(images: list[Path], probs_dir: Path, masks: list[Path], threshold: float, group: str) -> pd.DataFrame:
+def dice_table(images: list[Path], probs_dir: Path, masks: list[Path | CocoMask], threshold: float, group: str
+               ) -> pd.DataFrame:
     """Per-photo Kaggle Dice of written predictions against their masks -> DataFrame[image, car, angle, dice] for
     Carvana's names, [image, group, dice] for other groups (the report's columns)."""
     rows, pattern, unit = [], group_pattern(group), "car" if group == CAR_GROUP else "group"
     for path, mask in progress(list(zip(images, masks)), "scoring the predictions", len(images)):
         pred = torch.from_numpy(read_probs8(probs_dir / f"{path.stem}.png") > probs_cut(threshold))
-        truth = torch.from_numpy(read_mask(mask))
+        truth = torch.from_numpy(read_mask_source(mask))
         dice = float(dice_per_image(pred[None, None], truth[None, None])[0])
         angle = {"angle": angle_of(path)} if unit == "car" else {}
         rows.append({"image": path.name, unit: group_of(path, pattern), **angle, "dice": dice})
@@ -156,13 +158,19 @@ def same_folder(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_apart(output_dir: Path, photos_dir: Path, key: str) -> None:
+def check_apart(output_dir: Path, cfg: dict, meta: dict, root: Path) -> None:
     """Refuse an output_dir that is the photos' folder, or whose cutouts/ is: the predictions (<photo>.png) would be
     written over photos, removed as old predictions by overwrite=true, and listed as photos by the next run."""
+    if cfg["predict_on_val"]:
+        photos_dir = root / meta.get("image_dir", "train")
+        where = f"{photos_dir}, of data.root={root}"
+    else:
+        given = Path(cfg["input_dir"] or root / "test")
+        photos_dir, where = given.parent if given.is_file() else given, f"input_dir={given}"
     for folder in (output_dir, output_dir / CUTOUTS):
         if same_folder(folder, photos_dir):
             raise CarvanaError(f"output_dir={output_dir}: its {'' if folder == output_dir else CUTOUTS + '/ '}folder "
-                               f"holds the photos ({key}={photos_dir}): predictions go into a folder of their own, "
+                               f"holds the photos ({where}): predictions go into a folder of their own, "
                                f"e.g. output_dir={photos_dir.parent / (photos_dir.name + '_predictions')}")
 
 
@@ -183,6 +191,10 @@ def choose_photos(cfg: dict, meta: dict, root: Path, group: str, fold: int | Non
     if not cfg["predict_on_val"]:
         return find_photos(cfg["input_dir"] or root / "test", "input_dir"), None, None
     folds = read_folds(cfg["data"]["folds"] or meta.get("folds"))
+    if meta.get("annotations"):  # data=coco: the photos its file lists, their masks drawn from their objects
+        coco = read_coco(meta["annotations"], root, meta.get("categories"))
+        images = split(coco.images, folds, fold, group_pattern(group))[1]
+        return images, coco.masks_of(images), annotations_path(meta["annotations"], root)
     photos = list_images(root / meta.get("image_dir", "train"), "data.root")
     images = split(photos, folds, fold, group_pattern(group))[1]
     masks_dir = root / meta.get("val_mask_dir", "train_masks")
@@ -205,9 +217,8 @@ def run(cfg: dict) -> tuple[str, int]:
     if cfg["predict_on_val"] and "png" not in write:
         raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
     fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
+    check_apart(output_dir, cfg, meta, root)  # before the photos are listed and anything in output_dir is touched
     images, masks, masks_dir = choose_photos(cfg, meta, root, group, fold)
-    # before any file of output_dir is touched
-    check_apart(output_dir, images[0].parent, "data.root" if cfg["predict_on_val"] else "input_dir")
     if "rle" in write:
         check_row_names(images)
     provenance = {"data_root": str(root), "group": group, "images_dir": str(images[0].parent),
