@@ -572,7 +572,7 @@ def everything(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("where", "overwrite"), [("same", "false"), ("same", "true"), ("through_dotdot", "true"),
-                                                  ("its_cutouts", "true")])
+                                                  ("its_cutouts", "true"), ("one_photo", "true")])
 def test_an_output_dir_holding_the_photos_is_refused_before_anything_is_touched(where: str, overwrite: str,
                                                                                  ckpt_pad: Path, tmp_path: Path):
     """Issue 38.1: PNG photos with output_dir=input_dir were removed by overwrite=true as old predictions."""
@@ -580,13 +580,14 @@ def test_an_output_dir_holding_the_photos_is_refused_before_anything_is_touched(
     out.mkdir()
     photos = _photos(out if where == "its_cutouts" else tmp_path, ["car_01.png", "car_02.png"])
     photos = photos.rename(out / "cutouts") if where == "its_cutouts" else photos
-    output_dir = {"same": photos, "through_dotdot": photos / ".." / photos.name, "its_cutouts": out}[where]
+    output_dir = {"same": photos, "through_dotdot": photos / ".." / photos.name, "its_cutouts": out}.get(where, photos)
+    given = photos / "car_01.png" if where == "one_photo" else photos
     before = everything(tmp_path)
-    run = predict_here(predict_args(ckpt_pad, output_dir, f"input_dir={photos}", f"overwrite={overwrite}",
+    run = predict_here(predict_args(ckpt_pad, output_dir, f"input_dir={given}", f"overwrite={overwrite}",
                                     "write=[png,cutout]"))
     assert run.code == 2, run.out + run.err
     errors = run.errors()
-    assert len(errors) == 1 and f"output_dir={output_dir}" in errors[0] and f"input_dir={photos}" in errors[0], errors
+    assert len(errors) == 1 and f"output_dir={output_dir}" in errors[0] and f"input_dir={given}" in errors[0], errors
     assert everything(tmp_path) == before  # the photos as they were, nothing written
 
 

@@ -10,9 +10,11 @@ import random
 import runpy
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from unittest import mock
 
@@ -175,6 +177,38 @@ def test_prediction_killed_and_resumed_writes_the_same_bytes(model: Path, carvan
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_process_group_stops_a_tiled_run_resumably(model: Path, carvana_root: Path, tmp_path: Path):
+    """Issue 38.10: SIGTERM to predict.py and its DataLoader worker (as `timeout` sends it) once the first photo is
+    written: exit 143 within a photo, a last line that says so, no traceback, what is written kept; the same command
+    predicts only the rest."""
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for copy in range(3):  # 48 photos, each in 12 tiles: seconds of work after the first one is written
+        for photo in sorted((carvana_root / "test").glob("*.jpg")):
+            shutil.copy(photo, photos / f"{copy}{photo.name}")
+    out = tmp_path / "pred"
+    cmd = [sys.executable, "predict.py", f"ckpt={model}", f"input_dir={photos}", f"output_dir={out}", "tile=[32,32]",
+           "batch_size=1", "num_workers=1", "tta=hflip", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={tmp_path / 'h'}", *QUIET]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.png")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]  # after Lightning's own notices
+    assert last.startswith("stopped by SIGTERM: ") and "Traceback" not in stderr, stderr[-3000:]
+    written = len(list(out.glob("*.png")))
+    assert 0 < written < 48 and f"{written} of 48 photos are written" in last
+    no_temporaries(out)
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rerun.stdout.strip().splitlines()[-1].startswith(f"predicted={48 - written} skipped={written} ")
+
+
+@pytest.mark.slow
 def test_submission_killed_and_started_again_is_whole(tmp_path: Path, shared_data: Path):
     """Kaggle's 100,064 names, 20,000 predicted rows of a car's size: kill -9 while merging, then again."""
     names = pd.read_csv(shared_data / "sample_submission.csv")["img"].tolist()[:20_000]
@@ -306,6 +340,25 @@ def _two_thresholds(s: dict) -> list[str]:
     return [*_submit(s)[1:], f"probs_dir=[{s['earlier']},{other}]"]
 
 
+def _damaged(s: dict) -> Path:
+    """A copy of the model with 8 bytes of its largest weight changed (torch.load reads it without a word)."""
+    copy = s["tmp"] / "damaged.ckpt"
+    if not copy.exists():
+        shutil.copy(s["model"], copy)
+        with zipfile.ZipFile(copy) as archive:
+            member = max(archive.infolist(), key=lambda info: info.file_size)
+        with open(copy, "r+b") as f:
+            f.seek(member.header_offset + 26)
+            f.seek(member.header_offset + 30 + sum(struct.unpack("<HH", f.read(4))) + 64)
+            f.write(b"\x7f" * 8)
+    return copy
+
+
+def _into_the_photos(s: dict) -> list[str]:
+    """PNG photos (the earlier run's predictions, taken as photos) predicted into their own folder, overwrite=true."""
+    return [f"input_dir={s['earlier']}", f"output_dir={s['earlier']}", "overwrite=true"]
+
+
 BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
     "train: batch_size 0": ("train.py", lambda s: _train(s, "data.batch_size=0"), "data.batch_size=0"),
     "train: negative workers": ("train.py", lambda s: _train(s, "data.num_workers=-1"), "data.num_workers=-1"),
@@ -339,6 +392,8 @@ BAD_INPUTS = {  # id: (entry point, its words, what the one line must name)
     "predict: other settings in the folder": ("predict.py",
                                               lambda s: _predict(s, f"output_dir={s['earlier']}", "write=[png,rle]",
                                                                  "tta=none", "threshold=0.3"), "tta"),
+    "predict: output_dir is input_dir": ("predict.py", lambda s: _predict(s, *_into_the_photos(s)), "holds the photos"),
+    "predict: damaged checkpoint": ("predict.py", lambda s: _predict(s, f"ckpt={_damaged(s)}"), "is damaged"),
     "submit: threshold 2": ("submit.py", lambda s: _submit(s, "threshold=2"), "threshold=2"),
     "submit: other threshold than the shards'": ("submit.py", lambda s: _submit(s, "threshold=0.5"), "0.3"),
     "submit: folders at two thresholds": ("submit.py", _two_thresholds, "give threshold="),
