@@ -249,6 +249,10 @@ def test_ckpt_path_resumes_the_run(trained_run: dict, carvana_root: Path, tmp_pa
     resumed = load_ckpt(out / "checkpoints" / "last.ckpt")
     assert (resumed["epoch"], resumed["global_step"]) == (1, 10)  # 8 steps of epoch 0, then 2
     check_best_of(out, dice, ckpt)
+    # started again in its folder: from its own last.ckpt, not from the ckpt_path= its record holds
+    proc = run_train([f"hydra.run.dir={out}"])
+    assert result_of(proc) == (dice, ckpt) and f"resuming from {out / 'checkpoints' / 'last.ckpt'}" in proc.stdout
+    assert load_ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 10
 
 
 def check_best_of(out: Path, dice: float, ckpt: Path) -> None:

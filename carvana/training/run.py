@@ -149,6 +149,17 @@ def provenance(cfg: DictConfig, dm: SegDataModule) -> dict:
             "bboxes": None if d.bboxes is None else str(d.bboxes), **coco_settings(d)}
 
 
+def resumed_checkpoint(cfg: DictConfig, out_dir: Path, last: Path) -> str | None:
+    """The checkpoint this start resumes: ckpt_path, or the run folder's last.ckpt (a requeued cluster job, a run
+    started again by hand), checked now (a missing or foreign file, other settings: one line); its folds kept."""
+    ckpt_path = cfg.ckpt_path or (str(last) if last.is_file() else None)
+    if ckpt_path:
+        saved = read_checkpoint(ckpt_path, key="ckpt_path")["hyper_parameters"]
+        check_resumed_settings(ckpt_path, saved, module_kwargs(cfg, data={}))
+        keep_folds(cfg.data.folds, ckpt_path, saved.get("data") or {}, out_dir)
+    return ckpt_path
+
+
 def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     """Train one fold; return (best val_dice, best checkpoint path, whether this process is rank 0)."""
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a key an experiment requires (???) first
@@ -159,13 +170,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
     remove_dead_temporaries(out_dir / "checkpoints")
-    # a run folder that holds a last.ckpt resumes from it: a requeued cluster job, a run started again by hand
     last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = cfg.ckpt_path or (str(last) if last.is_file() else None)
-    if ckpt_path:  # a missing or foreign file, or other settings than it was trained with: one line, before work
-        saved = read_checkpoint(ckpt_path, key="ckpt_path")["hyper_parameters"]
-        check_resumed_settings(ckpt_path, saved, module_kwargs(cfg, data={}))
-        keep_folds(cfg.data.folds, ckpt_path, saved.get("data") or {}, out_dir)
+    ckpt_path = resumed_checkpoint(cfg, out_dir, last)
     dm = build_datamodule(cfg, out_dir)
     module = build_module(cfg, provenance(cfg, dm))
     say_photos(cfg.fold, dm.train_set.images, dm.val_set.images, cfg.data.group)

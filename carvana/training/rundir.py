@@ -39,6 +39,8 @@ def restart_words(words: list[str]) -> list[str]:
     if saved is None or not saved.is_file():
         return words
     given = {_key(w) for w in words}
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        given.add("ckpt_path")  # the run's own last.ckpt, not the checkpoint it first started from
     kept = [str(w) for w in OmegaConf.load(saved) if _key(str(w)) not in given]
     return [*kept, *words, "hydra.output_subdir=null"]
 
