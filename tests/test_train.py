@@ -615,7 +615,7 @@ def test_a_resumed_run_keeps_its_folds(carvana_root: Path, tmp_path: Path):
     assert (other / "folds.csv").read_bytes() == folds
 
 
-def test_a_tiny_fold_and_a_large_cpu_run_are_warned_about(capsys: pytest.CaptureFixture):
+def test_a_tiny_fold_and_a_large_cpu_run_are_warned_about(capsys: pytest.CaptureFixture, tmp_path: Path):
     """1 validation photo: val_dice is that photo's Dice, said; Carvana's defaults on a machine without a GPU: hours,
     said at the start, with the few-photo recipe named; the demo's size: nothing said."""
     from carvana.training.messages import say_cpu, say_photos
@@ -626,10 +626,13 @@ def test_a_tiny_fold_and_a_large_cpu_run_are_warned_about(capsys: pytest.Capture
     assert err.startswith("warning: fold 2 validates on 1 photo:") and "data.n_folds" in err, err
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: the CPU warning is for machines without one")
-    say_cpu(compose_train(), 4070, [1280, 1918])
+    for i in range(200):  # counted, not read: the crops give the size
+        (tmp_path / "train" / f"car{i:03d}_01.jpg").parent.mkdir(exist_ok=True)
+        (tmp_path / "train" / f"car{i:03d}_01.jpg").touch()
+    say_cpu(compose_train(f"data.root={tmp_path}"))
     err = capsys.readouterr().err
-    assert err.startswith("warning: no GPU: 4070 photos x 60 epochs at 1024x1024") and "experiment=few_photos" in err
-    say_cpu(compose_train("data=synthetic"), 128, [1280, 1918])
+    assert err.startswith("warning: no GPU: 200 photos x 60 epochs at 1024x1024") and "experiment=few_photos" in err
+    say_cpu(compose_train(f"data.root={tmp_path}", "data=synthetic", "data.input_size=[192,288]"))
     assert capsys.readouterr().err == ""
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 
-from carvana.data.layout import first_process, group_of, group_pattern
+from carvana.data.layout import IMAGE_SUFFIXES, first_process, group_of, group_pattern
 
 SMALL_FOLD = 5  # validation photos below which val_dice, and the best checkpoint chosen by it, is a few photos' Dice
 # training pixels (photos x epochs x height x width) above which a CPU run is warned about: Carvana's defaults are
@@ -64,15 +65,23 @@ def say_photos(fold: int, train: list[Path], val: list[Path], group: str | None)
               file=sys.stderr, flush=True)
 
 
-def say_cpu(cfg: DictConfig, photos: int, size: list[int]) -> None:
-    """A warning at the start when a large recipe would train on the CPU, naming experiment=few_photos."""
+def say_cpu(cfg: DictConfig) -> None:
+    """A warning at the start, before the photos are checked, when a large recipe would train on the CPU: the photos
+    counted in data.root/data.image_dir (validation ones too), naming experiment=few_photos."""
     if not first_process() or (torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"):
         return
-    h, w = (cfg.data.crop_size or cfg.data.input_size or size)[:2]
-    epochs = cfg.trainer.max_epochs
-    if photos * epochs * h * w < CPU_PIXELS:
+    folder = Path(cfg.data.root) / cfg.data.image_dir
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not photos:
         return
-    print(f"warning: no GPU: {plural(photos, 'photo')} x {plural(epochs, 'epoch')} at {h}x{w} on the CPU take hours "
-          "to days; for a few photos on a CPU use the few-photo recipe (experiment=few_photos), or run on a GPU",
+    size = cfg.data.crop_size or cfg.data.input_size
+    if size is None:  # full photos: the first one's size, from its header
+        with Image.open(photos[0]) as image:
+            size = image.size[::-1]
+    h, w = size[:2]
+    epochs = cfg.trainer.max_epochs
+    if len(photos) * epochs * h * w < CPU_PIXELS:
+        return
+    print(f"warning: no GPU: {plural(len(photos), 'photo')} x {plural(epochs, 'epoch')} at {h}x{w} on the CPU take "
+          "hours to days; for a few photos on a CPU use the few-photo recipe (experiment=few_photos), or run on a GPU",
           file=sys.stderr, flush=True)
-
