@@ -1,6 +1,8 @@
 """python -m carvana.export and predict.py ckpt=model.onnx: parity with the checkpoint on a real photo, the same masks
 through predict.py, the file's metadata, and bad input (tiny 64x96 networks, CPU)."""
 
+import contextlib
+import io
 import re
 import subprocess
 import sys
@@ -177,16 +179,14 @@ def _no_output(tmp_path: Path) -> tuple[list[str], str]:
     return [f"ckpt={tmp_path / 'a.ckpt'}"], "output= is required"
 
 
-def _photo_of_another_size(tmp_path: Path) -> tuple[list[str], str]:
-    """A full-size model of 64x96 photos checked on a 96x80 photo: refused before the export."""
-    ckpt = write_checkpoint(tmp_path / "full.ckpt", data={"image_size": [64, 96]})
-    write_image(tmp_path / "photo.jpg", np.zeros((80, 96, 3), np.uint8))
-    words = [f"ckpt={ckpt}", f"output={tmp_path / 'm.onnx'}", f"photo={tmp_path / 'photo.jpg'}"]
-    return words, "predicts photos of 96x64"
+def _onnx_output_is_a_folder(tmp_path: Path) -> tuple[list[str], str]:
+    """An existing folder named *.onnx: refused before the checkpoint is even read (ckpt= names no file)."""
+    (tmp_path / "m.onnx").mkdir()
+    return [f"ckpt={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'm.onnx'}"], "is a folder: name a file"
 
 
 @pytest.mark.parametrize("case", [_other_architecture, _weights_of_another_network, _not_onnx_output, _no_output,
-                                  _photo_of_another_size],
+                                  _onnx_output_is_a_folder],
                          ids=lambda case: case.__name__.strip("_"))
 def test_export_refuses_bad_input_in_one_line(case, tmp_path: Path, capsys: pytest.CaptureFixture):
     words, message = case(tmp_path)
@@ -194,7 +194,7 @@ def test_export_refuses_bad_input_in_one_line(case, tmp_path: Path, capsys: pyte
         main(words)
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
+    assert not [p for p in tmp_path.glob("*.onnx") if p.is_file()] and not list(tmp_path.glob(".*"))
 
 
 def test_export_failure_names_the_network_and_writes_nothing(tiny_ckpt: Path, real_photos: list[Path],
@@ -230,3 +230,49 @@ def test_export_into_a_read_only_folder_says_so(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1, err
     assert f"output={folder} cannot hold the output (Read-only file system)" in err[0] and "ONNX" not in err[0], err
+
+
+@pytest.fixture(scope="module")
+def exported_pad(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A full-size (padded) tiny model of 64x96 photos, exported after a check on a 70x100 photo, in this process."""
+    folder = tmp_path_factory.mktemp("pad")
+    ckpt = write_checkpoint(folder / "pad.ckpt", data={"image_size": [64, 96]})
+    photo = folder / "check.png"
+    write_image(photo, np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main([f"ckpt={ckpt}", f"output={folder / 'pad.onnx'}", f"photo={photo}"])
+    return {"ckpt": ckpt, "onnx": folder / "pad.onnx", "lines": out.getvalue().strip().splitlines()}
+
+
+def test_full_size_export_takes_any_multiple_of_32_and_checks_two_sizes(exported_pad: dict):
+    """Issue 37.3: the graph's height and width are dynamic (multiples of 32); parity was checked at two sizes."""
+    lines = exported_pad["lines"]
+    assert "(100x70, 75x52)" in lines[-2] and FIGURES.search(lines[-2]), lines  # inputs of 96x128 and 64x96
+    assert lines[-1].startswith(f"onnx={exported_pad['onnx']} image=Bx3xHxW uint8 (H, W: any multiples of 32)")
+    (image,) = ort.InferenceSession(str(exported_pad["onnx"]), providers=["CPUExecutionProvider"]).get_inputs()
+    assert image.shape[1] == 3 and all(isinstance(side, str) for side in image.shape[2:]), image.shape
+
+
+def test_predict_from_a_full_size_onnx_file_on_photos_of_several_sizes(exported_pad: dict, tmp_path: Path):
+    """Photos of three sizes, none the training size: the ONNX file's probabilities are the checkpoint's."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "in").mkdir()
+    for name, size in (("a", (64, 96)), ("b", (100, 70)), ("c", (130, 200))):
+        write_image(tmp_path / "in" / f"{name}.png", rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    for name in ("ckpt", "onnx"):
+        run = predict_here(predict_args(exported_pad[name], tmp_path / name, f"input_dir={tmp_path / 'in'}"))
+        assert run.code == 0 and run.summary()["predicted"] == "3", run.out + run.err
+    for png in sorted((tmp_path / "ckpt").glob("*.png")):
+        assert max_diff(read_probs8(png), read_probs8(tmp_path / "onnx" / png.name)) <= 1
+
+
+def test_onnx_model_refuses_a_side_that_is_not_a_multiple_of_32(exported_pad: dict):
+    from carvana import CarvanaError
+    from carvana.model.onnx import OnnxModel
+
+    model = OnnxModel(exported_pad["onnx"])
+    assert model(torch.zeros((1, 3, 32, 160), dtype=torch.uint8)).shape == (1, 1, 32, 160)
+    with pytest.raises(CarvanaError, match=r"takes network inputs of 3x\(.+\)x\(.+\) \(CxHxW\), these photos make "
+                                           r"3x32x150"):
+        model(torch.zeros((1, 3, 32, 150), dtype=torch.uint8))

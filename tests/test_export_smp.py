@@ -48,7 +48,7 @@ def test_export_writes_the_smp_folder(exported: dict):
     lines = proc.stdout.strip().splitlines()
     match = re.fullmatch(r"parity on (\S+): max_logit_diff=(\S+) \(limit 1e-05\)", lines[-2])
     assert match and match[1] == str(exported["photo"]) and float(match[2]) <= export.MAX_LOGIT_DIFF, lines
-    shape = "64x96" if exported["geometry"] == "resize" else "96x128"  # 70x100 padded to multiples of 32
+    shape = "64x96" if exported["geometry"] == "resize" else "HxW"  # pad: any multiples of 32
     assert lines[-1].startswith(f"smp={exported['dir']} input=Bx3x{shape} "), lines
     assert sorted(p.name for p in exported["dir"].iterdir()) == FILES
     assert sorted(p.name for p in exported["dir"].parent.iterdir()) == ["car.jpg", "model_smp", "tiny.ckpt"]
@@ -121,8 +121,34 @@ def test_folder_of_other_files_is_refused_and_kept(tiny: dict, tmp_path: Path, c
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine\n")
     line = _run([f"ckpt={tiny['ckpt']}", f"output={tmp_path / 'out'}", "format=smp"], capsys)
-    assert f"output={tmp_path / 'out'} is a folder that holds other files" in line
+    assert f"output={tmp_path / 'out'} holds files that are not an earlier export's (notes.txt)" in line
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+def test_earlier_export_with_other_files_beside_is_refused_and_kept(tiny: dict, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture):
+    """Issue 38.4: an earlier export plus a NOTES.txt and a subfolder: replacing the folder would delete them."""
+    out = tmp_path / "model_smp"
+    words = [f"ckpt={tiny['ckpt']}", f"output={out}", "format=smp", f"photo={tiny['photo']}"]
+    export.main(words)
+    (out / "NOTES.txt").write_text("mine\n")
+    (out / "runs").mkdir()
+    (out / "runs" / "a.txt").write_text("mine too\n")
+    before = sorted(p.name for p in out.rglob("*"))
+    line = _run(words, capsys)
+    assert line == (f"error: output={out} holds files that are not an earlier export's (NOTES.txt, runs/), which "
+                    "replacing it would delete: choose a new or empty folder")
+    assert sorted(p.name for p in out.rglob("*")) == before and (out / "NOTES.txt").read_text() == "mine\n"
+
+
+def test_full_size_model_exports_on_a_photo_of_another_size(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Issue 37.3: smp's format has no fixed size: a full-size model of 64x96 photos is checked on a 70x100 one."""
+    ckpt = write_checkpoint(tmp_path / "pad.ckpt", data={"image_size": [64, 96]})
+    write_image(tmp_path / "car.png", np.random.default_rng(2).integers(0, 256, (70, 100, 3), dtype=np.uint8))
+    export.main([f"ckpt={ckpt}", f"output={tmp_path / 'model_smp'}", "format=smp", f"photo={tmp_path / 'car.png'}"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith(f"smp={tmp_path / 'model_smp'} input=Bx3xHxW "), lines
+    assert sorted(p.name for p in (tmp_path / "model_smp").iterdir()) == FILES
 
 
 def test_an_export_that_differs_is_refused_and_the_earlier_one_kept(tiny: dict, tmp_path: Path,
@@ -132,7 +158,7 @@ def test_an_export_that_differs_is_refused_and_the_earlier_one_kept(tiny: dict, 
     out = tmp_path / "model_smp"
     words = [f"ckpt={tiny['ckpt']}", f"output={out}", "format=smp", f"photo={tiny['photo']}"]
     export.main(words)
-    (out / "stale.txt").write_text("from the earlier export\n")
+    (out / "README.md").write_text("the earlier export's card\n")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     real = export.smp_metadata
     wrong = mock.patch.object(export, "smp_metadata", lambda module: {**real(module), "std": [1.0, 1.0, 1.0]})
@@ -142,7 +168,8 @@ def test_an_export_that_differs_is_refused_and_the_earlier_one_kept(tiny: dict, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_smp"]  # no temporary left
     export.main(words)
-    assert sorted(p.name for p in out.iterdir()) == FILES  # replaced whole: the stale file is gone
+    assert sorted(p.name for p in out.iterdir()) == FILES  # replaced whole: smp's own card again
+    assert (out / "README.md").read_text() != "the earlier export's card\n"
 
 
 def test_a_killed_exports_temporary_folder_is_removed(tmp_path: Path):

@@ -1,5 +1,6 @@
 """OnnxModel: a network exported by `python -m carvana.export` predicting like a SegModule (`geometry`, `hparams`, uint8
-network inputs -> logits), with onnxruntime; the hyperparameters it carries in its metadata."""
+network inputs -> logits), with onnxruntime; the hyperparameters it carries in its metadata. A full-resolution model's
+graph takes any height and width that are multiples of 32, as its checkpoint does; a resizing model's only its own."""
 
 import json
 import sys
@@ -10,7 +11,7 @@ import torch
 from pytorch_lightning.utilities.parsing import AttributeDict
 
 from carvana import CarvanaError
-from carvana.data.geometry import Geometry
+from carvana.data.geometry import DIVISOR, Geometry
 
 METADATA_KEY = "carvana.hyper_parameters"
 
@@ -65,13 +66,20 @@ class OnnxModel(torch.nn.Module):
             self.sessions[device.type] = ort.InferenceSession(str(self.path), providers=providers)
         return self.sessions[device.type]
 
+    def check_input(self, shape: torch.Size | tuple[int, ...]) -> None:
+        """Refuse a network input (CxHxW, no batch) the graph cannot take: a fixed side of another size, or a dynamic
+        side (a multiple of 32) that is not one; a CarvanaError naming the file."""
+        expected = self.session(torch.device("cpu")).get_inputs()[0].shape[1:]
+        fits = len(shape) == len(expected) and all(
+            got == want if isinstance(want, int) else got % DIVISOR == 0 for got, want in zip(shape, expected))
+        if not fits:
+            wanted = "x".join(str(w) if isinstance(w, int) else f"({w})" for w in expected)
+            raise CarvanaError(f"{self.path} takes network inputs of {wanted} (CxHxW), these photos make "
+                               f"{'x'.join(map(str, shape))}: export it again for photos of this size")
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Bx(C)xhxw uint8 network inputs (geometry.to_input) -> Bx1xhxw float32 logits, on the inputs' device."""
         session = self.session(image.device)
-        expected = session.get_inputs()[0].shape[1:]
-        if list(image.shape[1:]) != list(expected):
-            raise CarvanaError(f"{self.path} takes network inputs of {'x'.join(map(str, expected))} (CxHxW), these "
-                               f"photos make {'x'.join(map(str, image.shape[1:]))}: export it again for photos of "
-                               "this size")
+        self.check_input(image.shape[1:])
         logits = session.run(["logits"], {"image": np.ascontiguousarray(image.cpu().numpy())})[0]
         return torch.from_numpy(logits).to(image.device)
