@@ -16,6 +16,7 @@ from carvana.model.onnx import OnnxModel
 from carvana.model.tta import check_tta, tta_logits
 from carvana.predict.tiles import tiled_logits
 from carvana.predict.writer import HostProbs8, copy_probs8
+from carvana.progress import tile_counter
 
 
 class PredictDataset(SegDataset):
@@ -67,7 +68,10 @@ class Ensemble(pl.LightningModule):
         """Each TTA pass of one model -> Bx1xHxW float32 logits at the photos' `size`, whole or tiled."""
         if self.tile is None:
             return tta_logits(model, image, size, boxes, self.tta)
-        return tiled_logits(model, image, size, self.tile, self.tile_overlap, self.tile_batch, self.tta)
+        number = next(i for i, m in enumerate(self.models, 1) if m is model)
+        label = f" (model {number}/{len(self.models)})" if len(self.models) > 1 else ""
+        counter = tile_counter(self._trainer, label)  # Lightning's bar counts photos: count a large photo's tiles
+        return tiled_logits(model, image, size, self.tile, self.tile_overlap, self.tile_batch, self.tta, counter)
 
     def probs(self, inputs: dict[str, torch.Tensor], size: tuple[int, int], boxes: torch.Tensor | None = None
               ) -> torch.Tensor:
