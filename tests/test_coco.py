@@ -152,27 +152,59 @@ def test_the_data_module_reads_each_photo_with_its_coco_mask(coco_root: tuple, t
     assert {p.name for p in dm.train_set.images + dm.val_set.images} == {name for name, *_ in PHOTOS}
 
 
-def test_coco_photos_train_and_predict_on_their_validation_fold(coco_root: tuple, tmp_path: Path):
-    """One epoch on data=coco; the folds follow data.group; predict.py predict_on_val scores against the COCO masks."""
+@pytest.fixture(scope="module")
+def coco_trained(coco_root: tuple, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch on data=coco, then predict.py predict_on_val=true of its validation fold: the folders and the Dice."""
     from carvana.training.run import train
 
-    root, truths = coco_root
+    root, _ = coco_root
+    base = tmp_path_factory.mktemp("coco-run")
     cfg = compose_train(*coco_args(root, "trainer=cpu", "trainer.max_epochs=1", "model.encoder_weights=null",
                                    "trainer.enable_progress_bar=false"))
-    dice, ckpt, _ = train(cfg, tmp_path / "run")
-    assert 0 <= dice <= 1 and Path(ckpt).is_file()
-    folds = pd.read_csv(tmp_path / "run" / "folds.csv")
+    dice, ckpt, _ = train(cfg, base / "run")
+    line = predict_in_process(f"ckpt={ckpt}", "predict_on_val=true", f"output_dir={base / 'pred'}")
+    return {"run": base / "run", "pred": base / "pred", "dice": dice, "ckpt": Path(ckpt), "line": line}
+
+
+def test_coco_photos_train_and_predict_on_their_validation_fold(coco_root: tuple, coco_trained: dict):
+    """The folds follow data.group; predict_on_val scores each validation photo against its COCO mask."""
+    _, truths = coco_root
+    assert 0 <= coco_trained["dice"] <= 1 and coco_trained["ckpt"].is_file()
+    folds = pd.read_csv(coco_trained["run"] / "folds.csv")
     assert set(folds.group) == GROUPS
-    line = predict_in_process(f"ckpt={ckpt}", "predict_on_val=true", f"output_dir={tmp_path / 'pred'}")
-    table = pd.read_csv(tmp_path / "pred" / "dice_fold0.csv")
-    val_groups = set(folds.group[folds.fold == 0])
-    assert {name.split("-")[0] for name in table.image} == val_groups and "val_dice=" in line
+    table = pd.read_csv(coco_trained["pred"] / "dice_fold0.csv")
+    assert {name.split("-")[0] for name in table.image} == set(folds.group[folds.fold == 0])
+    assert "val_dice=" in coco_trained["line"]
     for name, dice_of_photo in zip(table.image, table.dice):
-        pred = np.asarray(Image.open(tmp_path / "pred" / f"{Path(name).stem}.png")) > 127
+        pred = np.asarray(Image.open(coco_trained["pred"] / f"{Path(name).stem}.png")) > 127
         truth = read_mask(next(truths.glob(f"{Path(name).stem}.*"))).astype(bool)
         truth = np.zeros_like(truth) if name.startswith("table-2") else truth
         total = pred.sum() + truth.sum()
         assert dice_of_photo == pytest.approx(2 * (pred & truth).sum() / total if total else 1.0, abs=0.02), name
+
+
+def test_the_report_refuses_the_annotations_file_then_reads_the_masks_written_from_it(
+        coco_root: tuple, coco_trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The report of data=coco predictions: the recorded annotations file refused in one line naming the fix;
+    python -m carvana.masks writes each photo's mask as drawn, and the report scores against them."""
+    from carvana.masks import main as masks_main
+    from carvana.report.__main__ import main as report_main
+
+    root, _ = coco_root
+    with pytest.raises(SystemExit) as stop:
+        report_main([f"probs_dir={coco_trained['pred']}", f"output_dir={tmp_path / 'r0'}"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "python -m carvana.masks" in err, err
+    masks_main([f"root={root}", "annotations=instances.json", f"output_dir={tmp_path / 'masks'}"])
+    coco = read_coco("instances.json", root)
+    for photo in coco.images:
+        np.testing.assert_array_equal(read_mask(tmp_path / "masks" / f"{photo.stem}.png"), coco.masks[photo].read())
+    report_main([f"probs_dir={coco_trained['pred']}", f"masks_dir={tmp_path / 'masks'}",
+                 f"output_dir={tmp_path / 'r1'}"])
+    per_image = pd.read_csv(tmp_path / "r1" / "per_image.csv")
+    table = pd.read_csv(coco_trained["pred"] / "dice_fold0.csv")
+    assert sorted(per_image.image) == sorted(table.image)
+    assert per_image.dice.mean() == pytest.approx(table.dice.mean(), abs=1e-3)
 
 
 def spoiled(root: Path, tmp: Path, spoil) -> Path:

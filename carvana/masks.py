@@ -1,0 +1,42 @@
+"""python -m carvana.masks: a COCO file's masks (carvana.data.coco) written as one black-and-white PNG per photo
+(conf/masks.yaml), for the report's masks_dir= or data=folder."""
+
+import sys
+from pathlib import Path
+
+from carvana import CarvanaError
+from carvana.cli import compose, run_or_exit
+from carvana.data.coco import read_coco
+from carvana.data.io import write_png
+from carvana.files import check_writable_dir
+from carvana.progress import progress
+
+
+def write_masks(root: str, annotations: str, categories: list | None, output_dir: str) -> int:
+    """Check the whole COCO file, then write <output_dir>/<photo name>.png (HxW uint8 0/255) for each photo it lists
+    -> how many were written."""
+    coco = read_coco(annotations, root, categories)
+    out = check_writable_dir(output_dir, "output_dir")
+    for photo in progress(coco.images, "writing the masks", len(coco.images)):
+        write_png(out / f"{photo.stem}.png", coco.masks[photo].read() * 255)
+    return len(coco.images)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write the masks and print their count and folder; expected errors: one line, exit status 2."""
+    def work(words: list[str]) -> tuple[dict, int]:
+        cfg = compose("masks", words)
+        missing = [key for key in ("root", "annotations", "output_dir") if cfg[key] is None]
+        if missing:
+            raise CarvanaError(f"{missing[0]}= is required: python -m carvana.masks root=DIR "
+                               "annotations=<COCO JSON> output_dir=DIR/masks")
+        categories = cfg["categories"]
+        categories = [categories] if isinstance(categories, (str, int)) else categories
+        return cfg, write_masks(cfg["root"], cfg["annotations"], categories, cfg["output_dir"])
+
+    cfg, count = run_or_exit(sys.argv[1:] if argv is None else argv, "masks", work)
+    print(f"masks={count} output_dir={Path(cfg['output_dir'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
