@@ -2,7 +2,9 @@
 takes with it.
 
     .venv/bin/python bench/tiling.py agreement --ckpt PATH --photos DIR [--masks DIR] [--tile 160 160] [--overlap 0.25]
-    .venv/bin/python bench/tiling.py memory [--size 5336 8000] [--tile 1024 1024] [--encoder mobilenet_v2]
+        [--batch-size 4]
+    .venv/bin/python bench/tiling.py memory [--size 5336 8000] [--tile 1024 1024] [--batch-size 4] [--encoder ...]
+    .venv/bin/python bench/tiling.py real-set --out DIR [--real ../shared/data/real] [--scale 0.5]
 
 agreement: predict.py over the photos of DIR twice, on the whole photo (padded) and in tiles, with the checkpoint's
 threshold; prints the share of pixels where the two masks agree, its worst photo and the mean (the goal:
@@ -26,13 +28,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from predict_throughput import make_checkpoint
 
-from carvana.data.io import probs_cut, read_mask, read_probs8
+from carvana.data.io import probs_cut, read_image, read_mask, read_probs8, write_image
 from carvana.data.layout import find_masks, list_images
 
 
@@ -50,10 +53,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
 
 
-def agreement(ckpt: str, photos: Path, masks: Path | None, tile: list[int], overlap: float, threshold: float) -> None:
+def agreement(ckpt: str, photos: Path, masks: Path | None, tile: list[int], overlap: float, threshold: float,
+              batch_size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         whole, tiled = Path(tmp) / "whole", Path(tmp) / "tiled"
-        common = [f"ckpt={ckpt}", f"input_dir={photos}", "num_workers=0", f"hydra.run.dir={tmp}/h"]
+        common = [f"ckpt={ckpt}", f"input_dir={photos}", "num_workers=0", f"hydra.run.dir={tmp}/h",
+                  f"batch_size={batch_size}"]
         t_whole = predict([*common, f"output_dir={whole}"])
         t_tiled = predict([*common, f"output_dir={tiled}", f"tile=[{tile[0]},{tile[1]}]", f"tile_overlap={overlap}"])
         cut, shares, dices, truth = probs_cut(threshold), [], [], {"whole": [], "tiled": []}
@@ -68,8 +73,8 @@ def agreement(ckpt: str, photos: Path, masks: Path | None, tile: list[int], over
                 truth["whole"].append(dice(a, true))
                 truth["tiled"].append(dice(b, true))
     worst = int(np.argmin(shares))
-    print(f"{len(shares)} photos, tile={tile[0]}x{tile[1]} overlap={overlap}: whole {t_whole:.1f} s, tiled "
-          f"{t_tiled:.1f} s (each with predict.py's start)")
+    print(f"{len(shares)} photos, tile={tile[0]}x{tile[1]} overlap={overlap} batch_size={batch_size}: whole "
+          f"{t_whole:.1f} s, tiled {t_tiled:.1f} s (each with predict.py's start)")
     print(f"mask_dice_tiled_vs_whole={np.mean(dices):.5f}")
     print(f"agreement_worst={shares[worst]:.5f} (photo {worst})")
     print(f"agreement_mean={np.mean(shares):.5f}")
@@ -77,7 +82,7 @@ def agreement(ckpt: str, photos: Path, masks: Path | None, tile: list[int], over
         print(f"dice_vs_truth_whole={np.mean(truth['whole']):.5f} dice_vs_truth_tiled={np.mean(truth['tiled']):.5f}")
 
 
-def memory(size: list[int], tile: list[int], encoder: str) -> None:
+def memory(size: list[int], tile: list[int], encoder: str, batch_size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "photos").mkdir()
@@ -90,7 +95,7 @@ def memory(size: list[int], tile: list[int], encoder: str) -> None:
         ckpt = make_checkpoint(tmp / "model.ckpt", encoder, None)
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         seconds = predict([f"ckpt={ckpt}", f"input_dir={tmp / 'photos'}", f"output_dir={tmp / 'out'}", "tta=none",
-                           f"tile=[{tile[0]},{tile[1]}]", "num_workers=0", "batch_size=2",
+                           f"tile=[{tile[0]},{tile[1]}]", "num_workers=0", f"batch_size={batch_size}",
                            f"hydra.run.dir={tmp}/h"])
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the largest child so far
         written = read_probs8(tmp / "out" / "large.png").shape
@@ -99,8 +104,31 @@ def memory(size: list[int], tile: list[int], encoder: str) -> None:
     if peak <= before:
         print("note: an earlier child of this process had a larger peak; the figure below is that bound")
     print(f"{w}x{h} photo (width x height), tiles {tile[0]}x{tile[1]}, model.encoder_name={encoder}, tta=none, "
-          f"batch_size=2 tiles: {seconds:.1f} s, mask {written[1]}x{written[0]}")
+          f"batch_size={batch_size} tiles: {seconds:.1f} s, mask {written[1]}x{written[0]}")
     print(f"peak_rss_gib={peak / 2**20:.2f}")
+
+
+SIZES = (0.8, 0.9, 1.1, 1.2, 1.4)  # real/test's photos at these times the training photos' scale: none is their size
+REAL = ROOT.parent / "shared" / "data" / "real"
+
+
+def real_set(out: Path, real: Path, scale: float) -> None:
+    """The scaled-down training set of the real car (images/, masks/ 0/255 PNG) and resized real/test photos."""
+    for sub in ("train/images", "train/masks", "other"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for photo in sorted((real / "train").glob("*.jpg")):
+        image, mask = read_image(photo), read_mask(real / "train_masks" / f"{photo.stem}_mask.gif")
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))  # cv2's (width, height)
+        write_image(out / "train/images" / photo.name, cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+        small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        Image.fromarray(small * 255).save(out / "train/masks" / f"{photo.stem}.png")
+    tests = sorted((real / "test").glob("*.jpg"))
+    for i, photo in enumerate(tests):
+        image, share = read_image(photo), scale * SIZES[i % len(SIZES)]
+        size = (round(image.shape[1] * share), round(image.shape[0] * share))
+        write_image(out / "other" / photo.name, cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    print(f"train={out / 'train'} ({len(list((out / 'train/images').iterdir()))} photos, scale {scale}) "
+          f"other={out / 'other'} ({len(tests)} photos at {', '.join(map(str, SIZES))} times that scale)")
 
 
 def main() -> None:
@@ -113,15 +141,23 @@ def main() -> None:
     a.add_argument("--tile", type=int, nargs=2, default=[160, 160])
     a.add_argument("--overlap", type=float, default=0.25)
     a.add_argument("--threshold", type=float, default=0.5)
+    a.add_argument("--batch-size", type=int, default=4, help="tiles a forward (predict.py's batch_size, default 4)")
     m = sub.add_parser("memory", help="peak memory of a large photo in tiles")
     m.add_argument("--size", type=int, nargs=2, default=[5336, 8000], help="height width")
     m.add_argument("--tile", type=int, nargs=2, default=[1024, 1024])
     m.add_argument("--encoder", default="mobilenet_v2")
+    m.add_argument("--batch-size", type=int, default=4, help="tiles a forward (predict.py's batch_size, default 4)")
+    r = sub.add_parser("real-set", help="the real car scaled down for training, real/test resized to other sizes")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--real", type=Path, default=REAL)
+    r.add_argument("--scale", type=float, default=0.5)
     args = parser.parse_args()
-    if args.what == "agreement":
-        agreement(args.ckpt, args.photos, args.masks, args.tile, args.overlap, args.threshold)
+    if args.what == "real-set":
+        real_set(args.out, args.real, args.scale)
+    elif args.what == "agreement":
+        agreement(args.ckpt, args.photos, args.masks, args.tile, args.overlap, args.threshold, args.batch_size)
     else:
-        memory(args.size, args.tile, args.encoder)
+        memory(args.size, args.tile, args.encoder, args.batch_size)
 
 
 if __name__ == "__main__":
