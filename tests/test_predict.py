@@ -591,6 +591,18 @@ def test_an_output_dir_holding_the_photos_is_refused_before_anything_is_touched(
     assert everything(tmp_path) == before  # the photos as they were, nothing written
 
 
+def test_an_output_dir_that_is_the_mask_folder_is_refused(ckpt_pad: Path, carvana_root: Path, tmp_path: Path):
+    """Predictions <photo>.png in train_masks/ would be a second mask of each photo (and the Dice table's truth)."""
+    root = shutil.copytree(carvana_root, tmp_path / "data")
+    before = everything(root)
+    run = predict_here(predict_args(ckpt_pad, root / "train_masks", "predict_on_val=true", f"data.root={root}",
+                                    f"data.folds={root / 'folds.csv'}"))
+    assert run.code == 2, run.out + run.err
+    errors = run.errors()
+    assert len(errors) == 1 and f"output_dir={root / 'train_masks'} is the checkpoint's mask" in errors[0], errors
+    assert everything(root) == before
+
+
 def test_an_output_dir_inside_the_photos_folder_is_not_read_as_photos(ckpt_pad: Path, tmp_path: Path):
     photos = _photos(tmp_path, ["car_01.png", "car_02.png"])
     (photos / "notes.txt").write_text("not a photo")

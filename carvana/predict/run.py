@@ -159,8 +159,9 @@ def same_folder(a: Path, b: Path) -> bool:
 
 
 def check_apart(output_dir: Path, cfg: dict, meta: dict, root: Path) -> None:
-    """Refuse an output_dir that is the photos' folder, or whose cutouts/ is: the predictions (<photo>.png) would be
-    written over photos, removed as old predictions by overwrite=true, and listed as photos by the next run."""
+    """Refuse an output_dir that is the photos' folder, or whose cutouts/ is (the predictions, <photo>.png, would be
+    written over photos, removed as old predictions by overwrite=true, and listed as photos by the next run), or the
+    checkpoint's mask folder."""
     if cfg["predict_on_val"]:
         photos_dir = root / meta.get("image_dir", "train")
         where = f"{photos_dir}, of data.root={root}"
@@ -172,6 +173,11 @@ def check_apart(output_dir: Path, cfg: dict, meta: dict, root: Path) -> None:
             raise CarvanaError(f"output_dir={output_dir}: its {'' if folder == output_dir else CUTOUTS + '/ '}folder "
                                f"holds the photos ({where}): predictions go into a folder of their own, "
                                f"e.g. output_dir={photos_dir.parent / (photos_dir.name + '_predictions')}")
+    for key in ("train_mask_dir", "val_mask_dir"):  # <photo>.png there is a mask to training and the Dice table
+        if meta.get(key) and same_folder(output_dir, root / meta[key]):
+            raise CarvanaError(f"output_dir={output_dir} is the checkpoint's mask folder (data.{key}={meta[key]} "
+                               f"under data.root={root}): predictions named <photo>.png would be read as masks; "
+                               f"choose another output_dir")
 
 
 def check_row_names(images: list[Path]) -> None:
