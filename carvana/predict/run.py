@@ -5,6 +5,7 @@ import glob
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -120,16 +121,24 @@ def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Pat
     # tiled: one photo at a time, batch_size tiles a forward
     data = PredictData(dataset, [sizes[i] for i in todo], 1 if tile else cfg["batch_size"], workers)
     ensemble = Ensemble(models, cfg["tta"], tile, cfg["tile_overlap"], cfg["batch_size"])
+    predict_or_stop(trainer, ensemble, data, output_dir, lambda: len(written_names(output_dir, write, images)),
+                    len(images))
+    return sum(p.name not in done for p in photos)
+
+
+def predict_or_stop(trainer: pl.Trainer, ensemble: Ensemble, data: PredictData, output_dir: Path,
+                    written: Callable[[], int], total: int) -> None:
+    """trainer.predict; after a SIGTERM (the writer stops at the next batch), Stopped saying how many of the `total`
+    photos are written in output_dir (`written()`)."""
     try:
         trainer.predict(ensemble, datamodule=data, return_predictions=False)
     except Exception:  # DataLoader workers killed by the same SIGTERM (timeout signals the process group) raise here
         if not trainer.received_sigterm:
             raise
     if trainer.received_sigterm:  # also when it came during the last batch: a signal is never reported as success
-        written = len(written_names(output_dir, write, images))
-        raise Stopped(f"stopped by SIGTERM: {written} of {len(images)} photos are written and kept in "
-                      f"output_dir={output_dir}; the same command resumes with the other {len(images) - written}")
-    return sum(p.name not in done for p in photos)
+        done = written()
+        raise Stopped(f"stopped by SIGTERM: {done} of {total} photos are written and kept in output_dir={output_dir}; "
+                      f"the same command resumes with the other {total - done}")
 
 
 def car_boxes(models: list, bboxes: str | None, images: list[Path]) -> dict | None:
