@@ -1,6 +1,7 @@
 """What a training run keeps so that, stopped anywhere and started again, it ends as an uninterrupted run does:
 checkpoints written whole or not at all, last.ckpt also every few minutes, and its metrics log carried in them."""
 
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from carvana import CarvanaError
 from carvana.files import atomic_path
@@ -120,21 +120,27 @@ class Stopped(Exception):
 
 class SaveOnSigterm(pl.Callback):
     """On SIGTERM (a container stop, `timeout`, scancel, SLURM's requeue) Lightning ends the current batch and raises
-    SIGTERMException, which exits 0 (it is a SystemExit): last.ckpt is written there, mid-epoch too, and the run
+    SIGTERMException, which exits 0 (it is a SystemExit); DataLoader workers that got the signal too (`timeout`
+    signals the process group) make the loader raise first. last.ckpt is written there, mid-epoch too, and the run
     ends as Stopped, so that a `train.py && predict.py` chain does not take it for a finished run."""
 
     def __init__(self, last: Path) -> None:
         self.last, self.saved = last, False
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and trainer.global_step > 0:
-            trainer.save_checkpoint(self.last)  # every rank takes part; rank 0 writes
-            self.saved = True
+        if not trainer.received_sigterm or trainer.sanity_checking or trainer.global_step == 0:
+            return
+        if hasattr(signal, "SIGCHLD"):  # torch's handler raises for each dying worker, in the middle of the save
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        trainer.save_checkpoint(self.last)  # every rank takes part; rank 0 writes
+        self.saved = True
 
     def stopped(self, trainer: pl.Trainer, run_dir: Path) -> Stopped:
-        """The line that says where the run stopped and how to resume it."""
-        if not self.saved:
-            return Stopped(f"stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}, before "
-                           "any training step of this start: nothing new saved")
-        return Stopped(f"stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
-                       f"{self.last}; resume with python train.py hydra.run.dir={run_dir}")
+        """The line that says where the run stopped, what holds it, and how to resume it."""
+        where = f"stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        resume = f"resume with python train.py hydra.run.dir={run_dir}"
+        if self.saved:
+            return Stopped(f"{where}: saved {self.last}; {resume}")
+        if self.last.is_file():
+            return Stopped(f"{where}: not saved again; {self.last} holds the run up to its last save; {resume}")
+        return Stopped(f"{where}: nothing saved yet; the same command starts the run again")

@@ -189,7 +189,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> tuple[float, str, bool]:
     with ddp_job_scope():
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        except SIGTERMException:
+        except (SIGTERMException, Exception):  # DataLoader workers killed by the same SIGTERM raise their own error
+            if not trainer.received_sigterm:
+                raise
             raise sigterm.stopped(trainer, out_dir) from None
     finish_loggers(loggers)
     checkpoint = trainer.checkpoint_callback
