@@ -83,7 +83,7 @@ def export_onnx(module: SegModule, path: Path, example: torch.Tensor) -> None:
     hparams = dict(module.hparams)
     example = torch.cat([example, example])  # batch 2: the batch axis is not specialised to 1
     axes = {0: torch.export.Dim("batch")}
-    if dynamic_sizes(module):  # 32 * a dimension: the graph refuses sides smp's encoders cannot take
+    if dynamic_sizes(module):  # 32 * a dimension: smp's encoders need sides divisible by 32 (OnnxModel refuses others)
         axes.update({2: 32 * torch.export.Dim("h32", min=1), 3: 32 * torch.export.Dim("w32", min=1)})
     name = f"model.arch={hparams['arch']} with model.encoder_name={hparams['encoder_name']}"
     try:
