@@ -1,7 +1,7 @@
 """The service's peak memory (RSS) for one large photo, with the forward bounded by max_input_pixels (tiles) and
 without: the figures of docs/serving.md.
 
-    .venv/bin/python bench/served_memory.py [--side 4900] [--skip-whole]
+    .venv/bin/python bench/served_memory.py [--side 4900] [--runs tiles at_bound whole]
 
 The model is a full-resolution mobilenet_v2 U-Net (bench/predict_throughput.py's, data.input_size=null, random
 weights) on the CPU in float32, tta=none (hflip's two passes run one after the other: the same peak). For each setting
@@ -25,6 +25,9 @@ from predict_throughput import make_checkpoint
 from carvana.data.io import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
+# the service's settings of each run
+RUNS = {"tiles": [], "tiles_2.5mp": ["max_input_pixels=2500000"], "at_bound": [],
+        "whole": ["max_input_pixels=25000000"]}
 
 
 def peak_rss_gb(pid: int) -> float:
@@ -40,8 +43,18 @@ def serve(ckpt: Path, words: list[str], log: Path) -> tuple[subprocess.Popen, in
                             stderr=log.open("w"), text=True)
     for line in proc.stdout:
         if match := re.search(r" on http://[\d.]+:(\d+) ", line):
-            return proc, int(match[1])
-    raise SystemExit(f"the service did not start:\n{log.read_text()}")
+            break
+    else:
+        raise SystemExit(f"the service did not start:\n{log.read_text()}")
+    for _ in range(600):  # the address is printed once bound; /health answers once uvicorn listens
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", int(match[1]), timeout=10)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return proc, int(match[1])
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"the service did not answer /health:\n{log.read_text()}")
 
 
 def post(port: int, data: bytes) -> int:
@@ -59,11 +72,11 @@ def post(port: int, data: bytes) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", type=int, default=4900, help="the photo's side (4900: the issue's 24 MP photo)")
-    parser.add_argument("--skip-whole", action="store_true", help="only the bounded run (the whole one needs ~10 GB)")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS,
+                        help="tiles: the photo in tiles (the defaults); tiles_2.5mp: 2 tiles a forward; at_bound: a "
+                             "photo of 9.8 MP input, whole; whole: the photo whole (~10.5 GB at 4900)")
     args = parser.parse_args()
-    settings = {"tiles": [], "at_bound": [], "whole": ["max_input_pixels=25000000"]}
-    if args.skip_whole:
-        del settings["whole"]
+    settings = {name: RUNS[name] for name in args.runs}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = make_checkpoint(tmp / "full.ckpt", "mobilenet_v2", None)
@@ -82,6 +95,8 @@ def main() -> None:
                 print(f"{name}: photo {side}x{side} {' '.join(words) or '(defaults)'} status={status} "
                       f"start_rss_gb={start:.2f} peak_rss_gb={peak_rss_gb(proc.pid):.2f} "
                       f"seconds={time.monotonic() - began:.0f}", flush=True)
+                if status != 200:
+                    print((tmp / f"{name}.log").read_text()[-3000:], flush=True)
             finally:
                 proc.terminate()
                 proc.wait()

@@ -490,6 +490,8 @@ def test_a_photo_past_max_input_pixels_goes_in_predict_pys_tiles(served: dict, t
     with serving_here(compose("serve", settings), predictor) as url:
         status, _, body = post(url, (photos / "big.png").read_bytes(), filename="big.png")
         assert status == 200 and np.array_equal(decode(body), masks["tiled"])
+    with pytest.raises(CarvanaError, match=r"tile=\[64, 96\] is 6144 pixels, more than max_input_pixels=6000: choose"):
+        Predictor(compose("serve", [*settings[:2], "max_input_pixels=6000", settings[3]]))
     untiled = Predictor(compose("serve", [*settings[:-1], "tile=null"]))
     with pytest.raises(PhotoError, match=r"network input is 71680 pixels, over max_input_pixels=24576, and tile=null"):
         untiled.kind((200, 300), "none")

@@ -67,6 +67,9 @@ class Predictor:
         self.max_batch, self.max_input_pixels = cfg["max_batch"], cfg["max_input_pixels"]
         full = [g for g in self.geometries.values() if g.input_size is None]
         self.tile = check_tiling(cfg["tile"], cfg["tile_overlap"], full)  # predict.py's tile=, for full-size models
+        if self.tile and math.prod(self.tile) > self.max_input_pixels:
+            raise CarvanaError(f"tile={list(self.tile)} is {math.prod(self.tile)} pixels, more than max_input_pixels="
+                               f"{self.max_input_pixels}: choose a smaller tile or a larger max_input_pixels")
         self.ensembles = {(tta, False): Ensemble(self.models, tta).to(self.device).eval() for tta in TTAS}
         if self.tile:  # tiles a forward: as many as max_input_pixels holds
             tile_batch = max(1, self.max_input_pixels // math.prod(self.tile))
