@@ -186,15 +186,15 @@ def test_coco_photos_train_and_predict_on_their_validation_fold(coco_root: tuple
 def test_the_report_refuses_the_annotations_file_then_reads_the_masks_written_from_it(
         coco_root: tuple, coco_trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture):
     """The report of data=coco predictions: the recorded annotations file refused in one line naming the fix;
-    python -m carvana.masks writes each photo's mask as drawn, and the report scores against them."""
-    from carvana.masks import main as masks_main
+    python -m carvana.report.masks writes each photo's mask as drawn, and the report scores against them."""
     from carvana.report.__main__ import main as report_main
+    from carvana.report.masks import main as masks_main
 
     root, _ = coco_root
     with pytest.raises(SystemExit) as stop:
         report_main([f"probs_dir={coco_trained['pred']}", f"output_dir={tmp_path / 'r0'}"])
     err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "python -m carvana.masks" in err, err
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "python -m carvana.report.masks" in err, err
     masks_main([f"root={root}", "annotations=instances.json", f"output_dir={tmp_path / 'masks'}"])
     coco = read_coco("instances.json", root)
     for photo in coco.images:

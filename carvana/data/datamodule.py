@@ -30,7 +30,7 @@ class SegDataModule(pl.LightningDataModule):
     def __init__(self, *, root: str | Path, image_dir: str, train_mask_dir: str, val_mask_dir: str,
                  folds: str | None, fold: int, group: str | None, n_folds: int, geometry: Geometry, batch_size: int,
                  num_workers: int | None, augment: dict, stacked_dirs: list[str], pseudo: dict, bboxes: str | None,
-                 seed: int, made_folds: Path | None, annotations: str | None = None, categories: list | None = None):
+                 seed: int, made_folds: Path | None, annotations: str | None, categories: list | None):
         super().__init__()
         self.root, self.image_dir = Path(root), image_dir
         self.train_mask_dir, self.val_mask_dir = train_mask_dir, val_mask_dir

@@ -26,7 +26,7 @@ def find_truths(preds: list[Path], masks_dir: Path) -> list[Path]:
     """The true mask of each prediction in `masks_dir`, with its size checked from the file headers."""
     if masks_dir.is_file():  # predict_on_val of a data=coco run records its annotations file
         raise CarvanaError(f"masks_dir={masks_dir} is a file (a data=coco run's annotations?): the report reads one "
-                           "mask file per photo: write them with python -m carvana.masks root=<data.root> "
+                           "mask file per photo: write them with python -m carvana.report.masks root=<data.root> "
                            f"annotations={masks_dir} output_dir=<DIR>, then give masks_dir=<DIR>")
     truths = find_masks(preds, masks_dir, "masks_dir")
     for pred, truth in zip(preds, truths):

@@ -1,4 +1,4 @@
-"""python -m carvana.masks: a COCO file's masks (carvana.data.coco) written as one black-and-white PNG per photo
+"""python -m carvana.report.masks: a COCO file's masks (carvana.data.coco) written as one black-and-white PNG per photo
 (conf/masks.yaml), for the report's masks_dir= or data=folder."""
 
 import sys
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose("masks", words)
         missing = [key for key in ("root", "annotations", "output_dir") if cfg[key] is None]
         if missing:
-            raise CarvanaError(f"{missing[0]}= is required: python -m carvana.masks root=DIR "
+            raise CarvanaError(f"{missing[0]}= is required: python -m carvana.report.masks root=DIR "
                                "annotations=<COCO JSON> output_dir=DIR/masks")
         categories = cfg["categories"]
         categories = [categories] if isinstance(categories, (str, int)) else categories
