@@ -18,6 +18,7 @@ from PIL import Image
 from carvana import CarvanaError
 from carvana.data.io import read_image, read_probs8, write_png
 from carvana.data.layout import find_masks, list_images
+from carvana.predict.cutout import cutout
 
 # three sizes, one portrait and one that is no multiple of 32; group = the part before the first '-'
 PHOTOS = [  # (name, (height, width), photo format, mask format)
@@ -145,7 +146,7 @@ def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trai
         assert probs8.shape == size, name
         rgba = cv2.cvtColor(cv2.imread(str(out / "cutouts" / f"{stem}.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
         assert rgba.shape == (*size, 4)
-        assert (rgba[..., :3] == read_image(own_root / "images" / name)).all() and (rgba[..., 3] == probs8).all()
+        assert (rgba == cutout(read_image(own_root / "images" / name), probs8, "probs", 127)).all()  # tests/test_cutout
     assert predict_in_process(*args).startswith(f"predicted=0 skipped={len(PHOTOS)}")
     # the thresholded alpha is other settings: refused in that folder, written in another
     with pytest.raises(CarvanaError, match="cutout_alpha"):

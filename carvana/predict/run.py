@@ -39,7 +39,7 @@ from carvana.predict.ensemble import Ensemble, PredictData, PredictDataset, batc
 from carvana.predict.manifest import CUTOUTS, prepare, settings, written_names
 from carvana.predict.shards import ROW_BREAKERS
 from carvana.predict.tiles import check_tiling
-from carvana.predict.writer import CUTOUT_ALPHAS, MaskWriter, Stopped
+from carvana.predict.writer import CUTOUT_ALPHAS, CUTOUT_COLOURS, MaskWriter, Stopped
 from carvana.progress import progress
 from carvana.slurm import check_allocation, use_allocated_cpus
 
@@ -67,6 +67,8 @@ def check_settings(cfg: dict) -> list[str]:
         raise CarvanaError(f"write={cfg['write']}: choose png, rle, cutout, or a list of them (e.g. [png, cutout])")
     if cfg["cutout_alpha"] not in CUTOUT_ALPHAS:
         raise CarvanaError(f"cutout_alpha={cfg['cutout_alpha']}: choose {' or '.join(CUTOUT_ALPHAS)}")
+    if cfg["cutout_colour"] not in CUTOUT_COLOURS:
+        raise CarvanaError(f"cutout_colour={cfg['cutout_colour']}: choose {', '.join(CUTOUT_COLOURS)}")
     check_tta(cfg["tta"], "tta")
     check_threshold(cfg["threshold"])
     for key, least in (("batch_size", 1), ("writer_threads", 1), ("num_workers", 0)):
@@ -240,7 +242,7 @@ def run(cfg: dict) -> tuple[str, int]:
                   "masks_dir": None if masks_dir is None else str(masks_dir)}
     check_writable_dir(output_dir, "output_dir")
     writer = MaskWriter(output_dir, write, cfg["threshold"], cfg["writer_threads"], {p.name: p for p in images},
-                        cfg["cutout_alpha"])
+                        cfg["cutout_alpha"], cfg["cutout_colour"])
     trainer = pl.Trainer(**trainer_kwargs(cfg["trainer"]), callbacks=[writer], logger=False,
                          use_distributed_sampler=False)
     count = predict(images, ckpts, models, output_dir, trainer, writer, cfg, write, provenance, cfg["data"]["bboxes"])

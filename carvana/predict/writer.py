@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from carvana.data.io import probs_cut, read_image, write_png, write_probs8
 from carvana.data.rle import rle_encode
+from carvana.predict.cutout import CUTOUT_ALPHAS, CUTOUT_COLOURS, cutout  # run.py and serve import them from here
 from carvana.predict.manifest import CUTOUTS
 from carvana.predict.shards import RleShardWriter
 
@@ -59,18 +60,8 @@ def copy_probs8(probs: torch.Tensor) -> HostProbs8:
     return HostProbs8(host, ready)
 
 
-CUTOUT_ALPHAS = ("probs", "mask")
-
-
 class Stopped(Exception):
     """A signal (SIGTERM) stopped the prediction between two batches; what was written is kept."""
-
-
-def cutout(image: np.ndarray, probs8: np.ndarray, alpha: str, cut: int) -> np.ndarray:
-    """HxWx3 uint8 RGB photo, HxW probs8 -> HxWx4 RGBA cut-out: the background transparent, the alpha the probability
-    (`alpha`='probs': soft edges) or the thresholded mask ('mask': 0 or 255)."""
-    a = probs8 if alpha == "probs" else np.where(probs8 > cut, np.uint8(255), np.uint8(0))
-    return np.dstack([image, a])
 
 
 class MaskWriter(BasePredictionWriter):
@@ -78,10 +69,11 @@ class MaskWriter(BasePredictionWriter):
     input photos by name), in threads."""
 
     def __init__(self, output_dir: Path, write: list[str], threshold: float, threads: int,
-                 photos: dict[str, Path] | None = None, cutout_alpha: str = "probs"):
+                 photos: dict[str, Path] | None = None, cutout_alpha: str = "probs", cutout_colour: str = "blur"):
         super().__init__(write_interval="batch")
         self.output_dir, self.write, self.cut = Path(output_dir), write, probs_cut(threshold)
-        self.photos, self.cutout_alpha = photos or {}, cutout_alpha
+        self.photos, self.cutout_alpha, self.cutout_colour = photos or {}, cutout_alpha, cutout_colour
+        assert cutout_alpha in CUTOUT_ALPHAS and cutout_colour in CUTOUT_COLOURS, "predict.py's checks"
         # photos already written, predicted again only to keep an uninterrupted run's batches
         self.skip: set[str] = set()
         self.pool = ThreadPoolExecutor(max(1, threads))
@@ -111,7 +103,7 @@ class MaskWriter(BasePredictionWriter):
         if "png" in self.write:
             write_probs8(self.output_dir / f"{Path(name).stem}.png", probs8)
         if "cutout" in self.write:  # the photo read again here, in the thread: the batch holds the network's input
-            rgba = cutout(read_image(self.photos[name]), probs8, self.cutout_alpha, self.cut)
+            rgba = cutout(read_image(self.photos[name]), probs8, self.cutout_alpha, self.cut, self.cutout_colour)
             write_png(self.output_dir / CUTOUTS / f"{Path(name).stem}.png", rgba)
         return name, rle_encode(probs8 > self.cut) if self.shard else None  # encoded here, in the thread
 
