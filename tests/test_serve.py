@@ -30,6 +30,7 @@ from carvana.cli import compose
 from carvana.data.io import probs_cut, read_probs8, write_image
 from carvana.data.photo_check import check_photos
 from carvana.data.rle import rle_encode
+from carvana.predict.cutout import alpha_from_probs
 from carvana.serve.batcher import Batcher
 
 for _package in ("fastapi", "uvicorn", "python_multipart"):
@@ -175,7 +176,7 @@ def test_predict_equals_predict_py(served: dict, tmp_path: Path) -> None:
         cut = decode(body)
         assert status == 200 and cut.shape == (*size, 4) and headers["content-type"] == "image/png"
         assert np.array_equal(cut, cv2.imread(str(out["hflip"] / "cutouts" / f"{stem}.png"), cv2.IMREAD_UNCHANGED))
-        assert np.array_equal(cut[..., 3], probs8), "cutout_alpha=probs: the alpha is the probability"
+        assert np.array_equal(cut[..., 3], alpha_from_probs(probs8, probs_cut(0.5))), "cutout_alpha=probs"
         status, headers, body = post(served["url"], data, "?output=rle")
         assert status == 200 and headers["content-type"].startswith("text/plain")
         assert body.decode() == rle_encode(probs8 > probs_cut(0.5)) and body.count(b" ") > 10
