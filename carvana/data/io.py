@@ -1,6 +1,11 @@
 """Readers and writers of photos, masks and predicted probabilities; every writer goes through carvana.files'
-temporary name and rename. Sizes are (height, width)."""
+temporary name and rename. Sizes are (height, width).
 
+A photo is what a viewer displays: a phone stores a portrait shot sideways with an EXIF orientation tag, and every
+reader here (image_size, read_image, decode_image) applies that tag, by one rule (PIL's ImageOps.exif_transpose, from
+the header's EXIF only), so a photo's size and its pixels always agree. Masks are drawn on the displayed photo."""
+
+import io
 import math
 import os
 from pathlib import Path
@@ -27,9 +32,41 @@ def is_jpeg(data: bytes | np.ndarray) -> bool:
     return bytes(data[:3]) == JPEG_START
 
 
+ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 2-8 the stored pixels mirrored and/or rotated
+# the stored pixels (HxW[xC]) -> the displayed ones, for each orientation (ImageOps.exif_transpose's table)
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+            6: lambda a: a.swapaxes(0, 1)[:, ::-1], 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+            8: lambda a: a.swapaxes(0, 1)[::-1]}
+
+
+def orientation(img: Image.Image) -> int:
+    """An opened image's EXIF orientation (1..8) from its header, 1 when it has none or an invalid one."""
+    value = img.getexif().get(ORIENTATION, 1)
+    return value if value in range(1, 9) else 1
+
+
+def upright(pixels: np.ndarray, tag: int) -> np.ndarray:
+    """Stored HxW[xC] pixels -> the displayed ones (a contiguous copy when they change) for EXIF orientation `tag`."""
+    return np.ascontiguousarray(_UPRIGHT[tag](pixels)) if tag in _UPRIGHT else pixels
+
+
+def decode_image(data: np.ndarray) -> np.ndarray | None:
+    """A photo's bytes (1-D uint8) -> HxWx3 uint8 RGB as displayed (EXIF orientation applied), None when undecodable."""
+    # cv2 applies the tag by its own EXIF parser: ignored here, so the pixels follow the same rule as image_size
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # grey and RGBA: 3 channels too
+    if bgr is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as img:
+            tag = orientation(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # a header PIL cannot parse: upright
+        tag = 1
+    return cv2.cvtColor(upright(bgr, tag), cv2.COLOR_BGR2RGB)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a photo (JPEG, PNG, TIFF; grey, RGB or RGBA) as HxWx3 uint8 RGB; a missing, unreadable or truncated file
-    raises CarvanaError."""
+    """Read a photo (JPEG, PNG, TIFF; grey, RGB or RGBA) as HxWx3 uint8 RGB, as displayed (EXIF orientation applied);
+    a missing, unreadable or truncated file raises CarvanaError."""
     path = Path(path)
     try:
         data = np.fromfile(path, np.uint8)
@@ -38,17 +75,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     # cv2 decodes a truncated JPEG with a grey tail and only a warning: check the end-of-image marker ourselves
     if is_jpeg(data) and not data[-64:].tobytes().rstrip(b"\x00").endswith(JPEG_END):
         raise CarvanaError(f"photo {path} is truncated (no JPEG end marker): download it again")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)  # grey and RGBA photos come out as 3 channels
-    if bgr is None:
+    image = decode_image(data)
+    if image is None:
         raise CarvanaError(f"photo {path} is not a readable image: replace or remove it")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image from its header, without decoding it."""
+    """(height, width) of an image as displayed (EXIF orientation 5-8 swap them), from its header, without decoding."""
     try:
         with Image.open(path) as img:
-            return img.height, img.width
+            return (img.width, img.height) if orientation(img) >= 5 else (img.height, img.width)
     except OSError as err:  # PIL's UnidentifiedImageError too
         raise CarvanaError(f"{path} is not a readable image ({err}): replace or remove it") from None
 

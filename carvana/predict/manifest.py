@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from carvana import CarvanaError
+from carvana.data.io import image_size
 from carvana.files import atomic_path, is_temporary, remove_dead_temporaries
 from carvana.predict.shards import SHARD_PATTERN, scan_shard
 
@@ -126,6 +127,27 @@ def written_names(output_dir: Path, write: list[str], images: list[Path]) -> set
         # a line without its newline is a half-written row of a killed run: not done
         done &= {row.name for shard in output_dir.glob(SHARD_PATTERN) for row in scan_shard(shard)[0]}
     return done
+
+
+def redo_wrong_sizes(output_dir: Path, write: list[str], images: list[Path], sizes: list[tuple[int, int]],
+                     done: set[str], rank_zero: bool) -> set[str]:
+    """`done` less the photos whose probability PNG or cut-out is missing or not of the photo's displayed `sizes`
+    (h, w): an earlier predict.py read a phone photo's size without its EXIF orientation. Rank 0 removes their outputs
+    and says so; they are predicted again."""
+    folders = [d for d, kind in ((output_dir, "png"), (output_dir / CUTOUTS, "cutout")) if kind in write]
+    wrong = []
+    for photo, size in zip(images, sizes):
+        files = [d / f"{photo.stem}.png" for d in folders]
+        if photo.name in done and any(not f.is_file() or image_size(f) != size for f in files):
+            wrong.append(photo)
+    if wrong and rank_zero:
+        found = next((f for f in (d / f"{wrong[0].stem}.png" for d in folders) if f.is_file()), None)
+        shown = f"{found} is {'x'.join(map(str, image_size(found)))}, " if found else ""
+        print(f"{len(wrong)} photo(s) have masks of another size than the photo in output_dir ({shown}{wrong[0].name} "
+              f"is {'x'.join(map(str, sizes[images.index(wrong[0])]))} as displayed, height x width): predicted again",
+              flush=True)
+        remove_outputs(output_dir, wrong)
+    return done - {p.name for p in wrong}
 
 
 class Predictions(NamedTuple):

@@ -36,7 +36,7 @@ from carvana.model.loading import load_models, read_checkpoint
 from carvana.model.losses import dice_per_image
 from carvana.model.tta import check_tta
 from carvana.predict.ensemble import Ensemble, PredictData, PredictDataset, batches_to_do, check_onnx_run
-from carvana.predict.manifest import CUTOUTS, prepare, settings, written_names
+from carvana.predict.manifest import CUTOUTS, prepare, redo_wrong_sizes, settings, written_names
 from carvana.predict.shards import ROW_BREAKERS
 from carvana.predict.tiles import check_tiling
 from carvana.predict.writer import CUTOUT_ALPHAS, CUTOUT_COLOURS, MaskWriter, Stopped
@@ -108,6 +108,7 @@ def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Pat
     # the photos are checked as training checks them (a corrupt one stops the run before any work), and give their
     # sizes: masks come out at each photo's own size, batches hold photos of one size
     sizes = [c.size for c in progress(check_photos(images, default_workers(1)), "checking the photos", len(images))]
+    done = writer.skip = redo_wrong_sizes(output_dir, write, images, sizes, done, trainer.is_global_zero)
     todo = batches_to_do(images, sizes, done, 1 if tile else cfg["batch_size"])
     if not todo:
         return 0

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from carvana.data.io import JPEG_END, is_jpeg, probs_cut
+from carvana.data.io import JPEG_END, decode_image, is_jpeg, probs_cut
 from carvana.data.photo_check import PhotoChecker
 from carvana.data.rle import rle_encode
 from carvana.predict.writer import cutout
@@ -50,10 +50,10 @@ def decode_photo(data: bytes, max_pixels: int, checker: PhotoChecker) -> np.ndar
     why = checker.check(data)  # libjpeg decodes corrupt data with a mere warning: predict.py refuses such a photo
     if why:
         raise PhotoError(422, f"the photo is corrupt ({why}): send an intact copy")
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)  # grey and RGBA photos come out as 3 channels
-    if bgr is None:
+    image = decode_image(buffer)  # read_image's decoder: displayed pixels (EXIF orientation), 3 channels
+    if image is None:
         raise PhotoError(422, f"the photo ({width}x{height} by its header) cannot be decoded: truncated or corrupt")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def encode_png(image: np.ndarray, fast: bool = False) -> bytes:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 
+from carvana.data.io import image_size
 from carvana.data.layout import IMAGE_SUFFIXES, first_process, group_of, group_pattern
 
 SMALL_FOLD = 5  # validation photos below which val_dice, and the best checkpoint chosen by it, is a few photos' Dice
@@ -75,9 +75,8 @@ def say_cpu(cfg: DictConfig) -> None:
     if not photos:
         return
     size = cfg.data.crop_size or cfg.data.input_size
-    if size is None:  # full photos: the first one's size, from its header
-        with Image.open(photos[0]) as image:
-            size = image.size[::-1]
+    if size is None:  # full photos: the first one's size as displayed, from its header
+        size = image_size(photos[0])
     h, w = size[:2]
     epochs = cfg.trainer.max_epochs
     if len(photos) * epochs * h * w < CPU_PIXELS:
