@@ -66,11 +66,12 @@ def test_size_is_the_displayed_one(phone_root: Path):
 
 @pytest.mark.parametrize("tag", [2, 3, 4, 5, 6, 7, 8])
 def test_read_image_is_the_displayed_photo(phone_root: Path, tmp_path: Path, tag: int):
-    """Every orientation, PNG (lossless: exactly) and JPEG (within its noise), as PIL's exif_transpose shows it."""
+    """Every orientation, PNG and TIFF (lossless: exactly) and JPEG (within its noise), as PIL's exif_transpose shows
+    it; a mask PNG that carries a tag is read as displayed too."""
     image = Image.open(phone_root / "upright" / "a-01-tag1.png")
     store = {**STORE, 2: Image.Transpose.FLIP_LEFT_RIGHT, 4: Image.Transpose.FLIP_TOP_BOTTOM,
              5: Image.Transpose.TRANSPOSE, 7: Image.Transpose.TRANSVERSE}
-    for suffix in (".png", ".jpg"):
+    for suffix in (".png", ".tif", ".jpg"):
         path = tmp_path / f"photo{suffix}"
         exif = Image.Exif()
         exif[ORIENTATION] = tag
@@ -78,7 +79,12 @@ def test_read_image_is_the_displayed_photo(phone_root: Path, tmp_path: Path, tag
         pixels = read_image(path)
         assert pixels.shape == (*SIZE, 3) and image_size(path) == SIZE
         diff = np.abs(pixels.astype(int) - np.asarray(image).astype(int)).mean()
-        assert diff < (0.01 if suffix == ".png" else 4), (suffix, diff)
+        assert diff < (4 if suffix == ".jpg" else 0.01), (suffix, diff)
+    mask = Image.open(phone_root / "masks" / "a-01-tag1.png")
+    exif = Image.Exif()
+    exif[ORIENTATION] = tag
+    mask.transpose(store[tag]).save(tmp_path / "mask.png", exif=exif)
+    assert (read_mask(tmp_path / "mask.png") == np.asarray(mask) // 255).all()
 
 
 def test_the_photo_check_accepts_upright_masks(phone_root: Path):

@@ -40,8 +40,17 @@ _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[
 
 
 def orientation(img: Image.Image) -> int:
-    """An opened image's EXIF orientation (1..8) from its header, 1 when it has none or an invalid one."""
-    value = img.getexif().get(ORIENTATION, 1)
+    """An opened image's EXIF orientation (1..8) from its header, 1 when it has none or an invalid one, or when it is a
+    TIFF: PIL gives a TIFF's size as displayed already, and both PIL and cv2 decode it upright (libtiff)."""
+    if img.format == "TIFF":
+        return 1
+    if img.format == "PNG":  # PIL's PNG getexif decodes the whole image when no eXIf chunk precedes the pixels
+        exif = Image.Exif()
+        if img.info.get("exif"):
+            exif.load(img.info["exif"])
+    else:
+        exif = img.getexif()
+    value = exif.get(ORIENTATION, 1)
     return value if value in range(1, 9) else 1
 
 
@@ -91,18 +100,20 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def mask_values(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """A mask's pixels as a viewer shows them: HxW uint8 grey levels of its colours (a palette image, as Carvana's
-    GIFs, through its palette, so a GIF listing white first reads as it looks), and its HxW uint8 alpha (RGBA, LA, a
-    PNG or GIF with a transparent colour), None when it has none or it is opaque everywhere."""
+    """A mask's pixels as a viewer shows them (EXIF orientation applied): HxW uint8 grey levels of its colours (a
+    palette image, as Carvana's GIFs, through its palette, so a GIF listing white first reads as it looks), and its HxW
+    uint8 alpha (RGBA, LA, a PNG or GIF with a transparent colour), None when it has none or it is opaque everywhere."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "PA", "1", "L", "LA", "I", "I;16", "RGB", "RGBA"):
                 raise CarvanaError(f"mask {path} has image mode {img.mode}: save it as an 8-bit grey or palette image")
+            tag = orientation(img)  # a mask is read as displayed too (it rarely carries a tag), from its header
             alpha = None
             if "A" in img.getbands() or "transparency" in img.info:  # Image.has_transparency_data needs Pillow 10.1
                 alpha = np.asarray((img if "A" in img.getbands() else img.convert("RGBA")).getchannel("A"))
-            return np.asarray(img.convert("L")), None if alpha is None or (alpha == 255).all() else alpha
+            alpha = None if alpha is None or (alpha == 255).all() else upright(alpha, tag)
+            return upright(np.asarray(img.convert("L")), tag), alpha
     except OSError as err:
         raise CarvanaError(f"mask {path} is not a readable image ({err})") from None
 
