@@ -183,3 +183,30 @@ def test_the_service_answers_a_tagged_photo_at_its_displayed_size(phone_ckpt: Pa
         assert np.abs(masks["sideways.png"] - masks["upright.png"]).mean() < 1  # aligned
     finally:
         service.kill()
+
+
+@pytest.mark.parametrize("said", ["displayed", "stored", "wrong"])
+def test_coco_sizes_are_the_displayed_ones(phone_root: Path, tmp_path: Path, said: str):
+    """A tag-6 photo's COCO entry: its displayed size (CVAT) or its stored one (Label Studio) is taken and the object,
+    drawn on the displayed photo, comes out at the displayed size; another size is refused."""
+    import json
+
+    from pycocotools import mask as coco_mask
+
+    from carvana import CarvanaError
+    from carvana.data.coco import read_coco
+
+    truth = read_mask(phone_root / "masks" / "a-03-tag6.png")
+    rle = coco_mask.encode(np.asfortranarray(truth))
+    rle["counts"] = rle["counts"].decode()
+    height, width = {"displayed": SIZE, "stored": SIZE[::-1], "wrong": (SIZE[0], SIZE[1] + 2)}[said]
+    content = {"images": [{"id": 1, "file_name": "images/a-03-tag6.jpg", "width": width, "height": height}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "iscrowd": 1}],
+               "categories": [{"id": 1, "name": "car"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(content))
+    if said == "wrong":
+        with pytest.raises(CarvanaError, match="is 160x240 .* as displayed"):
+            read_coco(tmp_path / "coco.json", phone_root)
+        return
+    coco = read_coco(tmp_path / "coco.json", phone_root)
+    assert (coco.masks[coco.images[0]].read() == truth).all()

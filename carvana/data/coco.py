@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as coco_mask
 
 from carvana import CarvanaError
-from carvana.data.io import image_size, read_mask
+from carvana.data.io import image_size, orientation, read_mask
 
 ANNOTATIONS_KEY = "data.annotations"
 
@@ -119,12 +120,21 @@ def image_entries(content: dict, root: Path, path: Path) -> dict:
         raise CarvanaError(f"{ANNOTATIONS_KEY}={path}: {len(missing)} of its {len(entries)} images are not under "
                            f"data.root={root} (first: {missing[0]}): set data.root to the folder the file_name values "
                            "are relative to, or remove those images from the JSON")
-    for photo, height, width in entries.values():
-        if image_size(photo) != (height, width):
-            found = image_size(photo)
-            raise CarvanaError(f"{ANNOTATIONS_KEY}={path}: image {photo} is {found[0]}x{found[1]} (height x width) "
-                               f"but the JSON says {height}x{width}: annotate the file on disk, or export again")
-    return entries
+    return {key: (photo, *displayed_size(photo, h, w, path)) for key, (photo, h, w) in entries.items()}
+
+
+def displayed_size(photo: Path, height: int, width: int, path: Path) -> tuple[int, int]:
+    """A photo's (height, width) as displayed (EXIF orientation applied), which its COCO entry must say. Annotation
+    tools draw on the displayed photo (CVAT since its PR #4529, Label Studio), but Label Studio's COCO export writes
+    the stored size (its issue #6608), swapped for a photo its tag turns: taken too, the objects drawn as displayed."""
+    found = image_size(photo)
+    with Image.open(photo) as img:
+        turned = orientation(img) >= 5
+    if found == (height, width) or (turned and found == (width, height)):
+        return found
+    raise CarvanaError(f"{ANNOTATIONS_KEY}={path}: image {photo} is {found[0]}x{found[1]} (height x width) but the "
+                       f"JSON says {height}x{width}: annotate the file on disk, or export again (a photo's size is "
+                       "as displayed, its EXIF orientation applied)")
 
 
 def check_segmentation(annotation: dict, height: int, width: int, where: str) -> None:
