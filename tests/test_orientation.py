@@ -150,20 +150,26 @@ def mixed(phone_root: Path, shared_data: Path, tmp_path_factory: pytest.TempPath
 
 def test_predict_writes_each_photo_at_its_displayed_size(phone_ckpt: Path, mixed: Path, tmp_path: Path):
     out = tmp_path / "out"
-    predict_folder(phone_ckpt, mixed, out, "batch_size=4")
+    predict_folder(phone_ckpt, mixed, out, "batch_size=4", "write=[png,cutout]")
     assert read_probs8(out / "portrait.png").shape == SIZE[::-1]
     assert read_probs8(out / "landscape.png").shape == SIZE
+    with Image.open(out / "cutouts" / "portrait.png") as cut:
+        assert (cut.height, cut.width) == SIZE[::-1]
     sideways, upright = read_probs8(out / "sideways.png").astype(int), read_probs8(out / "upright.png").astype(int)
     assert np.abs(sideways - upright).mean() < 1  # the same displayed pixels: the same mask, aligned
 
 
-def test_a_rerun_redoes_a_mask_of_the_wrong_size(phone_ckpt: Path, mixed: Path, tmp_path: Path):
+def test_a_rerun_redoes_a_mask_of_the_wrong_size(phone_ckpt: Path, mixed: Path, tmp_path: Path,
+                                                capfd: pytest.CaptureFixture):
     """A mask an older predict.py wrote at the stored size is not kept: predicted again at the displayed size."""
     out = tmp_path / "out"
     predict_folder(phone_ckpt, mixed, out)
     right = read_probs8(out / "portrait.png")
     Image.fromarray(np.zeros(SIZE, np.uint8)).save(out / "portrait.png")  # the stored size, as before the fix
+    capfd.readouterr()
     line = predict_folder(phone_ckpt, mixed, out)
+    assert "1 photo(s) have masks of another size than the photo in output_dir" in capfd.readouterr().out
+    assert line.startswith("predicted=1 "), line  # the others are kept
     assert read_probs8(out / "portrait.png").shape == SIZE[::-1], line
     assert np.abs(read_probs8(out / "portrait.png").astype(int) - right).mean() < 1
 
