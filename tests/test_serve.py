@@ -399,7 +399,7 @@ def get_raw(url: str) -> tuple[int, dict, bytes]:
 
 
 class FailingPredictor:
-    """A Predictor whose forward raises until told otherwise: the catch-all answer, with no model at all."""
+    """A Segmenter stand-in whose forward raises until told otherwise: the catch-all answer, with no model at all."""
 
     fail = True
 
@@ -470,8 +470,7 @@ def test_a_photo_past_max_input_pixels_goes_in_predict_pys_tiles(served: dict, t
     """A full-size model (input: the photo padded), max_input_pixels of 4 tiles of 64x96: a 200x300 photo (input
     224x320) gets predict.py's tile=[64,96] mask (batch_size=4 tiles a forward), not the whole one; photos of 64x96
     share a forward 4 at most; with tile=null the large photo is refused in one line."""
-    from carvana.serve.photos import PhotoError
-    from carvana.serve.predictor import Predictor
+    from carvana.predict.segmenter import InputTooLarge, Segmenter
 
     ckpt = write_checkpoint(tmp_path / "full.ckpt", input_size=None)
     photos = tmp_path / "photos"
@@ -485,17 +484,20 @@ def test_a_photo_past_max_input_pixels_goes_in_predict_pys_tiles(served: dict, t
         masks[name] = read_probs8(tmp_path / name / "big.png")
     assert not np.array_equal(masks["tiled"], masks["whole"])
     settings = [f"ckpt={ckpt}", "tta=none", f"max_input_pixels={4 * 64 * 96}", "tile=[64,96]"]
-    predictor = Predictor(compose("serve", settings))
+    predictor = Segmenter.from_serve_config(compose("serve", settings))
     assert predictor.batch_limit(predictor.kind((64, 96), "none")) == 4
     assert predictor.batch_limit(predictor.kind((64, 100), "none")) == 3  # 64x128 inputs: 3 fit
     with serving_here(compose("serve", settings), predictor) as url:
         status, _, body = post(url, (photos / "big.png").read_bytes(), filename="big.png")
         assert status == 200 and np.array_equal(decode(body), masks["tiled"])
     with pytest.raises(CarvanaError, match=r"tile=\[64, 96\] is 6144 pixels, more than max_input_pixels=6000: choose"):
-        Predictor(compose("serve", [*settings[:2], "max_input_pixels=6000", settings[3]]))
-    untiled = Predictor(compose("serve", [*settings[:-1], "tile=null"]))
-    with pytest.raises(PhotoError, match=r"network input is 71680 pixels, over max_input_pixels=24576, and tile=null"):
+        Segmenter.from_serve_config(compose("serve", [*settings[:2], "max_input_pixels=6000", settings[3]]))
+    untiled = Segmenter.from_serve_config(compose("serve", [*settings[:-1], "tile=null"]))
+    with pytest.raises(InputTooLarge, match=r"input is 71680 pixels, over max_input_pixels=24576, and tile=null"):
         untiled.kind((200, 300), "none")
+    with serving_here(compose("serve", [*settings[:-1], "tile=null"]), untiled) as url:
+        status, _, body = post(url, (photos / "big.png").read_bytes(), filename="big.png")
+        assert status == 413 and b"over max_input_pixels=24576, and tile=null" in body, body
 
 
 def test_batcher_groups_by_kind_within_max_batch() -> None:

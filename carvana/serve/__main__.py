@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
 
         allowed_hosts(cfg["host"], cfg["allowed_hosts"])  # checked before the model loads
         sock = listen(cfg["host"], cfg["port"])
-        from carvana.serve.predictor import Predictor
+        from carvana.predict.segmenter import Segmenter
 
-        predictor = Predictor(cfg)
+        predictor = Segmenter.from_serve_config(cfg)
         predictor.warm_up()
         return cfg, sock, predictor
 

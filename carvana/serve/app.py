@@ -19,10 +19,10 @@ from starlette.types import Message, Receive
 from carvana import CarvanaError
 from carvana.data.photo_check import PhotoChecker
 from carvana.model.tta import TTAS
+from carvana.predict.segmenter import InputTooLarge, Segmenter
 from carvana.serve.batcher import Batcher
 from carvana.serve.hosts import HostCheck, allowed_hosts
 from carvana.serve.photos import OUTPUTS, PhotoError, decode_photo, encode
-from carvana.serve.predictor import Predictor
 
 PAGE = Path(__file__).with_name("page.html")
 ROUTES = "GET /, GET /health, POST /predict"
@@ -68,8 +68,8 @@ async def read_image_field(request: Request, max_pixels: int) -> bytes:
         return await upload.read()
 
 
-def create_app(cfg: dict, predictor: Predictor) -> FastAPI:
-    """The FastAPI app of conf/serve.yaml's settings around a loaded Predictor; its lifespan runs the model thread."""
+def create_app(cfg: dict, predictor: Segmenter) -> FastAPI:
+    """The FastAPI app of conf/serve.yaml's settings around a loaded Segmenter; its lifespan runs the model thread."""
     batcher = Batcher(predictor.forward, cfg["max_batch"], cfg["max_wait_ms"], setup=predictor.set_threads,
                       limit=predictor.batch_limit)
     checker = PhotoChecker()
@@ -92,6 +92,10 @@ def create_app(cfg: dict, predictor: Predictor) -> FastAPI:
     @app.exception_handler(PhotoError)
     async def photo_error(request: Request, err: PhotoError) -> JSONResponse:
         return error(err.status, str(err))
+
+    @app.exception_handler(InputTooLarge)
+    async def too_large(request: Request, err: InputTooLarge) -> JSONResponse:
+        return error(413, str(err))  # its network input is over max_input_pixels, and it cannot be tiled
 
     @app.exception_handler(CarvanaError)
     async def carvana_error(request: Request, err: CarvanaError) -> JSONResponse:
