@@ -2,6 +2,8 @@
 ensemble, tiles), its mask is that PNG cut as predict.py and submit.py cut it, its cut-out predict.py's write=cutout;
 a path, a PIL image and an array of one photo give one result; bad inputs are one-line CarvanaErrors."""
 
+import contextlib
+import io
 from pathlib import Path
 
 import cv2
@@ -118,3 +120,22 @@ def test_bad_settings_are_one_line_errors(segmenter: Segmenter, tmp_path: Path) 
         Segmenter.load(tmp_path / "*.ckpt")
     with pytest.raises(CarvanaError, match="threshold=1.5 is a probability"):
         Segmenter.load(ckpt, threshold=1.5)
+
+
+@pytest.mark.slow  # the export checks its parity at two sizes: ~40 s on 2 shared cores
+def test_an_onnx_file_gives_predict_pys_png(tmp_path: Path) -> None:
+    """ckpt= an exported full-size ONNX file (any multiple of 32): photos of two sizes, predict.py's PNGs exactly."""
+    pytest.importorskip("onnxruntime", reason="pip install -e '.[export]' installs onnx and onnxruntime")
+    from carvana.export import main as export
+
+    ckpt = write_checkpoint(tmp_path / "pad.ckpt", data={"image_size": [64, 96]})
+    photos = write_photos(tmp_path / "photos")
+    with contextlib.redirect_stdout(io.StringIO()):
+        export([f"ckpt={ckpt}", f"output={tmp_path / 'pad.onnx'}", f"photo={photos[1]}"])
+    run = predict_here(predict_args(tmp_path / "pad.onnx", tmp_path / "out", f"input_dir={photos[0].parent}"))
+    assert run.code == 0, run.err[-2000:]
+    seg = Segmenter.load(tmp_path / "pad.onnx", tta="none")
+    assert [type(m).__name__ for m in seg.models] == ["OnnxModel"]
+    results = seg.predict(photos)
+    for photo, result in zip(photos, results):
+        assert np.array_equal(result.probs8, read_probs8(tmp_path / "out" / f"{photo.stem}.png")), photo.name

@@ -80,7 +80,7 @@ def to_image(photo: object) -> np.ndarray:
     return np.ascontiguousarray(photo)
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: compare their fields with np.array_equal
 class Result:
     """One photo's prediction: `probs8` is predict.py's PNG for it, byte for byte; the rest follows from it."""
 
