@@ -1,6 +1,8 @@
 """Tiled prediction (carvana.predict.tiles): the tiles cover the photo, their blend is exact where the network's output
 does not depend on its context, the whole photo in one tile is the untiled prediction, and bad settings are refused."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -182,3 +184,13 @@ def test_lightnings_predict_bar_shows_the_tiles():
     ensemble.probs({"full": torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)}, (64, 96))
     assert "tiles 5/12 (model 1/2)" in out.getvalue() and "tiles 12/12 (model 2/2)" in out.getvalue()
     tile_counter(None)(1, 2)  # no trainer (the service): nothing to show, no error
+
+
+def test_an_overlap_beyond_reason_is_refused_before_the_output_folder_is_made(tmp_path: Path):
+    """predict.py checks tile and tile_overlap with its other keys: nothing is created for a refused run."""
+    from test_predict import predict_args, predict_here
+
+    out = tmp_path / "out"
+    run = predict_here(predict_args(tmp_path / "model.ckpt", out, "tile=[512,512]", "tile_overlap=0.99"))
+    assert run.code == 2 and len(run.errors()) == 1 and "43,865 tiles" in run.errors()[0], run.err
+    assert not out.exists()

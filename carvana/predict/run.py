@@ -71,6 +71,7 @@ def check_settings(cfg: dict) -> list[str]:
         raise CarvanaError(f"cutout_colour={cfg['cutout_colour']}: choose {', '.join(CUTOUT_COLOURS)}")
     check_tta(cfg["tta"], "tta")
     check_threshold(cfg["threshold"])
+    check_tiling(cfg["tile"], cfg["tile_overlap"], [])  # the tile's values now; whether the models take tiles later
     for key, least in (("batch_size", 1), ("writer_threads", 1), ("num_workers", 0)):
         value = cfg[key]
         if (value is not None or key != "num_workers") and (not isinstance(value, int) or value < least):
