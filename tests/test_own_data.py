@@ -151,6 +151,8 @@ def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trai
     # the thresholded alpha is other settings: refused in that folder, written in another
     with pytest.raises(CarvanaError, match="cutout_alpha"):
         predict_in_process(*args, "cutout_alpha=mask")
+    with pytest.raises(CarvanaError, match='cutout_colour: "blur" -> "photo"'):  # another edge colour: not skipped
+        predict_in_process(*args, "cutout_colour=photo")
     other = tmp_path / "mask-alpha"
     predict_in_process(*args[:2], f"output_dir={other}", "write=cutout", "cutout_alpha=mask")
     for name, size, _, _ in PHOTOS:

@@ -207,7 +207,7 @@ def test_report_takes_the_data_root_and_group_predict_recorded(oof: dict) -> Non
     """probs_dir= alone: the masks come from the data root predict.py recorded in predict.json (not the config's
     default root), the groups from the checkpoint's data.group it recorded."""
     names = sorted(p.name.replace(".png", ".jpg") for p in oof["oof"].glob("*.png"))
-    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None,
+    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None, None,
                         {"data_root": str(oof["root"]), "group": r"^(\w{4})", "images_dir": None, "masks_dir": None})
     (oof["oof"] / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": names}]}))
     out = oof["oof"].parent / "report"
@@ -242,8 +242,9 @@ def test_photos_predicted_without_masks_are_named_as_such(oof: dict, capsys: pyt
     train_masks folder is missing; masks_dir= given scores them."""
     names = sorted(p.name.replace(".png", ".jpg") for p in oof["oof"].glob("*.png"))
     (oof["root"] / "train_masks").rename(oof["root"] / "their_masks")
-    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None, {"data_root": str(oof["root"]), "group": None,
-                        "images_dir": str(oof["root"] / "train"), "masks_dir": None})
+    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None, None,
+                        {"data_root": str(oof["root"]), "group": None, "images_dir": str(oof["root"] / "train"),
+                         "masks_dir": None})
     (oof["oof"] / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": names}]}))
     with pytest.raises(SystemExit) as exit_info:
         main([f"probs_dir={oof['oof']}"])

@@ -17,7 +17,7 @@ from carvana.files import atomic_path, is_temporary, remove_dead_temporaries
 from carvana.predict.shards import SHARD_PATTERN, scan_shard
 
 MANIFEST = "predict.json"
-COMPARED = ("checkpoints", "tta", "threshold", "write", "geometry", "cutout_alpha")
+COMPARED = ("checkpoints", "tta", "threshold", "write", "geometry", "cutout_alpha", "cutout_colour")
 CUTOUTS = "cutouts"  # write=cutout: <output_dir>/cutouts/<photo>.png
 
 
@@ -31,13 +31,14 @@ def sha256(path: Path) -> str:
 
 
 def settings(ckpts: list[Path], tta: str, threshold: float, write: list[str], geometry: list[str],
-             cutout_alpha: str | None, provenance: dict) -> dict:
+             cutout_alpha: str | None, cutout_colour: str | None, provenance: dict) -> dict:
     """The settings a predict.py run's outputs depend on (COMPARED; `geometry` names the network inputs and the tiling),
     and where its photos come from, which the report reads: `provenance` holds data_root, group (the regex of the
     photos' groups), images_dir and masks_dir (null: photos without masks)."""
     return {"checkpoints": [{"path": str(p), "sha256": sha256(p)} for p in ckpts], "tta": tta,
             "threshold": threshold, "write": sorted(write), "geometry": geometry,
-            "cutout_alpha": cutout_alpha if "cutout" in write else None, **provenance}
+            "cutout_alpha": cutout_alpha if "cutout" in write else None,
+            "cutout_colour": cutout_colour if "cutout" in write else None, **provenance}
 
 
 def read_manifest(directory: str | Path) -> list[dict]:

@@ -103,7 +103,8 @@ def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Pat
     geometry = [m.geometry.key for m in models]
     if tile:  # tiled outputs differ from whole ones at the tiles' borders: a folder keeps one or the other
         geometry.append(f"tile={tile[0]}x{tile[1]} overlap={cfg['tile_overlap']}")
-    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, geometry, cfg["cutout_alpha"], provenance)
+    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, geometry, cfg["cutout_alpha"], cfg["cutout_colour"],
+                      provenance)
     prepare(output_dir, wanted, images, cfg["overwrite"], trainer.is_global_zero)
     done = writer.skip = written_names(output_dir, write, images)
     # the photos are checked as training checks them (a corrupt one stops the run before any work), and give their

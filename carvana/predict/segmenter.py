@@ -175,8 +175,9 @@ class Segmenter:
         """The service's Segmenter from conf/serve.yaml's values (max_batch photos, max_input_pixels a forward)."""
         return cls(cfg["ckpt"], tta=cfg["tta"], tile=cfg["tile"], tile_overlap=cfg["tile_overlap"],
                    threshold=cfg["threshold"], batch_size=cfg["max_batch"], cutout_alpha=cfg["cutout_alpha"],
-                   cutout_colour="blur", model=cfg["model"], device=cfg["device"], precision=cfg["precision"],
-                   threads=cfg["threads"] or len(os.sched_getaffinity(0)), max_input_pixels=cfg["max_input_pixels"])
+                   cutout_colour=cfg["cutout_colour"], model=cfg["model"], device=cfg["device"],
+                   precision=cfg["precision"], threads=cfg["threads"] or len(os.sched_getaffinity(0)),
+                   max_input_pixels=cfg["max_input_pixels"])
 
     def predict(self, photos: object, tta: str | None = None) -> Result | list[Result]:
         """A photo (a path, a PIL image, an HxWx3 uint8 RGB array) -> its Result; a list of photos -> their Results

@@ -158,7 +158,7 @@ def create_app(cfg: dict, predictor: Segmenter) -> FastAPI:
             kind = predictor.kind(image.shape[:2], tta)  # tiled past max_input_pixels
             probs8, index = await asyncio.wrap_future(batcher.submit(kind, inputs))
             body = await run_in_threadpool(lambda: encode(output, image, probs8.numpy()[index], cfg["threshold"],
-                                                          cfg["cutout_alpha"]))
+                                                          cfg["cutout_alpha"], cfg["cutout_colour"]))
             state["answered"] += 1
             return Response(body, media_type=OUTPUTS[output])
         finally:

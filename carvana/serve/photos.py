@@ -65,13 +65,14 @@ def encode_png(image: np.ndarray, fast: bool = False) -> bytes:
     return data.tobytes()
 
 
-def encode(output: str, image: np.ndarray, probs8: np.ndarray, threshold: float, cutout_alpha: str) -> bytes:
+def encode(output: str, image: np.ndarray, probs8: np.ndarray, threshold: float, cutout_alpha: str,
+           cutout_colour: str) -> bytes:
     """The response body of ?output=: `png` the probs8 PNG, `cutout` the RGBA cut-out PNG, `rle` Kaggle's RLE of the
     mask (probability > threshold), as predict.py's write=png, write=cutout and write=rle."""
     cut = probs_cut(threshold)
     if output == "png":
         return encode_png(probs8, fast=True)
     if output == "cutout":
-        return encode_png(cutout(image, probs8, cutout_alpha, cut))
+        return encode_png(cutout(image, probs8, cutout_alpha, cut, cutout_colour))
     assert output == "rle", output
     return rle_encode(probs8 > cut).encode()
