@@ -10,17 +10,19 @@ PY=${PYTHON:-.venv/bin/python}
 SEEDS=${SEEDS:-80}
 RESULTS=bench/results/few_photos.csv
 # name | train.py overrides on top of experiment=few_photos trainer=cpu
+# the row lite0-320-e12 was screened on the first recipe (commit 8f433f3: no colour augmentation); the
+# colour augmentation then joined experiment=few_photos (its first row, seed 80, ran as overrides at d2160fb), and
+# the candidates below build on it
 CANDIDATES=(
-  "lite0-320-e12|"
-  "lite0-320-e12-colour|data.augment.gray=0.2 data.augment.car_color=0.5 data.augment.contrast=0.3"
-  "lite0-320-e12-freeze2|model.freeze_encoder_epochs=2"
-  "lite0-320-e12-ema|optim.ema_decay=0.99"
-  "lite0-320-e12-lr3e-4|optim.lr=3e-4"
-  "lite0-320-e12-nobnrecal|model.bn_recalibration_batches=0"
-  "lite1-320-e12|encoder=efficientnet_lite1"
-  "lite2-320-e12|encoder=efficientnet_lite2"
-  "lite0-320-e20|trainer.max_epochs=20"
-  "lite0-640-e8|data.input_size=[640,960] trainer.max_epochs=8"
+  "recipe|"
+  "recipe-freeze2|model.freeze_encoder_epochs=2"
+  "recipe-ema|optim.ema_decay=0.99"
+  "recipe-e20|trainer.max_epochs=20"
+  "recipe-lite1|encoder=efficientnet_lite1"
+  "recipe-lite2|encoder=efficientnet_lite2"
+  "recipe-lr3e-4|optim.lr=3e-4"
+  "recipe-nobnrecal|model.bn_recalibration_batches=0"
+  "recipe-640-e8|data.input_size=[640,960] trainer.max_epochs=8"
   "scratch-mobilenet-320-e40|encoder=mobilenet model.encoder_weights=null trainer.max_epochs=40"
 )
 for candidate in "${CANDIDATES[@]:${1:-0}}"; do
