@@ -265,6 +265,45 @@ def test_predict_from_a_full_size_onnx_file_on_photos_of_several_sizes(exported_
         assert run.code == 0 and run.summary()["predicted"] == "3", run.out + run.err
     for png in sorted((tmp_path / "ckpt").glob("*.png")):
         assert max_diff(read_probs8(png), read_probs8(tmp_path / "onnx" / png.name)) <= 1
+    served_onnx_answers_every_size(exported_pad["onnx"], tmp_path)
+
+
+def served_onnx_answers_every_size(onnx_file: Path, tmp_path: Path) -> None:
+    """The service on one ONNX file answers each photo of tmp_path/in (three sizes) with predict.py's PNG of it."""
+    pytest.importorskip("fastapi", reason="pip install -e '.[serve]' installs the service's packages")
+    from test_serve import decode, post, serving_here
+
+    from carvana.cli import compose
+    from carvana.predict.segmenter import Segmenter
+
+    cfg = compose("serve", [f"ckpt={onnx_file}", "tta=none"])
+    with serving_here(cfg, Segmenter.from_serve_config(cfg)) as url:
+        for photo in sorted((tmp_path / "in").glob("*.png")):
+            status, _, body = post(url, photo.read_bytes(), filename=photo.name)
+            assert status == 200, body
+            assert np.array_equal(decode(body), read_probs8(tmp_path / "onnx" / photo.name)), photo.name
+
+
+def test_a_file_exported_for_one_size_is_refused_before_anything_is_written(exported_pad: dict, tmp_path: Path):
+    """Files exported before dynamic sizes take one size: a photo of another is refused in one line naming it, and
+    output_dir stays as it was (no predict.json, no empty rle file)."""
+    model = onnx.load(str(exported_pad["onnx"]))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value, dims[3].dim_value = 64, 96  # the graph as a fixed-size export wrote it
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    rng = np.random.default_rng(2)
+    (tmp_path / "in").mkdir()
+    for name, size in (("a", (64, 96)), ("b", (100, 70))):
+        write_image(tmp_path / "in" / f"{name}.png", rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    run = predict_here(predict_args(old, out, f"input_dir={tmp_path / 'in'}", "write=[png,rle]"))
+    assert run.code == 2, run.out + run.err
+    assert run.errors() == [f"error: {old} takes network inputs of 64x96 (height x width), not 128x96 (photo b.png, "
+                            "100x70): export it again with python -m carvana.export (any size), or predict with its "
+                            "checkpoint"]
+    assert list(out.iterdir()) == []
 
 
 def test_onnx_model_refuses_a_side_that_is_not_a_multiple_of_32(exported_pad: dict):
@@ -273,6 +312,6 @@ def test_onnx_model_refuses_a_side_that_is_not_a_multiple_of_32(exported_pad: di
 
     model = OnnxModel(exported_pad["onnx"])
     assert model(torch.zeros((1, 3, 32, 160), dtype=torch.uint8)).shape == (1, 1, 32, 160)
-    with pytest.raises(CarvanaError, match=r"takes network inputs of 3x\(.+\)x\(.+\) \(CxHxW\), these photos make "
-                                           r"3x32x150"):
+    with pytest.raises(CarvanaError, match=r"takes network inputs of \(.+\)x\(.+\) \(height x width\), not 32x150 "
+                                           r"\(these photos' input\)"):
         model(torch.zeros((1, 3, 32, 150), dtype=torch.uint8))

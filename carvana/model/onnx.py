@@ -66,16 +66,20 @@ class OnnxModel(torch.nn.Module):
             self.sessions[device.type] = ort.InferenceSession(str(self.path), providers=providers)
         return self.sessions[device.type]
 
-    def check_input(self, shape: torch.Size | tuple[int, ...]) -> None:
-        """Refuse a network input (CxHxW, no batch) the graph cannot take: a fixed side of another size, or a dynamic
-        side (a multiple of 32) that is not one; a CarvanaError naming the file."""
-        expected = self.session(torch.device("cpu")).get_inputs()[0].shape[1:]
-        fits = len(shape) == len(expected) and all(
-            got == want if isinstance(want, int) else got % DIVISOR == 0 for got, want in zip(shape, expected))
+    def check_size(self, size: tuple[int, int], photo: str = "these photos' input") -> None:
+        """Refuse a network input of `size` (h, w) the graph cannot take: a fixed side of another size, or a dynamic
+        side (a multiple of 32) that is not one; a CarvanaError naming the file and `photo`."""
+        expected = self.session(torch.device("cpu")).get_inputs()[0].shape[-2:]
+        fits = all(got == want if isinstance(want, int) else got % DIVISOR == 0 for got, want in zip(size, expected))
         if not fits:
             wanted = "x".join(str(w) if isinstance(w, int) else f"({w})" for w in expected)
-            raise CarvanaError(f"{self.path} takes network inputs of {wanted} (CxHxW), these photos make "
-                               f"{'x'.join(map(str, shape))}: export it again for photos of this size")
+            raise CarvanaError(f"{self.path} takes network inputs of {wanted} (height x width), not "
+                               f"{'x'.join(map(str, size))} ({photo}): export it again with python -m carvana.export "
+                               "(any size), or predict with its checkpoint")
+
+    def check_input(self, shape: torch.Size | tuple[int, ...]) -> None:
+        """check_size for a network input of shape (..., h, w)."""
+        self.check_size(tuple(shape[-2:]))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Bx(C)xhxw uint8 network inputs (geometry.to_input) -> Bx1xhxw float32 logits, on the inputs' device."""

@@ -98,6 +98,22 @@ def batches_to_do(images: list[Path], sizes: list[tuple[int, int]], done: set[st
     return sorted(i for batch in batches if any(images[j].name not in done for j in batch) for i in batch)
 
 
+def check_onnx_sizes(models: list, images: list[Path], sizes: list[tuple[int, int]], tile: tuple[int, int] | None
+                     ) -> None:
+    """Refuse, before anything is written, a photo whose network input an ONNX file's graph cannot take (a file
+    exported for one size, before exports took any size)."""
+    first: dict[tuple[int, int], Path] = {}  # a photo of each size, to name
+    for size, photo in zip(sizes, images):
+        first.setdefault(size, photo)
+    for model in models:
+        if isinstance(model, OnnxModel):
+            for size, photo in first.items():
+                shape = model.geometry.input_shape(size)
+                if tile:  # tiles clipped to the padded photo, as tiled_logits cuts them
+                    shape = (min(tile[0], shape[0]), min(tile[1], shape[1]))
+                model.check_size(shape, f"photo {photo.name}, {size[0]}x{size[1]}")
+
+
 def check_onnx_run(models: list, world_size: int) -> None:
     """Refuse ONNX files in several processes (DDP): onnxruntime takes the machine's cores or one GPU by itself."""
     onnx_models = [m for m in models if isinstance(m, OnnxModel)]

@@ -35,7 +35,8 @@ from carvana.hardware import check_accelerator, default_workers, trainer_kwargs
 from carvana.model.loading import load_models, read_checkpoint
 from carvana.model.losses import dice_per_image
 from carvana.model.tta import check_tta
-from carvana.predict.ensemble import Ensemble, PredictData, PredictDataset, batches_to_do, check_onnx_run
+from carvana.predict.ensemble import (Ensemble, PredictData, PredictDataset, batches_to_do, check_onnx_run,
+                                      check_onnx_sizes)
 from carvana.predict.manifest import CUTOUTS, prepare, redo_wrong_sizes, settings, written_names
 from carvana.predict.shards import ROW_BREAKERS
 from carvana.predict.tiles import check_tiling
@@ -105,11 +106,13 @@ def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Pat
         geometry.append(f"tile={tile[0]}x{tile[1]} overlap={cfg['tile_overlap']}")
     wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, geometry, cfg["cutout_alpha"], cfg["cutout_colour"],
                       provenance)
+    # the photos are checked as training checks them (a corrupt one, or a size an ONNX file cannot take, stops the
+    # run before anything is written), and give their sizes: masks come out at each photo's own size, batches hold
+    # photos of one size
+    sizes = [c.size for c in progress(check_photos(images, default_workers(1)), "checking the photos", len(images))]
+    check_onnx_sizes(models, images, sizes, tile)
     prepare(output_dir, wanted, images, cfg["overwrite"], trainer.is_global_zero)
     done = writer.skip = written_names(output_dir, write, images)
-    # the photos are checked as training checks them (a corrupt one stops the run before any work), and give their
-    # sizes: masks come out at each photo's own size, batches hold photos of one size
-    sizes = [c.size for c in progress(check_photos(images, default_workers(1)), "checking the photos", len(images))]
     done = writer.skip = redo_wrong_sizes(output_dir, write, images, sizes, done, trainer.is_global_zero)
     todo = batches_to_do(images, sizes, done, 1 if tile else cfg["batch_size"])
     if not todo:
