@@ -35,8 +35,14 @@ from carvana.hardware import check_accelerator, default_workers, trainer_kwargs
 from carvana.model.loading import load_models, read_checkpoint
 from carvana.model.losses import dice_per_image
 from carvana.model.tta import check_tta
-from carvana.predict.ensemble import (Ensemble, PredictData, PredictDataset, batches_to_do, check_onnx_run,
-                                      check_onnx_sizes)
+from carvana.predict.ensemble import (
+    Ensemble,
+    PredictData,
+    PredictDataset,
+    batches_to_do,
+    check_onnx_run,
+    check_onnx_sizes,
+)
 from carvana.predict.manifest import CUTOUTS, prepare, redo_wrong_sizes, settings, written_names
 from carvana.predict.shards import ROW_BREAKERS
 from carvana.predict.tiles import check_tiling
