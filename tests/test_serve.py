@@ -2,6 +2,7 @@
 answered in one JSON line with the service healthy afterwards, SIGTERM with a request in flight, the page in Chromium.
 One service process for the module (tiny random-weight U-Net, 64x96 network input) and one short-lived for SIGTERM."""
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -248,6 +249,88 @@ def test_bad_input_is_one_json_line_and_the_service_goes_on(served: dict) -> Non
     assert status == 200 and decode(body).shape == SIZES["car_01.jpg"]
     assert health(url)["admitted"] == 0
     assert "Traceback" not in served["main"].stderr.read_text()
+
+
+def refusal(err: Exception) -> tuple[int, str, str | None]:
+    """The service's answer to `err` from its table -> (status, the JSON error, Retry-After)."""
+    from carvana.serve.errors import refuse
+
+    response = asyncio.run(refuse(None, err))
+    assert response.headers["content-type"] == "application/json" and list(json.loads(response.body)) == ["error"]
+    return response.status_code, json.loads(response.body)["error"], response.headers.get("retry-after")
+
+
+def raised(check: Callable[[], object]) -> Exception:
+    from carvana.serve.errors import Refusal
+
+    with pytest.raises(Refusal) as caught:
+        check()
+    return caught.value
+
+
+def test_request_checks_raise_what_the_table_answers() -> None:
+    """check_query, check_upload and admission are plain functions raising typed refusals, in the order the service
+    runs them; ERRORS answers each with its status in one line (Busy with Retry-After); a full queue and a failed
+    request leave the counts as they were."""
+    from fastapi.exceptions import RequestValidationError
+
+    from carvana.predict.segmenter import InputTooLarge
+    from carvana.serve.app import Counts, admission, check_query, check_upload
+
+    multipart, limit = "multipart/form-data; boundary=x", 8 * 100 + (1 << 20)  # max_pixels=100
+    over = {"content-length": str(limit + 1), "content-type": "image/jpeg"}
+    assert refusal(raised(lambda: check_query("gif", "vflip"))) == (
+        400, "output=gif: choose one of png, cutout, rle", None)
+    assert refusal(raised(lambda: check_query("png", "vflip"))) == (400, "tta=vflip: choose one of none, hflip", None)
+    assert refusal(raised(lambda: check_upload(over, 100))) == (
+        413, f"the upload is {limit + 1} bytes: more than a photo of max_pixels=100 takes", None)
+    assert refusal(raised(lambda: check_upload({**over, "content-length": str(limit)}, 100))) == (
+        415, "send the photo as the multipart/form-data field 'image' (curl -F image=@photo.jpg)", None)
+    check_query("rle", "hflip")
+    check_upload({"content-length": str(limit), "content-type": multipart}, 100)
+    check_upload({"content-type": multipart}, 100)  # chunked: counted as it arrives instead
+    counts = Counts(admitted=2, answered=5)
+    assert refusal(raised(lambda: admission(counts, 2).__enter__())) == (
+        503, "2 requests are in progress (max_queue=2): retry in 1 s", "1")
+    with pytest.raises(ValueError), admission(counts, 3):
+        assert counts == Counts(admitted=3, answered=5)
+        raise ValueError("a failed request")
+    assert counts == Counts(admitted=2, answered=5)
+    assert refusal(InputTooLarge("input over\n max_input_pixels")) == (413, "input over max_input_pixels", None)
+    assert refusal(CarvanaError("the ONNX file takes 64x96")) == (422, "the ONNX file takes 64x96", None)
+    problem = RequestValidationError([{"loc": ("query", "output"), "msg": "Field required", "type": "missing"}])
+    assert refusal(problem) == (400, "query.output: Field required", None)
+    assert refusal(RuntimeError("a fault\nover two lines")) == (
+        500, "internal error (RuntimeError): the service's log has the traceback", None)
+
+
+def test_openapi_json_lists_the_routes_their_parameters_and_body(served: dict) -> None:
+    """GET /openapi.json (no docs pages: they load their scripts from a CDN) lists the routes a 404 names, /predict's
+    query parameters, its multipart body and each refusal of the table as JSON {"error"}: enough to generate a client
+    or let schemathesis fuzz the service."""
+    from carvana.serve.errors import ERRORS
+
+    url = served["url"]
+    status, headers, body = get(url + "/openapi.json")
+    assert status == 200 and headers["content-type"] == "application/json", body[:300]
+    schema = json.loads(body)
+    listed = [f"{method.upper()} {path}" for path, operations in schema["paths"].items() for method in operations]
+    assert listed == ["GET /", "GET /health", "POST /predict"]
+    assert json.loads(get(url + "/nope")[2])["error"] == f"no GET /nope here: the service answers {', '.join(listed)}"
+    predict = schema["paths"]["/predict"]["post"]
+    assert {p["name"]: (p["in"], p["schema"]["enum"]) for p in predict["parameters"]} == {
+        "output": ("query", ["png", "cutout", "rle"]), "tta": ("query", ["none", "hflip"])}
+    assert predict["requestBody"]["required"] and list(predict["requestBody"]["content"]) == ["multipart/form-data"]
+    form = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["image"] and form["properties"]["image"] == {
+        "type": "string", "format": "binary", "description": "a JPEG, PNG or TIFF photo"}
+    assert list(predict["responses"]["200"]["content"]) == ["image/png", "text/plain"]
+    refusals = {code: answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                for code, answer in predict["responses"].items() if code != "200"}
+    assert set(refusals) == {str(code) for code, _ in ERRORS.values()} - {"500"}, refusals
+    assert {schema["components"]["schemas"][name]["required"][0] for name in refusals.values()} == {"error"}
+    assert "Retry-After" in predict["responses"]["503"]["headers"]
+    assert get(url + "/docs")[0] == get(url + "/redoc")[0] == 404
 
 
 def corrupt_middle(data: bytes) -> bytes:

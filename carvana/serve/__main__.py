@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     server.run(sockets=[sock])
     if not server.started:
         sys.exit(1)  # uvicorn logged why
-    print(f"stopped: answered {app.state.counts['answered']} requests", flush=True)
+    print(f"stopped: answered {app.state.counts.answered} requests", flush=True)
 
 
 if __name__ == "__main__":
