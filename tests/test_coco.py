@@ -152,6 +152,23 @@ def test_the_data_module_reads_each_photo_with_its_coco_mask(coco_root: tuple, t
     assert {p.name for p in dm.train_set.images + dm.val_set.images} == {name for name, *_ in PHOTOS}
 
 
+def test_cvat_file_names_start_under_data_image_dir(coco_root: tuple, tmp_path: Path):
+    """CVAT's COCO 1.0 export names its photos under images/ without the folder: data.image_dir=images finds them;
+    without it each is refused in one line naming data.image_dir."""
+    root, _ = coco_root
+    content = json.loads((root / "instances.json").read_text())
+    for image in content["images"]:
+        image["file_name"] = image["file_name"].removeprefix("images/")
+    cvat = tmp_path / "instances_default.json"
+    cvat.write_text(json.dumps(content))
+    dm = build(root, tmp_path, f"data.annotations={cvat}", "data.image_dir=images")
+    assert {p.parent for p in dm.train_set.images + dm.val_set.images} == {root / "images"}
+    assert len(dm.train_set) + len(dm.val_set) == len(PHOTOS)
+    with pytest.raises(CarvanaError, match=r"10 of its 10 images are not under data.root/data.image_dir=.+: set "
+                                           r"data.image_dir"):
+        build(root, tmp_path, f"data.annotations={cvat}")
+
+
 @pytest.fixture(scope="module")
 def coco_trained(coco_root: tuple, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One epoch on data=coco, then predict.py predict_on_val=true of its validation fold: the folders and the Dice."""
@@ -226,7 +243,7 @@ def first_segmentation(content: dict, value: object) -> None:
     (lambda c: c["images"][0].pop("height"), "lacks one of id, file_name, width, height"),
     (lambda c: c["images"][1].update(id=c["images"][0]["id"]), "is listed twice"),
     (lambda c: c["images"][1].update(file_name="other/chair one-a.png"), "share the name 'chair one-a'"),
-    (lambda c: c["images"][3].update(file_name="images/gone.jpg"), "1 of its 10 images are not under data.root="),
+    (lambda c: c["images"][3].update(file_name="images/gone.jpg"), "1 of its 10 images are not under data.root/data.image_dir="),
     (lambda c: c["images"][0].update(height=65), "is 64x96 (height x width) but the JSON says 65x96"),
     (lambda c: c["annotations"][0].update(image_id=99), "is of image id 99, which 'images' does not list"),
     (lambda c: first_segmentation(c, []), "has no segmentation (a box only?)"),
@@ -276,4 +293,4 @@ def test_coco_needs_its_annotations(tmp_path: Path):
 
     proc = run_tool("train.py", ["data=coco", f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}"])
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "Missing mandatory value: annotations" in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0] == ("error: data.annotations has no value (???): give data.annotations=... on the command line"), proc.stderr

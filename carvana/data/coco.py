@@ -118,8 +118,9 @@ def image_entries(content: dict, root: Path, path: Path) -> dict:
             missing.append(entry["file_name"])
     if missing:
         raise CarvanaError(f"{ANNOTATIONS_KEY}={path}: {len(missing)} of its {len(entries)} images are not under "
-                           f"data.root={root} (first: {missing[0]}): set data.root to the folder the file_name values "
-                           "are relative to, or remove those images from the JSON")
+                           f"data.root/data.image_dir={root} (first: {missing[0]}): set data.image_dir to the folder "
+                           "under data.root that the file_name values start from (CVAT's COCO 1.0 export: images or "
+                           "images/default), or remove those images from the JSON")
     return {key: (photo, *displayed_size(photo, h, w, path)) for key, (photo, h, w) in entries.items()}
 
 
@@ -159,14 +160,16 @@ def check_segmentation(annotation: dict, height: int, width: int, where: str) ->
         raise CarvanaError(f"{where}: its RLE counts cover {sum(counts)} pixels, its image {height * width}")
 
 
-def read_coco(annotations: str | os.PathLike, root: str | os.PathLike, categories: list | None = None) -> CocoSet:
-    """A COCO annotations file (under `root`, or absolute) checked whole -> its photos and their masks; an annotation
-    of an image the file does not list is refused, an image without objects has an empty mask."""
+def read_coco(annotations: str | os.PathLike, root: str | os.PathLike, categories: list | None = None,
+              image_dir: str | os.PathLike = ".") -> CocoSet:
+    """A COCO annotations file (under `root`, or absolute) checked whole -> its photos (under root/image_dir, as their
+    file_name says) and their masks; an annotation of an image the file does not list is refused, an image without
+    objects has an empty mask."""
     root = Path(root)
     path = annotations_path(annotations, root)
     content = load_json(path)
     chosen = chosen_categories(content, categories, path)
-    entries = image_entries(content, root, path)
+    entries = image_entries(content, root / image_dir, path)
     objects: dict = {image_id: [] for image_id in entries}
     for annotation in content["annotations"]:
         if not isinstance(annotation, dict) or annotation.get("image_id") not in entries:

@@ -38,7 +38,7 @@ class SegDataModule(pl.LightningDataModule):
         self.geometry, self.batch_size, self.num_workers, self.augment = geometry, batch_size, num_workers, augment
         self.stacked_dirs, self.pseudo, self.bboxes, self.seed = list(stacked_dirs), pseudo, bboxes, seed
         self.made_folds = made_folds
-        # data=coco: the photos a COCO file lists (under root) and masks drawn from its objects, not mask files
+        # data=coco: the photos a COCO file lists (under root/image_dir) and masks drawn from its objects, not mask files
         self.annotations, self.categories = annotations, categories
         self.train_set = self.val_set = None
 
@@ -46,7 +46,7 @@ class SegDataModule(pl.LightningDataModule):
         """Every check on the inputs happens here, once (Lightning calls setup again: nothing is read twice)."""
         if self.train_set is not None:
             return
-        coco = read_coco(self.annotations, self.root, self.categories) if self.annotations else None
+        coco = read_coco(self.annotations, self.root, self.categories, self.image_dir) if self.annotations else None
         images = coco.images if coco else list_images(self.root / self.image_dir, "data.root and data.image_dir")
         folds = self.read_or_make_folds(images)
         if self.folds == str(self.made_folds):

@@ -211,7 +211,8 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     except (MissingMandatoryValue, InterpolationToMissingValueError) as err:  # a ??? an experiment requires
         discard_refused_run(out_dir)
-        print(f"error: {str(err).splitlines()[0]}: give it on the command line", file=sys.stderr)
+        key = err.full_key or str(err).splitlines()[0]  # 'data.annotations', as the command line names it
+        print(f"error: {key} has no value (???): give {key}=... on the command line", file=sys.stderr)
         sys.exit(2)
     except Stopped as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
