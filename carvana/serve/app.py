@@ -1,8 +1,8 @@
 """The service's routes: GET / (the page), GET /health, POST /predict, and GET /openapi.json (their schema: no docs
-pages, which load their scripts from a CDN). The routes read app.state (cfg, predictor, batcher, checker, counts, page),
-which create_app fills. Photos are decoded and responses encoded in the threadpool; the forward happens in the
-Batcher's one model thread. Every refusal is a class of carvana/serve/errors.py, answered JSON {"error": "<one line>"}.
-"""
+pages, which load their scripts from a CDN). The routes read app.state (cfg, predictor, batcher, checker, counts,
+page, routes), which create_app fills. Photos are decoded and responses encoded in the threadpool; the forward happens
+in the Batcher's one model thread. Every refusal is a class of carvana/serve/errors.py, answered JSON
+{"error": "<one line>"}."""
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -25,6 +25,7 @@ from carvana.serve.hosts import HostCheck, allowed_hosts
 from carvana.serve.photos import OUTPUTS, decode_photo, encode, read_image_field, upload_limit
 
 PAGE = Path(__file__).with_name("page.html")
+ROUTES = "GET /, GET /health, POST /predict"  # as a 404 names them (and /openapi.json lists them: tested)
 RETRY_AFTER_S = 1  # a full queue drains in about max_queue / max_batch forwards
 
 
@@ -152,7 +153,7 @@ def create_app(cfg: dict, predictor: Segmenter) -> FastAPI:
     app.state.cfg, app.state.predictor, app.state.counts = cfg, predictor, Counts()
     app.state.batcher = Batcher(predictor.forward, cfg["max_batch"], cfg["max_wait_ms"], setup=predictor.set_threads,
                                 limit=predictor.batch_limit)
-    app.state.checker, app.state.page = PhotoChecker(), PAGE.read_text()
+    app.state.checker, app.state.page, app.state.routes = PhotoChecker(), PAGE.read_text(), ROUTES
     # the Host must name the service (DNS rebinding); no CORS middleware: other sites' pages cannot read its answers
     app.add_middleware(HostCheck, allowed_hosts=allowed_hosts(cfg["host"], cfg["allowed_hosts"]))
     return app

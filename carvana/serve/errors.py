@@ -7,7 +7,6 @@ from collections.abc import Callable
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -83,17 +82,11 @@ async def refuse(request: Request, err: Exception) -> JSONResponse:
     return error(status, message(err), err.headers if isinstance(err, Refusal) else None)
 
 
-def routes(request: Request) -> str:
-    """The service's routes as its 404 names them: 'GET /, GET /health, POST /predict'."""
-    return ", ".join(f"{method} {route.path}" for route in request.app.routes if isinstance(route, APIRoute)
-                     for method in sorted(route.methods))
-
-
 async def http_error(request: Request, err: HTTPException) -> JSONResponse:
     """Starlette's own refusals (an unknown path or method, a malformed multipart body) in the service's body."""
     if err.status_code in (404, 405):
         return error(err.status_code, f"no {request.method} {request.url.path} here: the service answers "
-                                      f"{routes(request)}", err.headers)
+                                      f"{request.app.state.routes}", err.headers)
     return error(err.status_code, err.detail, err.headers)
 
 
