@@ -70,6 +70,8 @@ def train_args(root: Path, out: Path, *extra: str) -> list[str]:
     """train.py overrides for one tiny CPU epoch on `root`, run directory `out`."""
     return [
         "data=synthetic",
+        "encoder=mobilenet",  # the tests' tiny model, from scratch; the demo's pretrained encoder is tested apart
+        "model.encoder_weights=null",
         "trainer=cpu",
         f"data.root={root}",
         f"data.folds={root / 'folds.csv'}",
