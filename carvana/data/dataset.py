@@ -86,8 +86,12 @@ class SegDataset(Dataset):
 class AugmentSampler(DistributedSampler):
     """This rank's training photos in an order, and each with the seed of its augmentations, drawn from (seed, the
     global step when the pass starts, photo): a run resumed from an epoch's checkpoint draws what an uninterrupted run
-    draws, whatever the workers. The global step, not Lightning's set_epoch: a resumed run's first loader is made
-    before Lightning sets the epoch (its iterator prefetches at once), but after it restores the step."""
+    draws, whatever the workers.
+
+    The global step, not Lightning's set_epoch: Lightning creates a resumed run's first iterator, which fetches at
+    once, before it sets the sampler's epoch (Lightning #21938, since 2.5.3; PR #21960 still open in 2.6.6), but after
+    it restores the step. tests/test_framework_contracts.py fails when that changes.
+    """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, step: Callable[[], int]) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
@@ -97,7 +101,7 @@ class AugmentSampler(DistributedSampler):
         """Ignored: the pass's draws follow the global step (see the class)."""
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        self.epoch = self.step()  # DistributedSampler shuffles with seed + epoch
+        super().set_epoch(self.step())  # DistributedSampler shuffles with seed + epoch
         for index in super().__iter__():
             yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
 

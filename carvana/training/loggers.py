@@ -47,7 +47,9 @@ def _make(name: str, options: dict, out_dir: Path) -> Logger:
 
 
 def finish_loggers(loggers: list[Logger]) -> None:
-    """End a wandb run now, not at exit: its closing lines ("Find logs at ...") come before train.py's last line."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+    """End a wandb run now, not at exit: its closing lines ("Find logs at ...") come before train.py's last line.
+    (WandbLogger never finishes its run; wandb.finish() ends the one it started, and does nothing where none was.)"""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb  # only with logger=wandb: the wandb extra
+
+        wandb.finish()

@@ -13,6 +13,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from carvana import CarvanaError
 from carvana.files import atomic_path
+from carvana.training.compat.lightning import RunCheckpoint, restore_csv_log
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -23,24 +24,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-
-
-class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose bookkeeping follows its run folder when the folder is moved or copied. Lightning drops
-    the best score and the top-k of a checkpoint written under another dirpath (with a warning only): a resumed copy
-    would then take a worse epoch for its best and keep a second best file beside the first."""
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        old = state_dict.get("dirpath")
-        if old and self.dirpath and Path(old) != Path(self.dirpath):
-            def here(path: str) -> str:
-                return str(Path(self.dirpath) / Path(path).name) if path and Path(path).parent == Path(old) else path
-
-            state_dict = {**state_dict, "dirpath": self.dirpath,
-                          **{key: here(state_dict.get(key, "")) for key in
-                             ("best_model_path", "kth_best_model_path", "last_model_path")},
-                          "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
-        super().load_state_dict(state_dict)
 
 
 # what a resumed run must share with the run it resumes: the hyperparameter, and the key users set it with
@@ -90,7 +73,8 @@ def checkpointing(directory: Path, best_name: str, every_minutes: float) -> list
 class MetricsHistory(pl.Callback):
     """csv/metrics.csv as an uninterrupted run writes it, across resumes: the rows logged up to a checkpoint travel in
     it, and a run resumed from it starts from those rows. (Lightning's CSVLogger deletes the log of a run folder it
-    finds; rows a killed run logged after its last checkpoint would otherwise be logged twice.)"""
+    finds, compat.lightning.restore_csv_log; rows a killed run logged after its last checkpoint would otherwise be
+    logged twice.)"""
 
     def __init__(self, logger: CSVLogger) -> None:
         self.logger, self.rows = logger, None
@@ -107,11 +91,7 @@ class MetricsHistory(pl.Callback):
         # ended (killed after its last checkpoint, or a finished run started again), where no training starts
         if self.rows is None or not trainer.is_global_zero:
             return
-        writer = self.logger.experiment  # CSVLogger deletes the metrics.csv it finds when it creates its writer
-        with atomic_path(writer.metrics_file_path) as tmp:
-            tmp.write_bytes(self.rows.encode())
-        # the writer appends under the header it knows: the restored one (it rewrites the file when a key is new)
-        writer.metrics_keys = self.rows.splitlines()[0].split(",") if self.rows else []
+        restore_csv_log(self.logger, self.rows)
 
 
 class Stopped(Exception):

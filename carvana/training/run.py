@@ -24,7 +24,8 @@ from carvana.model.module import SegModule
 from carvana.model.network import resolve_preprocessing
 from carvana.slurm import check_allocation, use_allocated_cpus
 from carvana.training.callbacks import callbacks
-from carvana.training.ddp import ddp_job_scope, relaunch_job_not_sweep
+from carvana.training.compat.hydra import relaunch_job_not_sweep
+from carvana.training.compat.lightning import ddp_job_scope
 from carvana.training.loggers import build_loggers, finish_loggers
 from carvana.training.messages import quiet_lightning, say_cpu, say_photos
 from carvana.training.resume import AtomicCheckpointIO, SaveOnSigterm, Stopped, check_resumed_settings
