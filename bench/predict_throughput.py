@@ -127,9 +127,9 @@ def time_e2e(photos: list[Path], ckpt: Path, out: Path, args: argparse.Namespace
                                    f"writer_threads={args.writer_threads}"])
     cfg["trainer"].update(trainer)
     start = time.perf_counter()
-    line, status = run(cfg)
+    line = run(cfg)
     seconds = time.perf_counter() - start
-    assert status == 0 and line.startswith(f"predicted={len(photos)} "), line
+    assert line.startswith(f"predicted={len(photos)} "), line
     return seconds
 
 

@@ -18,7 +18,7 @@ from carvana.cli import check_threshold, conf_value
 from carvana.data.io import probs_cut, read_probs8
 from carvana.data.rle import rle_encode
 from carvana.files import atomic_path, check_writable_dir, remove_dead_temporaries
-from carvana.predict.manifest import find_predictions, recorded_values
+from carvana.predict.manifest import Predictions, find_predictions, recorded_settings
 from carvana.predict.shards import HEADER, first_few, format_row, shard_rows
 from carvana.progress import progress
 
@@ -35,9 +35,34 @@ def make_submission(*, probs_dir: str | os.PathLike | Sequence[str | os.PathLike
     sample_csv None: the sample_submission.csv of the data root predict.py recorded with its outputs, else the
     default data root's. threshold None: the one predict.py recorded; RLE shards refuse any other.
     """
+    output = Path(output)
+    dirs, found = prediction_dirs(probs_dir, rle_dir, output, strategy)
+    threshold, sample_csv = recorded_or_default(threshold, sample_csv, dirs, rle_dir is not None)
+    names = read_sample_names(sample_csv)
+    made = not output.parent.exists()
+    check_writable_dir(output.parent, "output")
+    remove_dead_temporaries(output.parent)
+    try:
+        if rle_dir is not None:
+            rows = shard_rows(rle_dir, names, fill_missing, allow_unlisted, (height, width))
+        else:
+            check_listed({p.stem for f in found for p in f.pngs}, names, sample_csv, allow_unlisted)
+            workers = len(os.sched_getaffinity(0)) if workers is None else workers
+            rows = png_rows(dirs, names, threshold, strategy, fill_missing, (height, width), workers)
+        write_submission(output, rows)
+    except CarvanaError:
+        if made and not any(output.parent.iterdir()):  # a refused run leaves no empty folder behind
+            output.parent.rmdir()
+        raise
+    return output
+
+
+def prediction_dirs(probs_dir: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                    rle_dir: str | os.PathLike | None, output: Path, strategy: str) -> tuple[list, list[Predictions]]:
+    """The folders a submission reads (rle_dir, or probs_dir's one or several) and their predictions, after the
+    settings that need no file are checked."""
     if (probs_dir is None) == (rle_dir is None):
         raise CarvanaError("set exactly one of probs_dir=DIR (probability PNGs) or rle_dir=DIR (rle-rank*.csv shards)")
-    output = Path(output)
     if not output.name.endswith(".csv.gz"):
         raise CarvanaError(f"output={output} must end in .csv.gz: the submission is a gzip-compressed CSV")
     if strategy not in STRATEGIES:
@@ -49,29 +74,7 @@ def make_submission(*, probs_dir: str | os.PathLike | Sequence[str | os.PathLike
     if rle_dir is None and not all(f.pngs for f in found):
         empty = next(d for d, f in zip(dirs, found) if not f.pngs)
         raise CarvanaError(f"probs_dir={empty} holds RLE shards, no PNGs: give it as rle_dir={empty}")
-    threshold = submission_threshold(threshold, dirs, rle_dir is not None)
-    if sample_csv is None:
-        sample_csv = Path(recorded_one(dirs, "data_root", "sample_csv") or conf_value("data/carvana", "root")) / \
-            "sample_submission.csv"
-    names = read_sample_names(sample_csv)
-    predicted = {p.stem for f in found for p in f.pngs} if rle_dir is None else None
-    made = not output.parent.exists()
-    check_writable_dir(output.parent, "output")
-    remove_dead_temporaries(output.parent)
-    shape = (height, width)
-    try:
-        if rle_dir is not None:
-            rows = shard_rows(rle_dir, names, fill_missing, allow_unlisted, shape)
-        else:
-            check_listed(predicted, names, sample_csv, allow_unlisted)
-            workers = len(os.sched_getaffinity(0)) if workers is None else workers
-            rows = png_rows(dirs, names, threshold, strategy, fill_missing, shape, workers)
-        write_submission(output, rows)
-    except CarvanaError:
-        if made and not any(output.parent.iterdir()):  # a refused run leaves no empty folder behind
-            output.parent.rmdir()
-        raise
-    return output
+    return dirs, found
 
 
 def check_listed(predicted: set[str], names: Sequence[str], sample_csv: object, allow_unlisted: bool) -> None:
@@ -85,29 +88,36 @@ def check_listed(predicted: set[str], names: Sequence[str], sample_csv: object, 
         print(f"allow_unlisted: {len(unlisted)} predicted photos not in sample_csv are left out", file=sys.stderr)
 
 
-def recorded_one(dirs: list, key: str, fix: str) -> object:
-    """The one value of a setting predict.py recorded in the folders (None: none recorded); folders that recorded
-    different values are refused, naming the key that settles it."""
-    values = recorded_values(dirs, key)
-    if len(values) > 1:
-        raise CarvanaError(f"the prediction folders {', '.join(map(str, dirs))} were written with different {key}s "
-                           f"({', '.join(map(str, values))}): give {fix}= to say which")
-    return values[0] if values else None
+# submit.py's keys that null fills from predict.json: the setting predict.py recorded, the default where none is
+FROM_RECORD = (("threshold", "threshold", ("predict", "threshold")),
+               ("sample_csv", "data_root", ("data/carvana", "root")))
 
 
-def submission_threshold(threshold: float | None, dirs: list, shards: bool) -> float:
-    """The cut of the submission: the one given, else the one predict.py recorded with the outputs (folders made
-    elsewhere: predict.py's default). Shards were cut when predict.py wrote them: another threshold is refused."""
-    if threshold is None:
-        recorded = recorded_one(dirs, "threshold", "threshold")
-        return recorded if recorded is not None else conf_value("predict", "threshold")
-    check_threshold(threshold)
-    recorded = recorded_values(dirs, "threshold")
-    if shards and recorded and threshold != recorded[0]:
-        raise CarvanaError(f"threshold={threshold}, but the shards in rle_dir={dirs[0]} were cut at {recorded[0]} "
-                           f"when predict.py wrote them: drop threshold=, or predict again with write=rle threshold="
-                           f"{threshold}")
-    return threshold
+def recorded_or_default(threshold: float | None, sample_csv: str | os.PathLike | None, dirs: list, shards: bool
+                        ) -> tuple[float, str | os.PathLike]:
+    """threshold and sample_csv: each as given, else from the one value predict.py recorded with the predictions (its
+    threshold; its data root's sample_submission.csv), else predict.py's threshold and the default data root's sample.
+    Folders that recorded different values are refused, naming the key that settles it; shards were cut when
+    predict.py wrote them: another threshold is refused."""
+    recorded = recorded_settings(dirs)
+    if threshold is not None:
+        check_threshold(threshold)
+        cut = recorded.get("threshold", [])
+        if shards and cut and threshold != cut[0]:
+            raise CarvanaError(f"threshold={threshold}, but the shards in rle_dir={dirs[0]} were cut at {cut[0]} when "
+                               f"predict.py wrote them: drop threshold=, or predict again with write=rle threshold="
+                               f"{threshold}")
+    settled = {"threshold": threshold, "sample_csv": sample_csv}
+    for key, source, default in FROM_RECORD:
+        values = recorded.get(source, [])
+        if settled[key] is not None:
+            continue
+        if len(values) > 1:
+            raise CarvanaError(f"the prediction folders {', '.join(map(str, dirs))} were written with different "
+                               f"{source}s ({', '.join(map(str, values))}): give {key}= to say which")
+        value = (values[0] if values else None) or conf_value(*default)
+        settled[key] = Path(value) / "sample_submission.csv" if key == "sample_csv" else value
+    return settled["threshold"], settled["sample_csv"]
 
 
 def read_sample_names(path: str | os.PathLike) -> list[str]:

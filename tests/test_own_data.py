@@ -129,9 +129,7 @@ def predict_in_process(*words: str) -> str:
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="predict", overrides=["trainer=cpu", "num_workers=0", *words])
-    line, status = run(OmegaConf.to_container(cfg, resolve=True))
-    assert status == 0
-    return line
+    return run(OmegaConf.to_container(cfg, resolve=True))
 
 
 def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trained: dict, tmp_path: Path):
@@ -329,12 +327,15 @@ def test_training_reads_masks_whose_alpha_is_the_object(own_root: Path, tmp_path
 
 def test_predicts_dice_table_scores_an_alpha_mask_by_its_alpha(tmp_path: Path):
     """predict_on_val's per-photo Dice reads masks as training does: white + alpha is the alpha, not all object."""
-    from carvana.predict.run import dice_table
+    from carvana.predict.run import Photos, score_fold
 
     truth = np.zeros((32, 48), np.uint8)
     truth[4:20, 6:30] = 1
     Image.fromarray(np.dstack([np.full((32, 48, 3), 255, np.uint8), truth * 255])).save(tmp_path / "a.png")
     (tmp_path / "probs").mkdir()
     write_png(tmp_path / "probs" / "a.png", truth * 255)
-    table = dice_table([tmp_path / "a.jpg"], tmp_path / "probs", [tmp_path / "a.png"], 0.5, r"^(.*)$")
-    assert table.dice.tolist() == [1.0]
+    photos = Photos([tmp_path / "a.jpg"], [tmp_path / "a.png"], {"group": r"^(.*)$"})
+    table_path = tmp_path / "probs" / "dice_fold0.csv"
+    assert score_fold(photos, tmp_path / "probs", 0.5, 0) == f" val_dice=1.0000 dice_table={table_path}"
+    table = pd.read_csv(table_path)
+    assert table.columns.tolist() == ["image", "group", "dice"] and table.dice.tolist() == [1.0]

@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 
 from carvana.data.io import write_image, write_mask_gif, write_probs8
-from carvana.data.layout import CAR_GROUP
+from carvana.data.layout import CAR_GROUP, group_unit
 from carvana.predict.manifest import settings
 from carvana.report.__main__ import main
 from carvana.report.oof import FN_COLOUR, FP_COLOUR, OUTLINE_COLOUR, THRESHOLDS, draw_errors, draw_outline, write_report
 from tests.conftest import run_module
 
 SIZE = (32, 48)  # h, w: non-square, so a transposed axis cannot pass
+PREDICTED = {"tta": "none", "threshold": 0.5, "write": ["png"], "cutout_alpha": "probs", "cutout_colour": "blur"}
 PHOTOS = [("aaaa00000001", 1), ("aaaa00000001", 2), ("aaaa00000001", 3), ("bbbb00000002", 1), ("bbbb00000002", 16)]
 
 
@@ -119,6 +120,47 @@ def test_tables_match_brute_force(oof: dict, capsys: pytest.CaptureFixture) -> N
     assert brute[int(np.abs(THRESHOLDS - best).argmin())] == pytest.approx(max(brute), abs=1e-5)
 
 
+@pytest.mark.parametrize("group", [r"^([0-9a-f]+)_\d\d$", r"^(\w{12})_"])
+def test_cars_are_told_by_the_names_not_by_the_regex_text(oof: dict, tmp_path: Path, group: str) -> None:
+    """Carvana's grouping written as another regex still gives the per-car and per-angle tables, the same numbers."""
+    args = (str(oof["oof"]), str(tmp_path / "out"), str(oof["root"] / "train_masks"), str(oof["root"] / "train"))
+    written = write_report(*args, threshold=0.5, worst=0, workers=1, group=group)
+    default = write_report(*args, threshold=0.5, worst=0, workers=1, group=CAR_GROUP)
+    assert sorted(written) == ["per_angle", "per_car", "per_image", "thresholds"]
+    assert written["per_image"].columns.tolist() == ["image", "car", "angle", "dice"]
+    assert sorted(written["per_car"].car) == ["aaaa00000001", "bbbb00000002", "cccc00000003"]
+    for name, table in default.items():
+        pd.testing.assert_frame_equal(written[name], table)
+
+
+def test_own_names_get_per_group_tables_under_the_car_regex(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Names that are not Kaggle's (<12 hex car id>_<angle>), grouped by the default regex CAR_GROUP: per group, no
+    angle (not 'car chair, angle 1')."""
+    root, oof_dir = tmp_path / "data", tmp_path / "oof"
+    for d in (root / "train", root / "train_masks", oof_dir):
+        d.mkdir(parents=True)
+    truth = np.zeros(SIZE, np.uint8)
+    truth[8:24, 10:30] = 1
+    for name in ("chair_01", "chair_02", "vase_01"):
+        write_photo(root, oof_dir, name, truth, truth * 200)
+    main([f"probs_dir={oof_dir}", f"data_root={root}", f"output_dir={tmp_path / 'out'}", "worst=0"])
+    assert "images=3 groups=2 mean_dice=1.00000 threshold=0.5" in capsys.readouterr().out.splitlines()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["per_group.csv", "per_image.csv",
+                                                                         "thresholds.csv"]
+    assert pd.read_csv(tmp_path / "out" / "per_image.csv").columns.tolist() == ["image", "group", "dice"]
+    assert pd.read_csv(tmp_path / "out" / "per_group.csv").group.tolist() == ["chair", "vase"]
+
+
+def test_group_unit_reads_kaggle_names_grouped_by_their_car() -> None:
+    kaggle = [Path("0cdf5b5d0ce1_05.jpg"), Path("0cdf5b5d0ce1_16.jpg"), Path("00087a6bd4dc_01.jpg")]
+    cars = ["0cdf5b5d0ce1", "0cdf5b5d0ce1", "00087a6bd4dc"]
+    assert group_unit(kaggle, cars) == "car"
+    assert group_unit(kaggle, [p.stem for p in kaggle]) == "group"  # data.group=null: each photo alone
+    assert group_unit([*kaggle, Path("extra_01.jpg")], [*cars, "extra"]) == "group"  # one other name: not Carvana's
+    assert group_unit([Path("0CDF5B5D0CE1_05.jpg"), Path("0cdf5b5d0ce1_5.jpg")], ["0CDF5B5D0CE1", "0cdf5b5d0ce1"]) \
+        == "group"
+
+
 def test_worst_gallery(oof: dict) -> None:
     out = oof["oof"].parent / "report"
     main([f"probs_dir={oof['oof']}", f"data_root={oof['root']}", f"output_dir={out}", "worst=5"])
@@ -207,7 +249,7 @@ def test_report_takes_the_data_root_and_group_predict_recorded(oof: dict) -> Non
     """probs_dir= alone: the masks come from the data root predict.py recorded in predict.json (not the config's
     default root), the groups from the checkpoint's data.group it recorded."""
     names = sorted(p.name.replace(".png", ".jpg") for p in oof["oof"].glob("*.png"))
-    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None, None,
+    recorded = settings(PREDICTED, [], ["input32x48"],
                         {"data_root": str(oof["root"]), "group": r"^(\w{4})", "images_dir": None, "masks_dir": None})
     (oof["oof"] / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": names}]}))
     out = oof["oof"].parent / "report"
@@ -242,9 +284,8 @@ def test_photos_predicted_without_masks_are_named_as_such(oof: dict, capsys: pyt
     train_masks folder is missing; masks_dir= given scores them."""
     names = sorted(p.name.replace(".png", ".jpg") for p in oof["oof"].glob("*.png"))
     (oof["root"] / "train_masks").rename(oof["root"] / "their_masks")
-    recorded = settings([], "none", 0.5, ["png"], ["input32x48"], None, None,
-                        {"data_root": str(oof["root"]), "group": None, "images_dir": str(oof["root"] / "train"),
-                         "masks_dir": None})
+    recorded = settings(PREDICTED, [], ["input32x48"], {"data_root": str(oof["root"]), "group": None,
+                                                        "images_dir": str(oof["root"] / "train"), "masks_dir": None})
     (oof["oof"] / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": names}]}))
     with pytest.raises(SystemExit) as exit_info:
         main([f"probs_dir={oof['oof']}"])

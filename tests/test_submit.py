@@ -1,6 +1,7 @@
 """submit.py and carvana.submission: rows, order, gzip, ensembles, errors, RLE shards and their merge."""
 
 import gzip
+import json
 import re
 import subprocess
 import sys
@@ -205,6 +206,38 @@ def test_rle_dir_merge(tmp_path: Path, sample: Path):
     assert table["img"].tolist() == NAMES
     for name, rle in zip(table["img"], table["rle_mask"]):
         np.testing.assert_array_equal(rle_decode(rle, (H, W)), probs[name] > 127)
+
+
+def record(directory: Path, **recorded: object) -> Path:
+    """A predict.json in `directory` recording the settings `recorded` (threshold=, data_root=) for NAMES."""
+    (directory / "predict.json").write_text(json.dumps({"entries": [{"settings": recorded, "photos": NAMES}]}))
+    return directory
+
+
+def test_null_threshold_and_sample_csv_are_what_predict_recorded(tmp_path: Path):
+    """threshold and sample_csv null: the threshold predict.py recorded, its data root's sample_submission.csv;
+    folders that recorded two of either are refused naming the key that settles it; shards refuse another cut."""
+    from carvana.cli import compose
+    from carvana.submission import make_submission
+
+    probs, root = random_probs(7), tmp_path / "root"
+    root.mkdir()
+    write_sample(root / "sample_submission.csv", NAMES[::-1])
+    a = record(write_pngs(tmp_path / "a", probs), threshold=0.3, data_root=str(root))
+    b = record(write_pngs(tmp_path / "b", probs), threshold=0.6, data_root=str(tmp_path))
+    keys = {**compose("submit", []), "height": H, "width": W, "workers": 1, "output": tmp_path / "sub.csv.gz"}
+    table = read_submission(make_submission(**{**keys, "probs_dir": a}))
+    assert table["img"].tolist() == NAMES[::-1]  # the recorded root's sample
+    for name, rle in zip(table["img"], table["rle_mask"]):
+        np.testing.assert_array_equal(rle_decode(rle, (H, W)), probs[name] > 76)  # p / 255 > 0.3
+    with pytest.raises(CarvanaError, match=r"different thresholds \(0.3, 0.6\): give threshold= to say which"):
+        make_submission(**{**keys, "probs_dir": [a, b]})
+    with pytest.raises(CarvanaError, match=r"different data_roots \(.*\): give sample_csv= to say which"):
+        make_submission(**{**keys, "probs_dir": [a, b], "threshold": 0.5})
+    with RleShardWriter(tmp_path / "rle", 0) as writer:
+        writer.write(NAMES[0], "1 2")
+    with pytest.raises(CarvanaError, match="were cut at 0.3 when predict.py wrote them"):
+        make_submission(**{**keys, "rle_dir": record(tmp_path / "rle", threshold=0.3), "threshold": 0.5})
 
 
 def test_rle_dir_errors(tmp_path: Path, sample: Path):

@@ -14,6 +14,7 @@ MASK_PATTERNS = ("{}_mask.gif", "{}_mask.png", "{}.png", "{}.gif")
 CAR_GROUP = r"^(.+)_\d+$"  # Carvana's car id: '0cdf5b5d0ce1' of '0cdf5b5d0ce1_05'
 EACH_PHOTO = r"^(.*)$"  # data.group=null: each photo is its own group
 _ANGLE = re.compile(r"^.+_(\d+)$")
+KAGGLE_NAME = re.compile(r"^([0-9a-f]{12})_(\d\d)$")  # Kaggle's photo name: <car id>_<angle>, '0cdf5b5d0ce1_05'
 
 
 def car_id(path: str | os.PathLike) -> str:
@@ -46,6 +47,14 @@ def group_of(path: str | os.PathLike, pattern: re.Pattern, key: str = "data.grou
         raise CarvanaError(f"photo {Path(path).name} does not match {key}={pattern.pattern!r}: fix the regex, or "
                            "rename the photo")
     return match[1]
+
+
+def group_unit(photos: list[str | os.PathLike], groups: list[str]) -> str:
+    """What the photos' `groups` are, from the names alone (not the regex's text): 'car' when every photo has
+    Kaggle's name (<12 hex car id>_<2-digit angle>) and its group is that car id (tables by car and by angle), else
+    'group' (own data, or Carvana's photos grouped otherwise)."""
+    names = [KAGGLE_NAME.match(Path(p).stem) for p in photos]
+    return "car" if names and all(m and m[1] == g for m, g in zip(names, groups, strict=True)) else "group"
 
 
 def first_process() -> bool:

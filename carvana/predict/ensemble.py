@@ -13,7 +13,7 @@ from carvana import CarvanaError
 from carvana.data.dataset import SegDataset, SizeBatchSampler, to_tensor
 from carvana.data.geometry import Geometry
 from carvana.model.onnx import OnnxModel
-from carvana.model.tta import check_tta, tta_logits
+from carvana.model.tta import TTAS, tta_logits
 from carvana.predict.tiles import tiled_logits
 from carvana.predict.writer import HostProbs8, copy_probs8
 from carvana.progress import tile_counter
@@ -60,7 +60,8 @@ class Ensemble(pl.LightningModule):
     def __init__(self, models: list, tta: str, tile: tuple[int, int] | None = None, tile_overlap: float = 0.25,
                  tile_batch: int = 4):
         super().__init__()
-        self.models, self.tta = torch.nn.ModuleList(models), check_tta(tta, "tta")
+        assert tta in TTAS, tta  # checked once where a user gives it: predict.py's check_settings, the Segmenter
+        self.models, self.tta = torch.nn.ModuleList(models), tta
         self.tile, self.tile_overlap, self.tile_batch = tile, tile_overlap, tile_batch
 
     def passes(self, model: torch.nn.Module, image: torch.Tensor, size: tuple[int, int], boxes: torch.Tensor | None

@@ -30,15 +30,16 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def settings(ckpts: list[Path], tta: str, threshold: float, write: list[str], geometry: list[str],
-             cutout_alpha: str | None, cutout_colour: str | None, provenance: dict) -> dict:
-    """The settings a predict.py run's outputs depend on (COMPARED; `geometry` names the network inputs and the tiling),
-    and where its photos come from, which the report reads: `provenance` holds data_root, group (the regex of the
-    photos' groups), images_dir and masks_dir (null: photos without masks)."""
-    return {"checkpoints": [{"path": str(p), "sha256": sha256(p)} for p in ckpts], "tta": tta,
-            "threshold": threshold, "write": sorted(write), "geometry": geometry,
-            "cutout_alpha": cutout_alpha if "cutout" in write else None,
-            "cutout_colour": cutout_colour if "cutout" in write else None, **provenance}
+def settings(cfg: dict, ckpts: list[Path], geometry: list[str], provenance: dict) -> dict:
+    """The settings a predict.py run's outputs depend on (COMPARED: the checkpoints, cfg's tta, threshold, write (a
+    list) and cut-out keys, `geometry` naming the network inputs and the tiling), and where its photos come from, which
+    the report reads: `provenance` holds data_root, group (the regex of the photos' groups), images_dir and masks_dir
+    (null: photos without masks)."""
+    cutouts = "cutout" in cfg["write"]
+    return {"checkpoints": [{"path": str(p), "sha256": sha256(p)} for p in ckpts], "tta": cfg["tta"],
+            "threshold": cfg["threshold"], "write": sorted(cfg["write"]), "geometry": geometry,
+            "cutout_alpha": cfg["cutout_alpha"] if cutouts else None,
+            "cutout_colour": cfg["cutout_colour"] if cutouts else None, **provenance}
 
 
 def read_manifest(directory: str | Path) -> list[dict]:
@@ -174,11 +175,15 @@ def find_predictions(directory: str | Path, key: str = "probs_dir") -> Predictio
     return Predictions(pngs, shards)
 
 
-def recorded_values(directories: list[str | Path], key: str) -> list:
-    """The values of a setting (threshold, data_root) recorded in prediction folders, each once, sorted by their
-    JSON text; [] when none is recorded."""
-    values = {json.dumps(e["settings"].get(key)) for d in directories for e in read_manifest(d)}
-    return [json.loads(v) for v in sorted(values)]
+def recorded_settings(directories: list[str | Path]) -> dict[str, list]:
+    """Each setting predict.py recorded in the prediction folders (threshold, data_root, group, ...) -> its values,
+    each once, sorted by their JSON text (several: folders, or photos of one folder, written with different values);
+    a folder without predict.json records nothing."""
+    values: dict[str, set[str]] = {}
+    for entry in (e for d in directories for e in read_manifest(d)):
+        for key, value in entry["settings"].items():
+            values.setdefault(key, set()).add(json.dumps(value))
+    return {key: [json.loads(v) for v in sorted(texts)] for key, texts in values.items()}
 
 
 def _difference(others: list[dict], wanted: dict) -> str:

@@ -7,33 +7,21 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-import pandas as pd
 import pytorch_lightning as pl
-import torch
 
 from carvana import CarvanaError
 from carvana.cli import check_threshold
 from carvana.data.boxes import load_boxes
-from carvana.data.coco import CocoMask, annotations_path, read_coco, read_mask_source
+from carvana.data.coco import CocoMask, annotations_path, read_coco
 from carvana.data.dataset import find_stacked
 from carvana.data.folds import read_folds, split
-from carvana.data.io import probs_cut, read_probs8
-from carvana.data.layout import (
-    CAR_GROUP,
-    EACH_PHOTO,
-    IMAGE_SUFFIXES,
-    angle_of,
-    find_masks,
-    group_of,
-    group_pattern,
-    list_images,
-)
+from carvana.data.layout import CAR_GROUP, EACH_PHOTO, IMAGE_SUFFIXES, find_masks, group_pattern, list_images
 from carvana.data.photo_check import check_photos
 from carvana.files import atomic_path, check_writable_dir
 from carvana.hardware import check_accelerator, default_workers, trainer_kwargs
-from carvana.model.loading import load_models, read_checkpoint
-from carvana.model.losses import dice_per_image
+from carvana.model.loading import load_models
 from carvana.model.tta import check_tta
 from carvana.predict.ensemble import (
     Ensemble,
@@ -44,6 +32,7 @@ from carvana.predict.ensemble import (
     check_onnx_sizes,
 )
 from carvana.predict.manifest import CUTOUTS, prepare, redo_wrong_sizes, settings, written_names
+from carvana.predict.scores import dice_table, histograms
 from carvana.predict.shards import ROW_BREAKERS
 from carvana.predict.tiles import check_tiling
 from carvana.predict.writer import CUTOUT_ALPHAS, CUTOUT_COLOURS, MaskWriter, Stopped
@@ -64,11 +53,14 @@ def find_checkpoints(ckpt: str | list[str] | None) -> list[Path]:
         if not found:
             raise CarvanaError(f"ckpt={item} matches no checkpoint")
         paths += [Path(p) for p in found]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing:  # said here for an .onnx file too, which onnx would call unreadable
+        raise CarvanaError(f"ckpt={missing}: no checkpoint at this path")
     return paths
 
 
-def check_settings(cfg: dict) -> list[str]:
-    """predict.py's keys checked before any model is read -> the outputs asked for (write as a list)."""
+def check_settings(cfg: dict) -> dict:
+    """predict.py's keys checked before any model is read -> cfg with write as a list of the outputs asked for."""
     write = [cfg["write"]] if isinstance(cfg["write"], str) else list(cfg["write"])
     if not write or any(w not in WRITES for w in write):
         raise CarvanaError(f"write={cfg['write']}: choose png, rle, cutout, or a list of them (e.g. [png, cutout])")
@@ -84,60 +76,79 @@ def check_settings(cfg: dict) -> list[str]:
         if (value is not None or key != "num_workers") and (not isinstance(value, int) or value < least):
             raise CarvanaError(f"{key}={value} must be an integer >= {least}")
     check_accelerator(cfg["trainer"])
-    return write
+    return {**cfg, "write": write}
 
 
-def dice_table(images: list[Path], probs_dir: Path, masks: list[Path | CocoMask], threshold: float, group: str
-               ) -> pd.DataFrame:
-    """Per-photo Kaggle Dice of written predictions against their masks -> DataFrame[image, car, angle, dice] for
-    Carvana's names, [image, group, dice] for other groups (the report's columns)."""
-    rows, pattern, unit = [], group_pattern(group), "car" if group == CAR_GROUP else "group"
-    for path, mask in progress(list(zip(images, masks)), "scoring the predictions", len(images)):
-        pred = torch.from_numpy(read_probs8(probs_dir / f"{path.stem}.png") > probs_cut(threshold))
-        truth = torch.from_numpy(read_mask_source(mask))
-        dice = float(dice_per_image(pred[None, None], truth[None, None])[0])
-        angle = {"angle": angle_of(path)} if unit == "car" else {}
-        rows.append({"image": path.name, unit: group_of(path, pattern), **angle, "dice": dice})
-    return pd.DataFrame(rows)
+class Models(NamedTuple):
+    """An ensemble's files (checkpoints or exported .onnx files) and their models, loaded in that order."""
+
+    paths: list[Path]
+    loaded: list
 
 
-def predict(images: list[Path], ckpts: list[Path], models: list, output_dir: Path, trainer: pl.Trainer, writer:
-            MaskWriter, cfg: dict, write: list[str], provenance: dict, bboxes: str | None) -> int:
-    """Predict the photos not yet written into output_dir -> how many were predicted now; `provenance` is recorded
-    in predict.json (carvana.predict.manifest.settings)."""
-    check_onnx_run(models, trainer.world_size)  # before anything is written
-    tile = check_tiling(cfg["tile"], cfg["tile_overlap"], [m.geometry for m in models])
-    geometry = [m.geometry.key for m in models]
+class Photos(NamedTuple):
+    """The photos a run predicts, their true masks (predict_on_val; else None), and where they come from: predict.json's
+    provenance (data_root, group: the regex of the photos' groups, images_dir, masks_dir), which the report reads."""
+
+    images: list[Path]
+    masks: list[Path | CocoMask] | None
+    provenance: dict
+
+
+def score_fold(photos: Photos, output_dir: Path, threshold: float, fold: int | None) -> str:
+    """predict_on_val's per-photo Dice of the written predictions against the photos' masks, written as
+    dice_fold<fold>.csv into output_dir (carvana.predict.scores.dice_table) -> the summary line's words about it."""
+    images = photos.images
+    hists = histograms([output_dir / f"{p.stem}.png" for p in images], photos.masks, default_workers(1),
+                       "scoring the predictions")
+    table = dice_table(images, [p.name for p in images], hists, threshold, photos.provenance["group"])
+    table_path = output_dir / f"dice_fold{fold}.csv"
+    with atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False)
+    return f" val_dice={table.dice.mean():.4f} dice_table={table_path}"
+
+
+def predict(cfg: dict, models: Models, photos: Photos, trainer: pl.Trainer, writer: MaskWriter) -> int:
+    """Predict the photos not yet written into cfg's output_dir -> how many were predicted now."""
+    loaded, images, output_dir, write = models.loaded, photos.images, Path(cfg["output_dir"]), cfg["write"]
+    check_onnx_run(loaded, trainer.world_size)  # before anything is written
+    tile = check_tiling(cfg["tile"], cfg["tile_overlap"], [m.geometry for m in loaded])
+    geometry = [m.geometry.key for m in loaded]
     if tile:  # tiled outputs differ from whole ones at the tiles' borders: a folder keeps one or the other
         geometry.append(f"tile={tile[0]}x{tile[1]} overlap={cfg['tile_overlap']}")
-    wanted = settings(ckpts, cfg["tta"], cfg["threshold"], write, geometry, cfg["cutout_alpha"], cfg["cutout_colour"],
-                      provenance)
+    wanted = settings(cfg, models.paths, geometry, photos.provenance)
     # the photos are checked as training checks them (a corrupt one, or a size an ONNX file cannot take, stops the
     # run before anything is written), and give their sizes: masks come out at each photo's own size, batches hold
     # photos of one size
     sizes = [c.size for c in progress(check_photos(images, default_workers(1)), "checking the photos", len(images))]
-    check_onnx_sizes(models, images, sizes, tile)
+    check_onnx_sizes(loaded, images, sizes, tile)
     prepare(output_dir, wanted, images, cfg["overwrite"], trainer.is_global_zero)
     done = writer.skip = written_names(output_dir, write, images)
     done = writer.skip = redo_wrong_sizes(output_dir, write, images, sizes, done, trainer.is_global_zero)
     todo = batches_to_do(images, sizes, done, 1 if tile else cfg["batch_size"])
     if not todo:
         return 0
-    photos = [images[i] for i in todo]
+    data = predict_data(cfg, loaded, [images[i] for i in todo], [sizes[i] for i in todo], tile, trainer.num_devices)
+    ensemble = Ensemble(loaded, cfg["tta"], tile, cfg["tile_overlap"], cfg["batch_size"])
+    predict_or_stop(trainer, ensemble, data, output_dir, lambda: len(written_names(output_dir, write, images)),
+                    len(images))
+    return sum(images[i].name not in done for i in todo)
+
+
+def predict_data(cfg: dict, models: list, photos: list[Path], sizes: list[tuple[int, int]],
+                 tile: tuple[int, int] | None, devices: int) -> PredictData:
+    """The photos to predict now, of these (h, w) sizes, as the models' inputs (with the stacked masks and car boxes
+    the models were trained on) in batches of one size."""
     stacked_dirs = {tuple(m.hparams.get("data", {}).get("stacked_dirs") or []) for m in models}
     if len(stacked_dirs) > 1:
         raise CarvanaError(f"the checkpoints were trained on different data.stacked_dirs ({sorted(stacked_dirs)}): "
                            f"ensemble checkpoints of one stage only")
     dirs = list(stacked_dirs.pop())
     dataset = PredictDataset(photos, [m.geometry for m in models], find_stacked(photos, dirs) if dirs else None,
-                             car_boxes(models, bboxes, photos))
-    workers = default_workers(trainer.num_devices) if cfg["num_workers"] is None else cfg["num_workers"]
+                             car_boxes(models, cfg["data"]["bboxes"], photos))
+    workers = default_workers(devices) if cfg["num_workers"] is None else cfg["num_workers"]
     # tiled: one photo at a time, batch_size tiles a forward
-    data = PredictData(dataset, [sizes[i] for i in todo], 1 if tile else cfg["batch_size"], workers)
-    ensemble = Ensemble(models, cfg["tta"], tile, cfg["tile_overlap"], cfg["batch_size"])
-    predict_or_stop(trainer, ensemble, data, output_dir, lambda: len(written_names(output_dir, write, images)),
-                    len(images))
-    return sum(p.name not in done for p in photos)
+    return PredictData(dataset, sizes, 1 if tile else cfg["batch_size"], workers)
 
 
 def predict_or_stop(trainer: pl.Trainer, ensemble: Ensemble, data: PredictData, output_dir: Path,
@@ -213,8 +224,24 @@ def check_row_names(images: list[Path]) -> None:
                            "or predict with write=png")
 
 
-def choose_photos(cfg: dict, meta: dict, root: Path, group: str, fold: int | None
-                  ) -> tuple[list[Path], list[Path] | None, Path | None]:
+def choose_photos(cfg: dict, meta: dict, fold: int | None) -> Photos:
+    """The photos to predict, where they come from, and their masks (predict_on_val), each checked before the long
+    run; `meta` is the data the first checkpoint was trained on."""
+    root = Path(cfg["data"]["root"] or meta.get("root") or ".")
+    # the regex of the photos' groups: Carvana's cars for checkpoints that do not say, each photo alone for null
+    group = meta.get("group", CAR_GROUP)
+    group = EACH_PHOTO if group is None else group
+    check_apart(Path(cfg["output_dir"]), cfg, meta, root)  # before the photos are listed and output_dir is touched
+    images, masks, masks_dir = photos_and_masks(cfg, meta, root, group, fold)
+    if "rle" in cfg["write"]:
+        check_row_names(images)
+    provenance = {"data_root": str(root), "group": group, "images_dir": str(images[0].parent),
+                  "masks_dir": None if masks_dir is None else str(masks_dir)}
+    return Photos(images, masks, provenance)
+
+
+def photos_and_masks(cfg: dict, meta: dict, root: Path, group: str, fold: int | None
+                     ) -> tuple[list[Path], list[Path | CocoMask] | None, Path | None]:
     """The photos to predict -> (photos, their masks, the masks' folder): the validation photos of `fold` with their
     masks (predict_on_val), else input_dir's photos (a folder or one photo) without masks."""
     if not cfg["predict_on_val"]:
@@ -230,50 +257,35 @@ def choose_photos(cfg: dict, meta: dict, root: Path, group: str, fold: int | Non
     return images, find_masks(images, masks_dir), masks_dir  # the masks before the long run starts
 
 
-def run(cfg: dict) -> tuple[str, int]:
-    """predict.py's job from its plain config -> (summary line for rank 0, exit status); see conf/predict.yaml."""
+def run(cfg: dict) -> str:
+    """predict.py's job from its plain config (conf/predict.yaml) -> the summary line, empty on ranks other than 0."""
     check_allocation(cfg["trainer"])
     use_allocated_cpus()
     ckpts = find_checkpoints(cfg["ckpt"])
-    write = check_settings(cfg)
-    meta = read_checkpoint(ckpts[0], onnx=True)["hyper_parameters"].get("data") or {}
-    models = load_models(ckpts, cfg["model"])  # every file whole and of this project, before any work
-    root = Path(cfg["data"]["root"] or meta.get("root") or ".")
-    # the regex of the photos' groups: Carvana's cars for checkpoints that do not say, each photo alone for null
-    group = meta.get("group", CAR_GROUP)
-    group = EACH_PHOTO if group is None else group
-    output_dir = Path(cfg["output_dir"])
-    if cfg["predict_on_val"] and "png" not in write:
+    cfg = check_settings(cfg)
+    models = Models(ckpts, load_models(ckpts, cfg["model"]))  # every file whole and of this project, before any work
+    meta = models.loaded[0].hparams.get("data") or {}  # the first checkpoint's data: predict.py's defaults
+    if cfg["predict_on_val"] and "png" not in cfg["write"]:
         raise CarvanaError("predict_on_val=true scores the written PNGs: use write=png or write=[png,rle]")
     fold = meta.get("fold") if cfg["fold"] is None else cfg["fold"]
-    check_apart(output_dir, cfg, meta, root)  # before the photos are listed and anything in output_dir is touched
-    images, masks, masks_dir = choose_photos(cfg, meta, root, group, fold)
-    if "rle" in write:
-        check_row_names(images)
-    provenance = {"data_root": str(root), "group": group, "images_dir": str(images[0].parent),
-                  "masks_dir": None if masks_dir is None else str(masks_dir)}
+    photos = choose_photos(cfg, meta, fold)
+    output_dir = Path(cfg["output_dir"])
     check_writable_dir(output_dir, "output_dir")
-    writer = MaskWriter(output_dir, write, cfg["threshold"], cfg["writer_threads"], {p.name: p for p in images},
-                        cfg["cutout_alpha"], cfg["cutout_colour"])
+    writer = MaskWriter(output_dir, cfg["write"], cfg["threshold"], cfg["writer_threads"],
+                        {p.name: p for p in photos.images}, cfg["cutout_alpha"], cfg["cutout_colour"])
     trainer = pl.Trainer(**trainer_kwargs(cfg["trainer"]), callbacks=[writer], logger=False,
                          use_distributed_sampler=False)
-    count = predict(images, ckpts, models, output_dir, trainer, writer, cfg, write, provenance, cfg["data"]["bboxes"])
+    count = predict(cfg, models, photos, trainer, writer)
     if not trainer.is_global_zero:
-        return "", 0
-    line = f"predicted={count} skipped={len(images) - count} output_dir={output_dir}"
-    if cfg["predict_on_val"]:
-        table = dice_table(images, output_dir, masks, cfg["threshold"], group)
-        table_path = output_dir / f"dice_fold{fold}.csv"
-        with atomic_path(table_path) as tmp:
-            table.to_csv(tmp, index=False)
-        line += f" val_dice={table.dice.mean():.4f} dice_table={table_path}"
-    return line, 0
+        return ""
+    line = f"predicted={count} skipped={len(photos.images) - count} output_dir={output_dir}"
+    return line + (score_fold(photos, output_dir, cfg["threshold"], fold) if cfg["predict_on_val"] else "")
 
 
 def main(cfg: dict) -> None:
     """predict.py: run, print rank 0's summary line; expected errors: one line, exit status 2."""
     try:
-        line, status = run(cfg)
+        line = run(cfg)
     except CarvanaError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -282,4 +294,3 @@ def main(cfg: dict) -> None:
         sys.exit(128 + signal.SIGTERM)  # as a shell reports a process that SIGTERM ended
     if line:
         print(line, flush=True)
-    sys.exit(status)

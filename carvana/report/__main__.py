@@ -9,7 +9,8 @@ import pandas as pd
 from carvana import CarvanaError
 from carvana.cli import compose, conf_value, run_or_exit
 from carvana.data.layout import CAR_GROUP
-from carvana.predict.manifest import read_manifest, recorded_values
+from carvana.predict.manifest import recorded_settings
+from carvana.predict.scores import unit_of
 from carvana.report.oof import write_report
 from carvana.report.run import best_epoch, write_run_report
 
@@ -20,11 +21,11 @@ OOF_ONLY = ("data_root", "masks_dir", "images_dir", "group", "threshold", "worst
 def parse_args(argv: list[str]) -> dict:
     """`key=value` words -> write_report's or write_run_report's arguments, paths resolved; bad words: CarvanaError."""
     cfg = compose("report", argv, RENAMED)
-    defaults = compose("report", [])
     run_dir = cfg.pop("run_dir")
     if run_dir:
         if cfg["probs_dir"]:
             raise CarvanaError("give probs_dir= or run_dir=, not both: each writes its own report.html")
+        defaults = compose("report", [])
         unused = [key for key in OOF_ONLY if cfg[key] != defaults[key]]
         if unused:
             raise CarvanaError(f"{unused[0]}= is for probs_dir= reports: a run_dir= report takes only output_dir=")
@@ -32,33 +33,35 @@ def parse_args(argv: list[str]) -> dict:
     if not cfg["probs_dir"]:
         raise CarvanaError("probs_dir= (predict.py predict_on_val=true output) or run_dir= (a train.py run) is "
                            "required")
+    return {**oof_settings(cfg), "output_dir": cfg["output_dir"] or str(Path(cfg["probs_dir"]) / "report")}
+
+
+def oof_settings(cfg: dict) -> dict:
+    """A probs_dir= report's data root, group, masks and photos: each as given, else as predict.py recorded them in
+    probs_dir (its folders moved along when the data root is given anew), else Kaggle's layout under the default data
+    root and Carvana's cars."""
     probs_dir = cfg["probs_dir"]
-    recorded_root = recorded_values([probs_dir], "data_root") if Path(probs_dir).is_dir() else []
-    root = Path(cfg.pop("data_root") or (recorded_root[0] if len(recorded_root) == 1 else None)
-                or conf_value("data/carvana", "root"))
-    recorded_group = recorded_values([probs_dir], "group") if Path(probs_dir).is_dir() else []
-    cfg["group"] = cfg["group"] or (recorded_group[0] if len(recorded_group) == 1 and recorded_group[0] else CAR_GROUP)
-    old_root = Path(recorded_root[0]) if len(recorded_root) == 1 and recorded_root[0] else None
+    settings = recorded_settings([probs_dir])
+    recorded = {key: values[0] for key, values in settings.items() if len(values) == 1 and values[0]}
+    root = Path(cfg.pop("data_root") or recorded.get("data_root") or conf_value("data/carvana", "root"))
+    cfg["group"] = cfg["group"] or recorded.get("group", CAR_GROUP)
     for key, default in (("masks_dir", "train_masks"), ("images_dir", "train")):
-        # the folder predict.py recorded, at its place under the data root (given anew or recorded), else Kaggle's
-        recorded = recorded_values([probs_dir], key) if Path(probs_dir).is_dir() else []
-        folder = Path(recorded[0]) if len(recorded) == 1 and recorded[0] else None
-        if folder is not None and old_root is not None and folder.is_relative_to(old_root):
-            folder = root / folder.relative_to(old_root)
+        folder = Path(recorded[key]) if key in recorded else root / default
+        if key in recorded and "data_root" in recorded and folder.is_relative_to(recorded["data_root"]):
+            folder = root / folder.relative_to(recorded["data_root"])
         if key == "masks_dir" and not cfg[key]:
-            refuse_photos_without_masks(probs_dir, str(folder or root / default))
-        cfg[key] = cfg[key] or str(folder or root / default)
-    cfg["output_dir"] = cfg["output_dir"] or str(Path(probs_dir) / "report")
+            refuse_photos_without_masks(probs_dir, settings, folder)
+        cfg[key] = cfg[key] or str(folder)
     return cfg
 
 
-def refuse_photos_without_masks(probs_dir: str, masks_dir: str) -> None:
-    """A CarvanaError when predict.py recorded the predictions as of photos without masks (input_dir=) and the default
-    mask folder read instead does not exist: the photos have no masks, so say that, not that a folder is missing."""
-    entries = read_manifest(probs_dir) if Path(probs_dir).is_dir() else []
-    if Path(masks_dir).is_dir() or not entries or any(e["settings"].get("masks_dir", "") is not None for e in entries):
+def refuse_photos_without_masks(probs_dir: str, settings: dict[str, list], masks_dir: Path) -> None:
+    """A CarvanaError when predict.py recorded the predictions (`settings`) as of photos without masks (input_dir=)
+    and the default mask folder read instead does not exist: the photos have no masks, so say that, not that a folder
+    is missing."""
+    if masks_dir.is_dir() or settings.get("masks_dir") != [None]:
         return
-    photos = sorted({str(e["settings"].get("images_dir")) for e in entries})
+    photos = sorted(str(p) for p in settings.get("images_dir", []))
     raise CarvanaError(f"probs_dir={probs_dir} holds predictions of photos without masks (input_dir={', '.join(photos)}"
                        "; predict.json records no masks_dir), and the report scores them against true masks: give "
                        "masks_dir=<the folder of their masks>, or predict with predict_on_val=true")
@@ -67,7 +70,7 @@ def refuse_photos_without_masks(probs_dir: str, masks_dir: str) -> None:
 def print_summary(cfg: dict, result: dict[str, pd.DataFrame]) -> None:
     """The out-of-fold report's summary lines: mean and best-threshold Dice, hardest angles, the gallery."""
     per_image, sweep = result["per_image"], result["thresholds"]
-    unit = "car" if "per_car" in result else "group"
+    unit = unit_of(per_image)
     best = sweep.loc[sweep.dice.idxmax()]
     print(f"images={len(per_image)} {unit}s={per_image[unit].nunique()} mean_dice={per_image.dice.mean():.5f} "
           f"threshold={cfg['threshold']}")

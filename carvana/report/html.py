@@ -13,6 +13,7 @@ from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg r
 
 from carvana import CarvanaError
 from carvana.files import atomic_path
+from carvana.predict.scores import unit_of
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em auto; max-width: 1400px; color: #222; }
@@ -170,7 +171,7 @@ def oof_page(tables: dict[str, pd.DataFrame], overlays: list[tuple[str, float, n
     """The out-of-fold report page from the tables write_report saved and the worst photos' (image, dice, RGB tile);
     Carvana's photos are grouped by car and shown by angle, other data sets by group."""
     per_image, sweep = tables["per_image"], tables["thresholds"]
-    unit = "car" if "per_car" in tables else "group"
+    unit = unit_of(per_image)
     per_group = tables[f"per_{unit}"]
     dice_formats = {"dice": dice_text, "mean": dice_text, "std": dice_text, "min": dice_text, "max": dice_text,
                     **{f"p{q}": dice_text for q in (5, 25, 50, 75, 95)}, "threshold": "{:.2f}".format}

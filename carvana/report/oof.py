@@ -2,19 +2,17 @@
 photos drawn, as CSVs and report.html (python -m carvana.report, conf/report.yaml)."""
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from carvana import CarvanaError
 from carvana.data.io import image_size, read_image, read_mask, read_probs8, write_png
-from carvana.data.layout import CAR_GROUP, IMAGE_SUFFIXES, angle_of, find_masks, group_of, group_pattern, note_left_out
+from carvana.data.layout import IMAGE_SUFFIXES, find_masks, note_left_out
 from carvana.files import atomic_path
 from carvana.predict.manifest import find_predictions
-from carvana.progress import progress
+from carvana.predict.scores import dice_curve, dice_table, histograms, unit_of
 from carvana.report.html import oof_page, write_page
 from carvana.report.overlays import FN_COLOUR, FP_COLOUR, OUTLINE_COLOUR, draw_errors, draw_outline, label
 
@@ -38,35 +36,12 @@ def find_truths(preds: list[Path], masks_dir: Path) -> list[Path]:
     return truths
 
 
-def histogram(pred_path: Path, truth_path: Path) -> np.ndarray:
-    """2x256 int64 pixel counts by predicted value 0..255: row 0 background pixels, row 1 car pixels."""
-    probs, truth = read_probs8(pred_path), read_mask(truth_path)
-    assert probs.shape == truth.shape and probs.size < 2**24, (pred_path, probs.shape, truth.shape)
-    every = cv2.calcHist([probs], [0], None, [256], [0, 256]).ravel()
-    car = cv2.calcHist([probs], [0], truth, [256], [0, 256]).ravel()
-    return np.stack([every - car, car]).astype(np.int64)  # float32 counts are exact below 2**24 pixels
-
-
-def dice_curve(hists: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Nx2x256 histograms -> NxT Dice of `probs > t * 255` per photo and threshold; two empty masks give 1."""
-    # tail[..., k]: pixels with value >= k, i.e. predicted car by every threshold with k-1 <= t * 255 < k
-    tail = np.concatenate([np.cumsum(hists[..., ::-1], axis=-1)[..., ::-1], np.zeros((*hists.shape[:2], 1), int)], -1)
-    first = np.array([(np.arange(256) <= t * 255).sum() for t in thresholds])  # smallest value above t * 255
-    tp, fp = tail[:, 1, first], tail[:, 0, first]
-    fn = hists[:, 1].sum(-1, keepdims=True) - tp
-    total = 2 * tp + fp + fn
-    return np.where(total > 0, 2 * tp / np.maximum(total, 1), 1.0)
-
-
 def tables(preds: list[Path], names: list[str], hists: np.ndarray, threshold: float, group: str
            ) -> dict[str, pd.DataFrame]:
-    """per_image (each photo by `names`), per_car (Carvana's names; per_group for other groups), per_angle (Carvana's
-    names only) and thresholds tables from the photos' histograms, hardest first."""
-    pattern, unit = group_pattern(group, "group"), "car" if group == CAR_GROUP else "group"
-    per_image = pd.DataFrame({"image": names, unit: [group_of(p, pattern, "group") for p in preds],
-                              "dice": dice_curve(hists, np.array([threshold]))[:, 0]})
-    if unit == "car":
-        per_image.insert(2, "angle", [angle_of(p) for p in preds])
+    """per_image (predict_on_val's Dice table: each photo by `names`), per_car (Carvana's cars; per_group for other
+    groups), per_angle (Carvana's cars only) and thresholds tables from the photos' histograms, hardest first."""
+    per_image = dice_table(preds, names, hists, threshold, group, "group")
+    unit = unit_of(per_image)
 
     def mean_by(key: str) -> pd.DataFrame:
         table = per_image.groupby(key).dice.agg(["mean", "size"]).rename(columns={"mean": "dice", "size": "n"})
@@ -154,8 +129,7 @@ def write_report(probs_dir: str, output_dir: str, masks_dir: str, images_dir: st
     truths = find_truths(preds, Path(masks_dir))
     # any photo may be among the worst: check them all before the long pass
     photos = find_photos(Path(images_dir), preds, required=worst > 0)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        hists = np.stack(list(progress(pool.map(histogram, preds, truths), "scoring the photos", len(preds))))
+    hists = histograms(preds, truths, workers, "scoring the photos")
     names = [photo.name if photo else pred.stem for pred, photo in zip(preds, photos)]
     result = tables(preds, names, hists, threshold, group)
     out = Path(output_dir)
