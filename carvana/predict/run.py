@@ -192,10 +192,11 @@ def same_folder(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_apart(output_dir: Path, cfg: dict, meta: dict, root: Path) -> None:
+def check_apart(cfg: dict, meta: dict, root: Path) -> None:
     """Refuse an output_dir that is the photos' folder, or whose cutouts/ is (the predictions, <photo>.png, would be
     written over photos, removed as old predictions by overwrite=true, and listed as photos by the next run), or the
     checkpoint's mask folder."""
+    output_dir = Path(cfg["output_dir"])
     if cfg["predict_on_val"]:
         photos_dir = root / meta.get("image_dir", "train")
         where = f"{photos_dir}, of data.root={root}"
@@ -231,7 +232,7 @@ def choose_photos(cfg: dict, meta: dict, fold: int | None) -> Photos:
     # the regex of the photos' groups: Carvana's cars for checkpoints that do not say, each photo alone for null
     group = meta.get("group", CAR_GROUP)
     group = EACH_PHOTO if group is None else group
-    check_apart(Path(cfg["output_dir"]), cfg, meta, root)  # before the photos are listed and output_dir is touched
+    check_apart(cfg, meta, root)  # before the photos are listed and anything in output_dir is touched
     images, masks, masks_dir = photos_and_masks(cfg, meta, root, group, fold)
     if "rle" in cfg["write"]:
         check_row_names(images)
