@@ -243,7 +243,8 @@ def first_segmentation(content: dict, value: object) -> None:
     (lambda c: c["images"][0].pop("height"), "lacks one of id, file_name, width, height"),
     (lambda c: c["images"][1].update(id=c["images"][0]["id"]), "is listed twice"),
     (lambda c: c["images"][1].update(file_name="other/chair one-a.png"), "share the name 'chair one-a'"),
-    (lambda c: c["images"][3].update(file_name="images/gone.jpg"), "1 of its 10 images are not under data.root/data.image_dir="),
+    (lambda c: c["images"][3].update(file_name="images/gone.jpg"),
+     "1 of its 10 images are not under data.root/data.image_dir="),
     (lambda c: c["images"][0].update(height=65), "is 64x96 (height x width) but the JSON says 65x96"),
     (lambda c: c["annotations"][0].update(image_id=99), "is of image id 99, which 'images' does not list"),
     (lambda c: first_segmentation(c, []), "has no segmentation (a box only?)"),
@@ -293,4 +294,5 @@ def test_coco_needs_its_annotations(tmp_path: Path):
 
     proc = run_tool("train.py", ["data=coco", f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}"])
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0] == ("error: data.annotations has no value (???): give data.annotations=... on the command line"), proc.stderr
+    expected = "error: data.annotations has no value (???): give data.annotations=... on the command line"
+    assert proc.returncode == 2 and lines == [expected], proc.stderr

@@ -38,7 +38,7 @@ class SegDataModule(pl.LightningDataModule):
         self.geometry, self.batch_size, self.num_workers, self.augment = geometry, batch_size, num_workers, augment
         self.stacked_dirs, self.pseudo, self.bboxes, self.seed = list(stacked_dirs), pseudo, bboxes, seed
         self.made_folds = made_folds
-        # data=coco: the photos a COCO file lists (under root/image_dir) and masks drawn from its objects, not mask files
+        # data=coco: the photos a COCO file lists (under root/image_dir), masks drawn from its objects, not mask files
         self.annotations, self.categories = annotations, categories
         self.train_set = self.val_set = None
 
