@@ -12,7 +12,7 @@ from carvana.data.layout import CAR_GROUP
 from carvana.predict.manifest import recorded_settings
 from carvana.predict.scores import unit_of
 from carvana.report.oof import write_report
-from carvana.report.run import best_epoch, write_run_report
+from carvana.report.run_page import best_epoch, write_run_report
 
 RENAMED = {"oof_dir": "probs_dir", "out_dir": "output_dir"}
 OOF_ONLY = ("data_root", "masks_dir", "images_dir", "group", "threshold", "worst", "workers")
