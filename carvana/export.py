@@ -247,7 +247,7 @@ def check_smp_folder(output: Path) -> None:
                            "it would delete: choose a new or empty folder")
 
 
-def check_photo(module: SegModule, photo: str | Path | None) -> Path:
+def choose_parity_photo(module: SegModule, photo: str | Path | None) -> Path:
     """The photo to check the export on, read now: one that cannot be read fails before the export."""
     photo = Path(photo) if photo else default_photo(module.hparams)
     read_image(photo)
@@ -264,7 +264,7 @@ def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None
     if format == "smp" and arch not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise CarvanaError(f"model.arch={arch} is not a segmentation_models_pytorch network: export it with "
                            "format=onnx")
-    photo = check_photo(module, photo)
+    photo = choose_parity_photo(module, photo)
     figures = (write_smp if format == "smp" else write_onnx)(module, output, photo)
     shape = module.geometry.input_shape(read_image(photo).shape[:2])
     return {**figures, "photo": photo, "input": input_text(module, shape)}
