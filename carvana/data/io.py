@@ -32,6 +32,12 @@ def is_jpeg(data: bytes | np.ndarray) -> bool:
     return bytes(data[:3]) == JPEG_START
 
 
+def is_truncated(data: np.ndarray) -> bool:
+    """Whether a photo's bytes (1-D uint8) are a JPEG cut short: no end-of-image marker before the zero padding some
+    writers add. cv2 decodes such a file with a grey tail and only a warning, so every reader checks this itself."""
+    return is_jpeg(data) and not data[-64:].tobytes().rstrip(b"\x00").endswith(JPEG_END)
+
+
 ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 2-8 the stored pixels mirrored and/or rotated
 # the stored pixels (HxW[xC]) -> the displayed ones, for each orientation (ImageOps.exif_transpose's table)
 _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
@@ -81,8 +87,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise CarvanaError(f"cannot read photo {path}: {err.strerror}") from None
-    # cv2 decodes a truncated JPEG with a grey tail and only a warning: check the end-of-image marker ourselves
-    if is_jpeg(data) and not data[-64:].tobytes().rstrip(b"\x00").endswith(JPEG_END):
+    if is_truncated(data):
         raise CarvanaError(f"photo {path} is truncated (no JPEG end marker): download it again")
     image = decode_image(data)
     if image is None:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from carvana import CarvanaError
-from carvana.data.io import JPEG_END, image_size, is_jpeg, read_mask
+from carvana.data.io import image_size, is_truncated, read_mask
 
 
 class Checked(NamedTuple):
@@ -64,8 +64,7 @@ def corruption(data: np.ndarray) -> str | None:
             os.close(saved)
         captured.seek(0)
         warnings = captured.read().decode(errors="replace").strip()
-    truncated = is_jpeg(data) and not data[-64:].tobytes().rstrip(b"\x00").endswith(JPEG_END)
-    if decoded is None or warnings or truncated:
+    if decoded is None or warnings or is_truncated(data):
         return warnings.splitlines()[0] if warnings else "truncated or undecodable"
     return None
 

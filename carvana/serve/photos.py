@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
-from carvana.data.io import JPEG_END, decode_image, is_jpeg, probs_cut
+from carvana.data.io import decode_image, is_truncated, probs_cut
 from carvana.data.photo_check import PhotoChecker
 from carvana.data.rle import rle_encode
 from carvana.predict.writer import cutout
@@ -74,8 +74,7 @@ def decode_photo(data: bytes, max_pixels: int, checker: PhotoChecker) -> np.ndar
         raise TooLarge(f"the photo is {width}x{height} = {width * height} pixels, more than "
                               f"max_pixels={max_pixels}: make it smaller")
     buffer = np.frombuffer(data, np.uint8)
-    # cv2 decodes a truncated JPEG with a grey tail and only a warning: read_image's end-of-image check
-    if is_jpeg(buffer) and not buffer[-64:].tobytes().rstrip(b"\x00").endswith(JPEG_END):
+    if is_truncated(buffer):
         raise NotAPhoto("the photo is truncated (no JPEG end marker): send the whole file")
     why = checker.check(data)  # libjpeg decodes corrupt data with a mere warning: predict.py refuses such a photo
     if why:
