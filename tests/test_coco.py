@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import compose_train
+from helpers import GROUP, GROUPS, PHOTOS, predict_in_process, write_photo_and_mask
 from PIL import Image
 from pycocotools import mask as coco_mask
-from test_own_data import GROUP, GROUPS, PHOTOS, predict_in_process, write_photo_and_mask
 
 from carvana import CarvanaError
 from carvana.data.coco import read_coco, read_mask_source
@@ -290,7 +290,7 @@ def test_categories_choose_the_objects_by_name_or_id(coco_root: tuple, tmp_path:
 
 
 def test_coco_needs_its_annotations(tmp_path: Path):
-    from test_own_data import run_tool
+    from helpers import run_tool
 
     proc = run_tool("train.py", ["data=coco", f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}"])
     lines = proc.stderr.strip().splitlines()

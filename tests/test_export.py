@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import REPO, small_disk, write_checkpoint
-from test_predict import max_diff, predict_args, predict_here, shard_rows
+from helpers import max_diff, predict_args, predict_here, shard_rows
 
 from carvana.data.io import read_probs8, write_image
 from carvana.data.rle import rle_decode
@@ -271,7 +271,7 @@ def test_predict_from_a_full_size_onnx_file_on_photos_of_several_sizes(exported_
 def served_onnx_answers_every_size(onnx_file: Path, tmp_path: Path) -> None:
     """The service on one ONNX file answers each photo of tmp_path/in (three sizes) with predict.py's PNG of it."""
     pytest.importorskip("fastapi", reason="pip install -e '.[serve]' installs the service's packages")
-    from test_serve import decode, post, serving_here
+    from helpers import decode, post, serving_here
 
     from carvana.cli import compose
     from carvana.predict.segmenter import Segmenter

@@ -128,7 +128,7 @@ def phone_ckpt(phone_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def predict_folder(ckpt: Path, photos: Path, out: Path, *words: str) -> str:
     """predict.py's job through the library: its summary line."""
-    from test_own_data import predict_in_process
+    from helpers import predict_in_process
 
     return predict_in_process(f"ckpt={ckpt}", f"input_dir={photos}", f"output_dir={out}", *words)
 
@@ -175,7 +175,7 @@ def test_a_rerun_redoes_a_mask_of_the_wrong_size(phone_ckpt: Path, mixed: Path, 
 
 
 def test_the_service_answers_a_tagged_photo_at_its_displayed_size(phone_ckpt: Path, mixed: Path, tmp_path: Path):
-    from test_serve import Service, decode, post
+    from helpers import Service, decode, post
 
     service = Service(tmp_path / "service", phone_ckpt)
     try:

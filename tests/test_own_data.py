@@ -4,67 +4,20 @@ one line before training."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, compose_train, parse_result
+from conftest import compose_train, parse_result
+from helpers import GROUP, GROUPS, PHOTOS, predict_in_process, run_tool, write_photo_and_mask
 from PIL import Image
 
 from carvana import CarvanaError
 from carvana.data.io import read_image, read_probs8, write_png
 from carvana.data.layout import find_masks, list_images
 from carvana.predict.cutout import cutout
-
-# three sizes, one portrait and one that is no multiple of 32; group = the part before the first '-'
-PHOTOS = [  # (name, (height, width), photo format, mask format)
-    ("chair one-a.jpg", (64, 96), "jpg", "png255"),
-    ("chair one-b.png", (96, 64), "rgb", "png01"),
-    ("lämp.2-front.jpg", (72, 120), "jpg", "palette"),
-    ("lämp.2-side.png", (64, 96), "grey", "png255"),
-    ("sofa-x 1.jpeg", (96, 64), "jpg", "gif"),
-    ("sofa-x 2.png", (72, 120), "rgba", "png255"),
-    ("table-1.jpg", (64, 96), "jpg", "png255"),
-    ("table-2.jpg", (96, 64), "jpg", "png01"),
-    ("vase-a.tif", (72, 120), "tif", "png255"),
-    ("vase-b.jpg", (64, 96), "jpg", "png255"),
-]
-GROUP = "^([^-]+)-"
-GROUPS = {"chair one", "lämp.2", "sofa", "table", "vase"}
-
-
-def write_photo_and_mask(root: Path, name: str, size: tuple[int, int], photo: str, mask: str, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    h, w = size
-    image = np.empty((h, w, 3), np.uint8)
-    image[:] = rng.integers(40, 120, 3)
-    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
-    truth = np.zeros((h, w), np.uint8)
-    centre = (int(rng.integers(w // 3, 2 * w // 3)), int(rng.integers(h // 3, 2 * h // 3)))
-    cv2.ellipse(truth, centre, (w // 4, h // 4), float(rng.integers(0, 180)), 0, 360, 1, -1)
-    image[truth > 0] = rng.integers(170, 255, 3)
-    path = root / "images" / name
-    if photo in ("jpg", "tif"):
-        Image.fromarray(image).save(path, format="JPEG" if photo == "jpg" else "TIFF")
-    elif photo == "rgb":
-        Image.fromarray(image).save(path)
-    elif photo == "grey":
-        Image.fromarray(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)).save(path)
-    else:
-        Image.fromarray(np.dstack([image, np.full((h, w), 255, np.uint8)])).save(path)  # RGBA, opaque
-    stem = Path(name).stem
-    if mask == "png255":
-        Image.fromarray(truth * 255).save(root / "masks" / f"{stem}.png")
-    elif mask == "png01":
-        Image.fromarray(truth).save(root / "masks" / f"{stem}.png")
-    else:
-        img = Image.fromarray(truth, mode="P")
-        img.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
-        img.save(root / "masks" / f"{stem}.{'gif' if mask == 'gif' else 'png'}")
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +34,6 @@ def folder_args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["data=folder", f"data.root={root}", f"data.group='{GROUP}'", "data.n_folds=3", "trainer=cpu",
             "trainer.max_epochs=1", "data.num_workers=0", "data.batch_size=2", "model.encoder_weights=null",
             "trainer.enable_progress_bar=false", f"hydra.run.dir={out}", *extra]
-
-
-def run_tool(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          check=False)
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +66,6 @@ def test_own_photos_train_in_every_input_mode(own_root: Path, tmp_path: Path, mo
     """Random crops at native resolution and a resize, on photos of three sizes (the padded mode: `trained`)."""
     dice, ckpt = train_in_process(own_root, tmp_path / "run", *mode)
     assert 0 <= dice <= 1 and ckpt.is_file()
-
-
-def predict_in_process(*words: str) -> str:
-    """predict.py's job through the library (its subprocess runs once, below): the summary line."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from carvana.predict.run import run
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="predict", overrides=["trainer=cpu", "num_workers=0", *words])
-    return run(OmegaConf.to_container(cfg, resolve=True))
 
 
 def test_predict_writes_each_photo_at_its_size_with_cutouts(own_root: Path, trained: dict, tmp_path: Path):

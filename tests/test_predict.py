@@ -1,18 +1,13 @@
 """predict.py: full-size PNGs named like the photos, TTA, ensembles, resume, RLE shards, DDP, the out-of-fold Dice
 table and bad input, against hand computations on the same checkpoints (tiny 64x96 photos, CPU)."""
 
-import contextlib
-import io
 import os
-import re
-import runpy
 import shutil
 import signal
 import struct
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -21,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_SIZE, parse_result, result_of, run_train, submission, train_args
+from conftest import REPO, TINY_SIZE, result_of, run_train, submission, train_args
+from helpers import QUIET, Run, max_diff, predict_args, predict_here, shard_rows, train_here
 
 from carvana import CarvanaError
 from carvana.data.io import read_image, read_mask, read_probs8, write_image, write_probs8
@@ -36,59 +32,6 @@ from carvana.predict.manifest import MANIFEST, sha256
 from carvana.predict.writer import to_probs8
 
 REAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test"
-SUMMARY = re.compile(
-    r"^predicted=(?P<predicted>-?\d+) skipped=(?P<skipped>-?\d+) output_dir=(?P<out>\S+)"
-    r"(?: val_dice=(?P<dice>[0-9.]+|nan) dice_table=(?P<table>\S+))?$"
-)
-QUIET = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled", "hydra.output_subdir=null"]
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def summary(self) -> re.Match:
-        """The last stdout line, predict.py's `predicted=N skipped=M output_dir=...` (and the Dice table's)."""
-        lines = self.out.strip().splitlines()
-        match = SUMMARY.match(lines[-1]) if lines else None
-        assert match, f"no summary line (exit {self.code}):\n{self.out[-2000:]}\n{self.err[-2000:]}"
-        return match
-
-    def errors(self) -> list[str]:
-        return [line for line in (self.out + self.err).splitlines() if line.startswith("error:")]
-
-
-def predict_args(ckpt: Path | str | None, out: Path, *extra: str) -> list[str]:
-    """predict.py overrides: one CPU process, no DataLoader workers, no progress bar, Hydra's files out of the repo."""
-    return [
-        *([f"ckpt={ckpt}"] if ckpt else []),
-        f"output_dir={out}",
-        "num_workers=0",
-        "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={out.parent / ('.hydra-' + out.name)}",
-        "tta=none",  # one pass: the expected probabilities below are one model's (tests that want hflip say so)
-        *extra,
-    ]
-
-
-def predict_here(args: list[str]) -> Run:
-    """predict.py's main in this process (a new interpreter costs ~10 s of imports); an uncaught exception fails."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = [str(REPO / "predict.py"), *args, *QUIET]
-    with (
-        mock.patch.object(sys, "argv", argv),
-        contextlib.chdir(REPO),
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        try:
-            runpy.run_path(str(REPO / "predict.py"), run_name="__main__")
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return Run(code, out.getvalue(), err.getvalue())
 
 
 def predict_process(args: list[str], timeout: float = 300) -> Run:
@@ -97,18 +40,6 @@ def predict_process(args: list[str], timeout: float = 300) -> Run:
         [sys.executable, "predict.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
-
-
-def train_here(args: list[str]) -> Path:
-    """train.py's main in this process -> the checkpoint it prints."""
-    out = io.StringIO()
-    with (
-        mock.patch.object(sys, "argv", [str(REPO / "train.py"), *args, *QUIET[:2]]),
-        contextlib.chdir(REPO),
-        contextlib.redirect_stdout(out),
-    ):
-        runpy.run_path(str(REPO / "train.py"), run_name="__main__")
-    return parse_result(out.getvalue().strip().splitlines()[-1])[1]
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
@@ -134,21 +65,6 @@ def expected_pngs(models: list[SegModule], photos: list[Path], tta: bool) -> dic
                 probs.append(model.geometry.to_full(model(x.flip(-1)).flip(-1), size).sigmoid())
     pngs = (torch.stack(probs).mean(0)[:, 0] * 255).round().to(torch.uint8).numpy()
     return {p.name: png for p, png in zip(photos, pngs)}
-
-
-def max_diff(a: np.ndarray, b: np.ndarray) -> int:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
-
-
-def shard_rows(directory: Path) -> list[tuple[str, str, str]]:
-    """(shard name, img, rle) of every row of every rle-rank*.csv, after checking each file's header and newline."""
-    rows = []
-    for shard in sorted(directory.glob("rle-rank*.csv")):
-        text = shard.read_text()
-        assert text.startswith("img,rle_mask\n") and text.endswith("\n"), (shard, text[-80:])
-        rows += [(shard.name, *line.split(",", 1)) for line in text.splitlines()[1:]]
-    return rows
 
 
 @pytest.fixture(scope="module")

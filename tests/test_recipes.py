@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, TINY_SIZE, run_train, tiny_module, train_args
+from helpers import predict_args, predict_here, train_here
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
-from test_predict import predict_args, predict_here, train_here
 
 from carvana import CarvanaError
 from carvana.data.boxes import write_bboxes

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import write_checkpoint
+from helpers import predict_args, predict_here
 from PIL import Image
-from test_predict import predict_args, predict_here
 
 from carvana import CarvanaError, Segmenter
 from carvana.data.io import probs_cut, read_image, read_probs8, write_image

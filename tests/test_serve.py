@@ -3,28 +3,24 @@ answered in one JSON line with the service healthy afterwards, SIGTERM with a re
 One service process for the module (tiny random-weight U-Net, 64x96 network input) and one short-lived for SIGTERM."""
 
 import asyncio
-import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from conftest import REPO, SHARED_DATA, write_checkpoint
-from test_predict import predict_args, predict_here
+from helpers import MAX_PIXELS, Service, decode, get, post, predict_args, predict_here, serving_here
 
 from carvana import CarvanaError
 from carvana.cli import compose
@@ -38,7 +34,6 @@ for _package in ("fastapi", "uvicorn", "python_multipart"):
     pytest.importorskip(_package, reason="pip install -e '.[serve]' installs the service's packages")
 
 SIZES = {"car_01.jpg": (64, 96), "car_02.png": (80, 112)}  # (h, w), non-square; two sizes: two kinds of forward
-MAX_PIXELS = 2_500_000  # a real Kaggle photo (2,455,040 pixels) passes, a 1000x2600 one does not
 CHROMIUM = shutil.which("chromium")  # Debian's package, as tests/test_report.py's browser test
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -46,71 +41,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 # pytest tests/test_serve.py -k chromium (the page test on a service of that checkpoint, its screenshot kept there)
 SCREENSHOT = os.environ.get("CARVANA_SERVING_SCREENSHOT")
 SCREENSHOT_CKPT = os.environ.get("CARVANA_SERVING_CKPT")
-
-
-class Service:
-    """python -m carvana.serve on a free port of 127.0.0.1 (port=0), its output in files (a full pipe would block)."""
-
-    def __init__(self, folder: Path, ckpt: Path, *words: str):
-        folder.mkdir()
-        self.stdout, self.stderr = folder / "stdout.txt", folder / "stderr.txt"
-        with self.stdout.open("w") as out, self.stderr.open("w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "carvana.serve", f"ckpt={ckpt}", "port=0",
-                                          f"max_pixels={MAX_PIXELS}", *words], cwd=REPO, stdout=out, stderr=err)
-        self.url = ""
-
-    def ready(self, timeout: float = 180) -> "Service":
-        """Wait for the address line, then for /health."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the service exited {self.proc.returncode}:\n{self.stderr.read_text()}"
-            match = re.search(r" on (http://127\.0\.0\.1:\d+) ", self.stdout.read_text())
-            if match:
-                self.url = match[1]
-                try:
-                    if get(self.url + "/health")[0] == 200:
-                        return self
-                except OSError:
-                    pass  # bound, not yet listening
-            time.sleep(0.1)
-        raise AssertionError(f"the service did not answer in {timeout} s:\n{self.stderr.read_text()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # the graceful stop is its own test
-            self.proc.wait(timeout=60)
-
-
-def get(url: str, timeout: float = 30) -> tuple[int, dict, bytes]:
-    """GET -> (status, headers, body), also for 4xx/5xx."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def post(url: str, data: bytes, query: str = "", field: str = "image", filename: str = "photo.jpg",
-         timeout: float = 60) -> tuple[int, dict, bytes]:
-    """POST /predict with `data` as the multipart file `field` -> (status, headers, body)."""
-    boundary = uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
-    body = head + data + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{url}/predict{query}", body,
-                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def decode(body: bytes) -> np.ndarray:
-    """A PNG response's pixels as cv2 reads predict.py's files (grey, or BGRA)."""
-    image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert image is not None, body[:200]
-    return image
 
 
 def health(url: str) -> dict:
@@ -513,27 +443,6 @@ class ReadyProbs:
 
     def numpy(self) -> np.ndarray:
         return self.probs8[None]
-
-
-@contextlib.contextmanager
-def serving_here(cfg: dict, predictor: object) -> Iterator[str]:
-    """The service's app around `predictor`, served by uvicorn in a thread of this process -> its URL."""
-    import uvicorn
-
-    from carvana.serve.app import create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, predictor), log_level="error"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_an_internal_error_is_a_json_500_and_the_service_goes_on(served: dict, capfd: pytest.CaptureFixture) -> None:

@@ -13,7 +13,7 @@ import pytest
 import segmentation_models_pytorch.losses.dice as smp_dice
 import torch
 from conftest import REPO, TINY_SIZE, tiny_module, train_args, write_checkpoint
-from test_predict import max_diff, predict_args, predict_here, train_here
+from helpers import max_diff, predict_args, predict_here, train_here
 
 import carvana.model.losses
 import carvana.model.module

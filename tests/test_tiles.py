@@ -188,7 +188,7 @@ def test_lightnings_predict_bar_shows_the_tiles():
 
 def test_an_overlap_beyond_reason_is_refused_before_the_output_folder_is_made(tmp_path: Path):
     """predict.py checks tile and tile_overlap with its other keys: nothing is created for a refused run."""
-    from test_predict import predict_args, predict_here
+    from helpers import predict_args, predict_here
 
     out = tmp_path / "out"
     run = predict_here(predict_args(tmp_path / "model.ckpt", out, "tile=[512,512]", "tile_overlap=0.99"))

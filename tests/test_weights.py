@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 from conftest import compose_train, tiny_module, train_args
-from test_predict import train_here
+from helpers import train_here
 
 import carvana.model.weights
 from carvana import CarvanaError
