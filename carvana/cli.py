@@ -2,10 +2,12 @@
 train.py's), `--help` written from that file's own comments, renamed keys kept for a release with a notice, and
 expected errors as one `error:` line with exit status 2."""
 
+import contextlib
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -14,6 +16,7 @@ from omegaconf import OmegaConf
 from carvana import CarvanaError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+STOPPED_BY_SIGTERM = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended: not a success
 T = TypeVar("T")
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 _LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*?)\s*(#\s?(?P<comment>.*))?$")
@@ -85,6 +88,21 @@ def check_threshold(threshold: object, key: str = "threshold") -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise CarvanaError(f"{key}={threshold} is a probability: choose a value strictly between 0 and 1 (e.g. 0.5)")
     return float(threshold)
+
+
+def check_at_least(cfg: dict, limits: dict[str, float], nullable: tuple[str, ...] = ()) -> None:
+    """Each dotted key of `limits` (e.g. 'data.batch_size') in the plain settings `cfg` no less than its least: an
+    integer where the least is one, any number where it is a float; a key of `nullable` may also be null. Else a
+    CarvanaError naming the key."""
+    for key, least in limits.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value is None and key in nullable:
+            continue
+        kind, what = (int, "an integer") if isinstance(least, int) else ((int, float), "a number")
+        if isinstance(value, bool) or not isinstance(value, kind) or value < least:
+            raise CarvanaError(f"{key}={value} must be {what} >= {least}")
 
 
 def help_text(name: str, command: str, groups: dict[str, str] | None = None) -> str:
@@ -205,13 +223,32 @@ def entry_point(name: str, groups: dict[str, str] | None = None, renamed: dict[s
     sys.argv[1:] = rename_keys(sys.argv[1:], renamed or {})
 
 
+def fail(line: str, status: int = 2) -> NoReturn:
+    """`line` on stderr, then exit with `status` (2: an expected error, one the user fixes)."""
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+@contextlib.contextmanager
+def expected_errors(refused: Callable[[], object] | None = None, stopped: tuple[type[Exception], ...] = (),
+                    stop_line: str = "{}") -> Iterator[None]:
+    """Every tool's and job's expected errors in the block as one line, no traceback: a CarvanaError is `error: ...`
+    and exit status 2, after `refused()` (train.py: the folder of a run refused before any work removed); one of
+    `stopped` (a job that SIGTERM ended: what it kept, how to go on) is `stop_line` and STOPPED_BY_SIGTERM."""
+    try:
+        yield
+    except CarvanaError as err:
+        if refused is not None:
+            refused()
+        fail(f"error: {err}")
+    except stopped as err:  # (): none, a tool that is never stopped midway
+        fail(stop_line.format(err), STOPPED_BY_SIGTERM)
+
+
 def run_or_exit(argv: list[str], help_of: str, work: Callable[[list[str]], T]) -> T:
     """`-h`/`--help` prints the help of conf/<help_of>.yaml and exits 0; a CarvanaError of `work(argv)` prints one
-    `error:` line and exits 2."""
+    `error:` line and exits 2 (expected_errors)."""
     if any(word in ("-h", "--help") for word in argv):
         print_help(help_text(help_of, f"python -m carvana.{help_of}"))
-    try:
+    with expected_errors():
         return work(argv)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

@@ -3,7 +3,7 @@
 import sys
 
 from carvana import CarvanaError
-from carvana.cli import check_threshold, compose, run_or_exit
+from carvana.cli import check_at_least, check_threshold, compose, run_or_exit
 from carvana.data.boxes import write_bboxes
 
 RENAMED = {"pred_dir": "probs_dir", "out": "output"}
@@ -17,8 +17,7 @@ def main(argv: list[str] | None = None) -> None:
             if not cfg[key]:
                 raise CarvanaError(f"{key}= is required: python -m carvana.crops probs_dir=DIR output=bboxes.csv")
         check_threshold(cfg["threshold"])
-        if cfg["margin"] < 0 or cfg["multiple"] < 1 or cfg["workers"] < 1:
-            raise CarvanaError("margin= must be >= 0, multiple= and workers= >= 1")
+        check_at_least(cfg, {"margin": 0, "multiple": 1, "workers": 1})
         return cfg, write_bboxes(cfg["probs_dir"], cfg["output"], cfg["threshold"], cfg["margin"], cfg["multiple"],
                                  cfg["workers"])
 

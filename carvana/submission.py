@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from carvana import CarvanaError
-from carvana.cli import check_threshold, conf_value
+from carvana.cli import check_threshold, conf_value, expected_errors
 from carvana.data.io import probs_cut, read_probs8
 from carvana.data.rle import rle_encode
 from carvana.files import atomic_path, check_writable_dir, remove_dead_temporaries
@@ -234,7 +234,7 @@ def _list_dir(path: Path) -> set[str]:
 def main(cfg: dict) -> None:
     """submit.py's job: both probs_dir and rle_dir null read predict.py's default output_dir; print the
     submission's path; expected errors: one line, exit status 2."""
-    try:
+    with expected_errors():
         if cfg["probs_dir"] is None and cfg["rle_dir"] is None:
             default = conf_value("predict", "output_dir")
             found = find_predictions(default, "predict.py's default output_dir")
@@ -242,7 +242,4 @@ def main(cfg: dict) -> None:
             kind = "RLE shards" if found.shards else "PNG probabilities"
             print(f"reading the {kind} in {default} (predict.py's default output_dir)", file=sys.stderr)
         path = make_submission(**cfg)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(path, flush=True)

@@ -58,3 +58,41 @@ def test_help_into_a_closed_pipe_exits_0_without_a_traceback(tool: str):
     proc.stdout.close()
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    ({"data": {"batch_size": 0, "num_workers": None}, "minutes": 0.5}, "data.batch_size=0 must be an integer >= 1"),
+    ({"data": {"batch_size": 2.0, "num_workers": None}, "minutes": 0.5}, "data.batch_size=2.0 must be an integer"),
+    ({"data": {"batch_size": True, "num_workers": None}, "minutes": 0.5}, "data.batch_size=True must be an integer"),
+    ({"data": {"batch_size": 2, "num_workers": -1}, "minutes": 0.5}, "data.num_workers=-1 must be an integer >= 0"),
+    ({"data": {"batch_size": 2, "num_workers": 0}, "minutes": 0.0}, "minutes=0.0 must be a number >= 0.001"),
+])
+def test_a_value_under_its_least_is_refused_naming_its_key(cfg: dict, message: str):
+    from carvana import CarvanaError
+    from carvana.cli import check_at_least
+
+    limits = {"data.batch_size": 1, "data.num_workers": 0, "minutes": 1e-3}
+    with pytest.raises(CarvanaError, match=f"^{message}"):
+        check_at_least(cfg, limits, nullable=("data.num_workers",))
+    fine = {"data": {"batch_size": 1, "num_workers": None}, "minutes": 1}  # an int where a number is asked: fine
+    check_at_least(fine, limits, nullable=("data.num_workers",))
+
+
+def test_expected_errors_are_one_line_and_their_status(capsys: pytest.CaptureFixture):
+    """A CarvanaError: `error: ...`, exit 2, after the refusal's clean-up; a stop: its own line, 128 + SIGTERM."""
+    from carvana import CarvanaError
+    from carvana.cli import expected_errors
+
+    class Stop(Exception):
+        pass
+
+    cleaned = []
+    with pytest.raises(SystemExit) as ended, expected_errors(refused=lambda: cleaned.append(1)):
+        raise CarvanaError("no photos")
+    assert (ended.value.code, cleaned, capsys.readouterr().err) == (2, [1], "error: no photos\n")
+    with pytest.raises(SystemExit) as ended, expected_errors(refused=lambda: cleaned.append(2), stopped=(Stop,),
+                                                              stop_line="error: {}"):
+        raise Stop("stopped by SIGTERM")
+    assert (ended.value.code, cleaned, capsys.readouterr().err) == (143, [1], "error: stopped by SIGTERM\n")
+    with pytest.raises(ValueError), expected_errors():  # not an expected error: its traceback stays
+        raise ValueError("a bug")

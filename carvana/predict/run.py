@@ -3,8 +3,6 @@ the out-of-fold Dice table of a fold."""
 
 import glob
 import os
-import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -12,7 +10,7 @@ from typing import NamedTuple
 import pytorch_lightning as pl
 
 from carvana import CarvanaError
-from carvana.cli import check_threshold
+from carvana.cli import check_at_least, check_threshold, expected_errors
 from carvana.data.boxes import load_boxes
 from carvana.data.coco import CocoMask, annotations_path, read_coco
 from carvana.data.dataset import find_stacked
@@ -71,10 +69,7 @@ def check_settings(cfg: dict) -> dict:
     check_tta(cfg["tta"], "tta")
     check_threshold(cfg["threshold"])
     check_tiling(cfg["tile"], cfg["tile_overlap"], [])  # the tile's values now; whether the models take tiles later
-    for key, least in (("batch_size", 1), ("writer_threads", 1), ("num_workers", 0)):
-        value = cfg[key]
-        if (value is not None or key != "num_workers") and (not isinstance(value, int) or value < least):
-            raise CarvanaError(f"{key}={value} must be an integer >= {least}")
+    check_at_least(cfg, {"batch_size": 1, "writer_threads": 1, "num_workers": 0}, nullable=("num_workers",))
     check_accelerator(cfg["trainer"])
     return {**cfg, "write": write}
 
@@ -285,13 +280,7 @@ def run(cfg: dict) -> str:
 
 def main(cfg: dict) -> None:
     """predict.py: run, print rank 0's summary line; expected errors: one line, exit status 2."""
-    try:
+    with expected_errors(stopped=(Stopped,)):  # stopped: the line says what is written and how to go on
         line = run(cfg)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Stopped as stop:
-        print(str(stop), file=sys.stderr, flush=True)
-        sys.exit(128 + signal.SIGTERM)  # as a shell reports a process that SIGTERM ended
     if line:
         print(line, flush=True)

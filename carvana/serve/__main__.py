@@ -6,7 +6,7 @@ import socket
 import sys
 
 from carvana import CarvanaError
-from carvana.cli import compose, run_or_exit
+from carvana.cli import check_at_least, compose, run_or_exit
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -16,13 +16,8 @@ def check_settings(cfg: dict) -> None:
     if not cfg["ckpt"]:
         raise CarvanaError("ckpt= is required: python -m carvana.serve ckpt=last.ckpt (a glob or a list [A, B] for an "
                            "ensemble, or a .onnx file)")
-    for key, least in (("max_batch", 1), ("max_wait_ms", 0), ("max_queue", 1), ("max_pixels", 1),
-                       ("max_input_pixels", 1), ("port", 0), ("threads", 1)):
-        value = cfg[key]
-        if value is None and key == "threads":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise CarvanaError(f"{key}={value} must be an integer >= {least}")
+    check_at_least(cfg, {"max_batch": 1, "max_wait_ms": 0, "max_queue": 1, "max_pixels": 1, "max_input_pixels": 1,
+                         "port": 0, "threads": 1}, nullable=("threads",))
     if cfg["port"] > 65535:
         raise CarvanaError(f"port={cfg['port']} must be at most 65535 (port=0: any free one)")
     if cfg["log_level"] not in LOG_LEVELS:
