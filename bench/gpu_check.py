@@ -163,18 +163,12 @@ def stage_data(work: Path) -> None:
     print(f"photos={len(list((root / 'train').glob('*.jpg')))} seconds={time.perf_counter() - start:.1f}")
 
 
-def stage_copy(work: Path) -> None:
-    """photos/s of predict() with copy_probs8 (pinned, event) and with .cpu() after each batch, alternating."""
-    from unittest import mock
-
+def copy_checkpoint(work: Path) -> Path:
+    """A resnet50 U-Net at full size (padded 1280x1920), random weights, in the format train.py writes."""
     import pytorch_lightning as pl
     from hydra import compose, initialize_config_dir
 
-    from carvana.cli import compose as compose_tool
     from carvana.model.module import SegModule
-    from carvana.predict import ensemble
-    from carvana.predict.run import run
-    from carvana.predict.writer import HostProbs8, to_probs8
     from carvana.training.run import module_kwargs
 
     conf = Path(__file__).resolve().parents[1] / "conf"
@@ -186,33 +180,52 @@ def stage_copy(work: Path) -> None:
     ckpt = work / "copy.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": pl.__version__}, ckpt)
+    return ckpt
+
+
+def copy_photos(work: Path, count: int = 64) -> list[Path]:
+    """`count` links under work/copy-in to the generated test photos, cycled, with distinct Carvana-style names."""
     originals = sorted((work / "data" / "test").glob("*.jpg"))
     (work / "copy-in").mkdir(exist_ok=True)
     photos = []
-    for i in range(64):
+    for i in range(count):
         photo = work / "copy-in" / f"copy{i // 16:04d}_{i % 16 + 1:02d}.jpg"
         photo.symlink_to(originals[i % len(originals)])
         photos.append(photo)
+    return photos
+
+
+def time_gpu_predict(ckpt: Path, photos: list[Path], out: Path) -> float:
+    """Seconds of one predict() over the photos' folder into `out` (emptied first), 16-mixed on one GPU."""
+    from carvana.cli import compose as compose_tool
+    from carvana.predict.run import run
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = compose_tool("predict", [f"ckpt={ckpt}", f"input_dir={photos[0].parent}", f"output_dir={out}",
+                                   "trainer=gpu", "trainer.devices=1", "trainer.precision=16-mixed",
+                                   "trainer.enable_progress_bar=false", "batch_size=8", "num_workers=8", "tta=none"])
+    start = time.perf_counter()
+    line = run(cfg)
+    assert f"predicted={len(photos)} " in line, line
+    return time.perf_counter() - start
+
+
+def stage_copy(work: Path) -> None:
+    """photos/s of predict() with copy_probs8 (pinned, event) and with .cpu() after each batch, alternating."""
+    from unittest import mock
+
+    from carvana.predict import ensemble
+    from carvana.predict.writer import HostProbs8, to_probs8
+
+    ckpt, photos = copy_checkpoint(work), copy_photos(work)
     # the copy as it was: .cpu() waits for it after every batch
     sync = mock.patch.object(ensemble, "copy_probs8", lambda p: HostProbs8(to_probs8(p)))
-
-    def timed(out: Path) -> float:
-        shutil.rmtree(out, ignore_errors=True)
-        cfg = compose_tool("predict", [f"ckpt={ckpt}", f"input_dir={work / 'copy-in'}", f"output_dir={out}",
-                                       "trainer=gpu", "trainer.devices=1", "trainer.precision=16-mixed",
-                                       "trainer.enable_progress_bar=false", "batch_size=8", "num_workers=8",
-                                       "tta=none"])
-        start = time.perf_counter()
-        line = run(cfg)
-        assert f"predicted={len(photos)} " in line, line
-        return time.perf_counter() - start
-
-    timed(work / "copy-warm")
+    time_gpu_predict(ckpt, photos, work / "copy-warm")
     seconds = {"async": [], "sync": []}
     for _ in range(2):
-        seconds["async"].append(timed(work / "copy-async"))
+        seconds["async"].append(time_gpu_predict(ckpt, photos, work / "copy-async"))
         with sync:
-            seconds["sync"].append(timed(work / "copy-sync"))
+            seconds["sync"].append(time_gpu_predict(ckpt, photos, work / "copy-sync"))
     same = all((work / "copy-async" / f"{p.stem}.png").read_bytes()
                == (work / "copy-sync" / f"{p.stem}.png").read_bytes() for p in photos)
     rates = {k: len(photos) / min(v) for k, v in seconds.items()}

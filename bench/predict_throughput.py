@@ -46,6 +46,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -215,29 +216,22 @@ def compare_switches(args: argparse.Namespace, ckpt: Path, tmp: Path, photos: li
     return {label: sorted(values)[ROUNDS // 2] for label, values in ratios.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=64, help="photos of the long run (the short one has a quarter)")
-    parser.add_argument(
-        "--ckpt",
-        type=Path,
-        default=None,
-        help="a trained checkpoint at input 320x480 (default: "
-        "random weights, whose noisy masks cost the PNG writer more than a trained model's)",
-    )
+    parser.add_argument("--ckpt", type=Path, default=None,
+                        help="a trained checkpoint at input 320x480 (default: random weights, whose noisy masks cost "
+                        "the PNG writer more than a trained model's)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument(
-        "--num-workers", type=int, default=None, help="DataLoader processes reading the JPEGs (default: predict.py's)"
-    )
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader processes reading the JPEGs (default: predict.py's)")
     parser.add_argument("--writer-threads", type=int, default=4, help="threads compressing PNGs (and RLE)")
     parser.add_argument("--write", default="png", help="png, rle or png,rle (predict.py's write=)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--encoder", default="mobilenet_v2", help="smp encoder of the random-weight model")
-    parser.add_argument(
-        "--input-size",
-        default=INPUT_SIZE,
-        help="HxW network input of the random-weight model, or full (the photo padded to 1920, no resize)",
-    )
+    parser.add_argument("--input-size", default=INPUT_SIZE,
+                        help="HxW network input of the random-weight model, or full (the photo padded to 1920, no "
+                        "resize)")
     parser.add_argument("--precision", default="32", choices=["32", "16-mixed"], help="as trainer.precision")
     parser.add_argument("--channels-last", action="store_true", help="also time the forward with model.channels_last")
     parser.add_argument("--compile", action="store_true", help="also time the forward with model.compile")
@@ -247,105 +241,150 @@ def main() -> None:
     args = parser.parse_args()
     if args.photos < 2 * args.batch_size:
         parser.error(f"--photos must be at least 2 batches ({2 * args.batch_size}): the short run has a quarter")
+    return args
+
+
+@dataclass
+class Setup:
+    """What every timing shares: the photos, the checkpoint, its model as an ensemble, the batches in memory."""
+
+    photos: list[Path]
+    source: str
+    ckpt: Path
+    model: SegModule
+    ensemble: Ensemble
+    batches: list[dict]
+    device: torch.device
+    autocast: torch.autocast
+    trainer: dict
+
+
+def set_up(tmp: Path, args: argparse.Namespace) -> Setup:
+    """The photos under tmp, the checkpoint (random weights unless --ckpt), the loader's batches on the device."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    trainer = {"accelerator": "gpu" if cuda else "cpu", "devices": 1, "precision": args.precision,
+               "enable_progress_bar": False, "enable_model_summary": False}
+    photos, source = find_photos(tmp, args.photos)
+    input_size = None if args.input_size == "full" else [int(side) for side in args.input_size.split("x")]
+    ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt", args.encoder, input_size)
+    model = load_module(ckpt)
+    ensemble = Ensemble([model], "none").to(device).eval()
+    key = model.geometry.key
+    dataset = PredictDataset(photos, [model.geometry])
+    images = torch.stack([dataset[i]["inputs"][key] for i in range(len(photos))]).to(device)
+    batches = [{key: chunk} for chunk in images.split(args.batch_size)]
+    autocast = torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16,
+                              enabled=args.precision == "16-mixed")  # what Lightning's 16-mixed runs under
+    return Setup(photos, source, ckpt, model, ensemble, batches, device, autocast, trainer)
+
+
+def describe(setup: Setup, args: argparse.Namespace) -> None:
+    """The first line: photos, device, threads, batch, workers, the model and the machine's load."""
+    workers = default_workers(1) if args.num_workers is None else args.num_workers
+    input_size = setup.model.hparams.input_size
+    print(f"{len(setup.photos)} photos {SIZE[0]}x{SIZE[1]} (height x width, {setup.source}), device {setup.device}, "
+          f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, workers {workers}, writer threads "
+          f"{args.writer_threads}, write={args.write}, {setup.model.hparams.encoder_name} U-Net at "
+          f"{'x'.join(map(str, input_size)) + ' (height x width)' if input_size else 'full size'}, precision "
+          f"{args.precision} ({args.ckpt or 'random weights'}); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+
+
+@dataclass
+class Timings:
+    """Seconds of each round (e2e over n and m photos, forward, photo check) and of the work around the model."""
+
+    n: int
+    m: int
+    e2e: list[float]
+    e2e_short: list[float]
+    forward: list[float]
+    checks: list[float]
+    rle_s: float
+    runs: float
+    decode_s: float
+    png_s: float
+
+
+def measure(setup: Setup, tmp: Path, args: argparse.Namespace) -> Timings:
+    """1.-5.: a warm-up, then ROUNDS rounds of (long e2e, short e2e, forward), the photo check, the side work."""
+    photos, ckpt, trainer = setup.photos, setup.ckpt, setup.trainer
+    forward_args = (setup.ensemble, setup.batches, setup.device, setup.autocast)
+    time_e2e(photos[: args.batch_size], ckpt, tmp / "warmup", args, trainer)  # warm-up, untimed in the ratio
+    time_forward(setup.ensemble, setup.batches[:1], setup.device, setup.autocast)
+    short = photos[: max(args.batch_size, len(photos) // 4 // args.batch_size * args.batch_size)]
+    e2e, e2e_short, forward = [], [], []
+    for _ in range(ROUNDS):
+        e2e.append(time_e2e(photos, ckpt, tmp / "out", args, trainer))
+        e2e_short.append(time_e2e(short, ckpt, tmp / "short", args, trainer))
+        forward.append(time_forward(*forward_args))
+    checks = [check_seconds(photos) for _ in range(ROUNDS)]
+    masks = written_masks(tmp / "out", photos)
+    rle_s, runs = rle_seconds(photos, masks)
+    decode_s, png_s = side_seconds(tmp / "out", photos, masks)
+    return Timings(len(photos), len(short), e2e, e2e_short, forward, checks, rle_s, runs, decode_s, png_s)
+
+
+def report_rounds(t: Timings) -> tuple[float, float, float]:
+    """Print the median round's e2e, forward and long-run rates -> (e2e seconds, forward seconds, long-run photos/s)."""
+    n, m = t.n, t.m
+    # photos/s once started, per round: the run's start cancels out of the difference
+    long_runs = [(n - m) / (long - brief) for long, brief in zip(t.e2e, t.e2e_short)]
+    ratios = [rate * f / n for rate, f in zip(long_runs, t.forward)]
+    middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]  # the median round
+    e2e_s, short_s, forward_s, long_run = t.e2e[middle], t.e2e_short[middle], t.forward[middle], long_runs[middle]
+    once = e2e_s - n / long_run
+    print(f"e2e      {n / e2e_s:7.2f} photos/s  ({n} photos {e2e_s:.2f} s; rounds "
+          f"{', '.join(f'{s:.2f}' for s in t.e2e)})")
+    print(f"e2e      {m / short_s:7.2f} photos/s  ({m} photos {short_s:.2f} s; rounds "
+          f"{', '.join(f'{s:.2f}' for s in t.e2e_short)})")
+    print(f"forward  {n / forward_s:7.2f} photos/s  ({forward_s:.2f} s; rounds "
+          f"{', '.join(f'{s:.2f}' for s in t.forward)})")
+    print(f"long run {long_run:7.2f} photos/s: ({n} - {m}) photos / ({e2e_s:.2f} - {short_s:.2f}) s; a run's "
+          f"start costs {once:.2f} s once (checkpoint load, Trainer, workers, filling and draining the pipeline); "
+          f"load average now {os.getloadavg()[0]:.1f}")
+    print(f"e2e_vs_forward of each round: {', '.join(f'{r:.3f}' for r in ratios)} (the median round is shown above)")
+    return e2e_s, forward_s, long_run
+
+
+def report(t: Timings) -> None:
+    """Print the rates, the shares of the work around the model, and the last line `e2e_vs_forward=<ratio>`."""
+    n = t.n
+    e2e_s, forward_s, long_run = report_rounds(t)
+    print(f"around the model, one thread: JPEG decode {1000 * t.decode_s / n:.0f} ms/photo, PNG write "
+          f"{1000 * t.png_s / n:.0f} ms/photo = {100 * (t.decode_s + t.png_s) / forward_s:.1f}% of the forward time "
+          f"(on a CPU they take cores from the model)")
+    print(f"threshold + rle_encode + row {1000 * t.rle_s / n:.1f} ms/mask ({t.runs:.0f} runs/mask), "
+          f"{100 * t.rle_s / e2e_s:.1f}% of the e2e time")
+    print(f"rle_share={100 * t.rle_s / e2e_s:.1f}%")
+    check_s = sorted(t.checks)[ROUNDS // 2]
+    print(f"photo check (every photo decoded at 1/8 scale in {default_workers(1)} processes, before the run) "
+          f"{1000 * check_s / n:.1f} ms/photo; rounds {', '.join(f'{c:.2f}' for c in t.checks)} s")
+    print(f"check_share={100 * check_s / e2e_s:.1f}%")
+    print(f"whole_call_vs_forward={forward_s / e2e_s:.3f}  ({n} photos, the run's start included)")
+    print(f"e2e_vs_forward={long_run * forward_s / n:.3f}")
+
+
+def main() -> None:
+    args = parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available()
-    workers = default_workers(1) if args.num_workers is None else args.num_workers
-    device = torch.device("cuda" if cuda else "cpu")
-    trainer = {
-        "accelerator": "gpu" if cuda else "cpu",
-        "devices": 1,
-        "precision": args.precision,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        photos, source = find_photos(tmp, args.photos)
-        input_size = None if args.input_size == "full" else [int(side) for side in args.input_size.split("x")]
-        ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt", args.encoder, input_size)
-        model = load_module(ckpt)
-        ensemble = Ensemble([model], "none").to(device).eval()
-        input_size, key = model.hparams.input_size, model.geometry.key
-        dataset = PredictDataset(photos, [model.geometry])
-        images = torch.stack([dataset[i]["inputs"][key] for i in range(len(photos))]).to(device)
-        batches = [{key: chunk} for chunk in images.split(args.batch_size)]
-        autocast = torch.autocast(
-            device.type, dtype=torch.float16 if cuda else torch.bfloat16, enabled=args.precision == "16-mixed"
-        )  # what Lightning's 16-mixed runs under
-        print(
-            f"{len(photos)} photos 1918x1280 ({source}), device {device}, torch threads {torch.get_num_threads()}, "
-            f"batch {args.batch_size}, workers {workers}, writer threads {args.writer_threads}, "
-            f"write={args.write}, {model.hparams.encoder_name} U-Net at "
-            f"{'x'.join(map(str, input_size)) if input_size else 'full size'}, precision {args.precision} "
-            f"({args.ckpt or 'random weights'}); "
-            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
-            flush=True,
-        )
-
-        switches = {}
+        setup = set_up(tmp, args)
+        describe(setup, args)
         if args.channels_last or args.compile or args.runtime == "onnx":
-            switches = compare_switches(args, ckpt, tmp, photos, batches, device, autocast)
-        for label, ratio in switches.items():  # now: a run stopped during 1.-5. keeps them
-            print(f"{label}={ratio:.3f}", flush=True)
+            switches = compare_switches(args, setup.ckpt, tmp, setup.photos, setup.batches, setup.device,
+                                        setup.autocast)
+            for label, ratio in switches.items():  # now: a run stopped during 1.-5. keeps them
+                print(f"{label}={ratio:.3f}", flush=True)
         if args.compare_only:
             return
-        # warm-up, untimed in the ratio
-        time_e2e(photos[: args.batch_size], ckpt, tmp / "warmup", args, trainer)
-        time_forward(ensemble, batches[:1], device, autocast)
-        short = photos[: max(args.batch_size, len(photos) // 4 // args.batch_size * args.batch_size)]
-        e2e, e2e_short, forward = [], [], []
-        for _ in range(ROUNDS):
-            e2e.append(time_e2e(photos, ckpt, tmp / "out", args, trainer))
-            e2e_short.append(time_e2e(short, ckpt, tmp / "short", args, trainer))
-            forward.append(time_forward(ensemble, batches, device, autocast))
-        checks = [check_seconds(photos) for _ in range(ROUNDS)]
-        masks = written_masks(tmp / "out", photos)
-        rle_s, runs = rle_seconds(photos, masks)
-        decode_s, png_s = side_seconds(tmp / "out", photos, masks)
-
-    n, m = len(photos), len(short)
-    # photos/s once started, per round: the run's start cancels out of the difference
-    long_runs = [(n - m) / (long - brief) for long, brief in zip(e2e, e2e_short)]
-    ratios = [rate * f / n for rate, f in zip(long_runs, forward)]
-    middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]  # the median round
-    e2e_s, short_s, forward_s, long_run = e2e[middle], e2e_short[middle], forward[middle], long_runs[middle]
-    once = e2e_s - n / long_run
-    print(
-        f"e2e      {n / e2e_s:7.2f} photos/s  ({n} photos {e2e_s:.2f} s; rounds {', '.join(f'{s:.2f}' for s in e2e)})"
-    )
-    print(
-        f"e2e      {m / short_s:7.2f} photos/s  ({m} photos {short_s:.2f} s; rounds "
-        f"{', '.join(f'{s:.2f}' for s in e2e_short)})"
-    )
-    print(
-        f"forward  {n / forward_s:7.2f} photos/s  ({forward_s:.2f} s; rounds {', '.join(f'{s:.2f}' for s in forward)})"
-    )
-    print(
-        f"long run {long_run:7.2f} photos/s: ({n} - {m}) photos / ({e2e_s:.2f} - {short_s:.2f}) s; a run's "
-        f"start costs {once:.2f} s once (checkpoint load, Trainer, workers, filling and draining the pipeline); "
-        f"load average now {os.getloadavg()[0]:.1f}"
-    )
-    print(f"e2e_vs_forward of each round: {', '.join(f'{r:.3f}' for r in ratios)} (the median round is shown above)")
-    print(
-        f"around the model, one thread: JPEG decode {1000 * decode_s / n:.0f} ms/photo, PNG write "
-        f"{1000 * png_s / n:.0f} ms/photo = {100 * (decode_s + png_s) / forward_s:.1f}% of the forward time "
-        f"(on a CPU they take cores from the model)"
-    )
-    print(
-        f"threshold + rle_encode + row {1000 * rle_s / n:.1f} ms/mask ({runs:.0f} runs/mask), "
-        f"{100 * rle_s / e2e_s:.1f}% of the e2e time"
-    )
-    print(f"rle_share={100 * rle_s / e2e_s:.1f}%")
-    check_s = sorted(checks)[ROUNDS // 2]
-    print(f"photo check (every photo decoded at 1/8 scale in {default_workers(1)} processes, before the run) "
-          f"{1000 * check_s / n:.1f} ms/photo; rounds {', '.join(f'{c:.2f}' for c in checks)} s")
-    print(f"check_share={100 * check_s / e2e_s:.1f}%")
-    print(f"whole_call_vs_forward={forward_s / e2e_s:.3f}  ({n} photos, the run's start included)")
-    print(f"e2e_vs_forward={long_run * forward_s / n:.3f}")
+        timings = measure(setup, tmp, args)
+    report(timings)
 
 
 if __name__ == "__main__":

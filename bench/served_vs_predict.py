@@ -109,14 +109,63 @@ def time_predict(photos: list[Path], ckpt: Path, tmp: Path, tta: str) -> float:
     return seconds
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=32, help="photos of a round (predict's short run: a quarter)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the service")
     parser.add_argument("--ckpt", type=Path, default=None,
                         help=f"a checkpoint (default: random weights at {INPUT_SIZE})")
     parser.add_argument("--tta", default="hflip", choices=["hflip", "none"], help="both sides' TTA (their default)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def time_rounds(address: tuple[str, int], photos: list[Path], ckpt: Path, tmp: Path,
+                args: argparse.Namespace) -> dict[str, list[float]]:
+    """A warm-up, then ROUNDS rounds of the service and predict.py (whole and short run), the service first every
+    other round; then one client's latencies -> {served, whole, brief, latencies: seconds}."""
+    host, port = address
+    bodies = [multipart(p.read_bytes()) for p in photos]
+    short = photos[: len(photos) // 4]
+    time_served(host, port, bodies[: args.clients], args.clients)  # warm-up, untimed
+    time_predict(short, ckpt, tmp, args.tta)
+    served, whole, brief = [], [], []
+    for round_ in range(ROUNDS):
+        if round_ % 2:
+            served.append(time_served(host, port, bodies, args.clients))
+        whole.append(time_predict(photos, ckpt, tmp, args.tta))
+        brief.append(time_predict(short, ckpt, tmp, args.tta))
+        if not round_ % 2:
+            served.append(time_served(host, port, bodies, args.clients))
+    latencies = []
+    client(host, port, bodies[:16], latencies)
+    return {"served": served, "whole": whole, "brief": brief, "latencies": latencies}
+
+
+def report(times: dict[str, list[float]], n: int, clients: int) -> None:
+    """Print the median round's rates, each round's ratio, the latencies; the last line `served_vs_predict=`."""
+    served, whole, brief, m = times["served"], times["whole"], times["brief"], n // 4
+    long_run = [(n - m) / (w - b) for w, b in zip(whole, brief)]
+    ratios = [n / s / rate for s, rate in zip(served, long_run)]
+    whole_ratios = [w / s for s, w in zip(served, whole)]
+    middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]
+    print(f"served    {n / served[middle]:6.2f} photos/s  ({clients} clients; rounds "
+          f"{', '.join(f'{s:.2f}' for s in served)} s)")
+    print(f"predict   {n / whole[middle]:6.2f} photos/s  (whole call of {n}; rounds "
+          f"{', '.join(f'{s:.2f}' for s in whole)} s; {m} photos: {', '.join(f'{s:.2f}' for s in brief)} s)")
+    print(f"predict   {long_run[middle]:6.2f} photos/s  long run: ({n} - {m}) photos / ({whole[middle]:.2f} - "
+          f"{brief[middle]:.2f}) s")
+    print(f"served_vs_predict of each round: {', '.join(f'{r:.3f}' for r in ratios)}")
+    ms = sorted(1000 * s for s in times["latencies"])
+    print(f"one client, {len(ms)} requests: {', '.join(f'{v:.0f}' for v in ms)} ms; load average now "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"served_vs_predict_whole_call={sorted(whole_ratios)[ROUNDS // 2]:.3f}")
+    print(f"p50_ms={ms[len(ms) // 2]:.0f}")
+    print(f"p95_ms={ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]:.0f}")
+    print(f"served_vs_predict={ratios[middle]:.3f}")
+
+
+def main() -> None:
+    args = parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -125,45 +174,14 @@ def main() -> None:
         ckpt = args.ckpt or make_checkpoint(tmp / "bench.ckpt", "mobilenet_v2", [int(s) for s in INPUT_SIZE.split("x")])
         proc, host, port = start_service(ckpt, args.tta, tmp / "service.log")
         try:
-            bodies = [multipart(p.read_bytes()) for p in photos]
-            short = photos[: len(photos) // 4]
-            print(f"{len(photos)} photos 1918x1280 ({source}), {args.clients} clients, tta={args.tta}, "
-                  f"{'random weights' if args.ckpt is None else ckpt}; {os.cpu_count()} CPUs, load average "
-                  f"{os.getloadavg()[0]:.1f}", flush=True)
-            time_served(host, port, bodies[: args.clients], args.clients)  # warm-up, untimed
-            time_predict(short, ckpt, tmp, args.tta)
-            served, whole, brief = [], [], []
-            for round_ in range(ROUNDS):
-                if round_ % 2:
-                    served.append(time_served(host, port, bodies, args.clients))
-                whole.append(time_predict(photos, ckpt, tmp, args.tta))
-                brief.append(time_predict(short, ckpt, tmp, args.tta))
-                if not round_ % 2:
-                    served.append(time_served(host, port, bodies, args.clients))
-            latencies = []
-            client(host, port, bodies[:16], latencies)
+            print(f"{len(photos)} photos 1280x1918 (height x width, {source}), {args.clients} clients, "
+                  f"tta={args.tta}, {'random weights' if args.ckpt is None else ckpt}; {os.cpu_count()} CPUs, load "
+                  f"average {os.getloadavg()[0]:.1f}", flush=True)
+            times = time_rounds((host, port), photos, ckpt, tmp, args)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    n, m = len(photos), len(short)
-    long_run = [(n - m) / (w - b) for w, b in zip(whole, brief)]
-    ratios = [n / s / rate for s, rate in zip(served, long_run)]
-    whole_ratios = [w / s for s, w in zip(served, whole)]
-    middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]
-    print(f"served    {n / served[middle]:6.2f} photos/s  ({args.clients} clients; rounds "
-          f"{', '.join(f'{s:.2f}' for s in served)} s)")
-    print(f"predict   {n / whole[middle]:6.2f} photos/s  (whole call of {n}; rounds "
-          f"{', '.join(f'{s:.2f}' for s in whole)} s; {m} photos: {', '.join(f'{s:.2f}' for s in brief)} s)")
-    print(f"predict   {long_run[middle]:6.2f} photos/s  long run: ({n} - {m}) photos / ({whole[middle]:.2f} - "
-          f"{brief[middle]:.2f}) s")
-    print(f"served_vs_predict of each round: {', '.join(f'{r:.3f}' for r in ratios)}")
-    ms = sorted(1000 * s for s in latencies)
-    print(f"one client, {len(ms)} requests: {', '.join(f'{v:.0f}' for v in ms)} ms; load average now "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"served_vs_predict_whole_call={sorted(whole_ratios)[ROUNDS // 2]:.3f}")
-    print(f"p50_ms={ms[len(ms) // 2]:.0f}")
-    print(f"p95_ms={ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]:.0f}")
-    print(f"served_vs_predict={ratios[middle]:.3f}")
+    report(times, len(photos), args.clients)
 
 
 if __name__ == "__main__":

@@ -234,19 +234,13 @@ def pipeline_rates(images: list[Path], masks: list[Path]) -> dict[str, float]:
     return {name: len(images) / seconds for name, seconds in best.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--encoder", default="mobilenet_v2")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help=f"steps per run, the first {WARMUP} untimed")
-    parser.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=[256, 384],
-        metavar=("H", "W"),
-        help="model input in the loop comparison, both divisible by 32",
-    )
+    parser.add_argument("--size", type=int, nargs=2, default=[256, 384], metavar=("H", "W"),
+                        help="model input in the loop comparison, both divisible by 32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=2, help="alternating plain/Lightning rounds; the best counts")
     parser.add_argument("--channels-last", action="store_true", help="also time Lightning with model.channels_last")
@@ -257,37 +251,37 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps <= WARMUP:
         parser.error(f"--steps must exceed the {WARMUP} warm-up steps")
-    torch.set_num_threads(args.threads)
+    if (args.accelerator != "cpu" or args.precision != "32-true") and not args.only_switches:
+        parser.error("--accelerator and --precision are for the switches' comparison: add --only-switches")
+    return args
+
+
+def quieten() -> None:
+    """Lightning's notes that this benchmark's set-up makes on purpose."""
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # "GPU available: ..." and the like
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need no workers
     warnings.filterwarnings("ignore", ".*`validation_step` but have no `val_dataloader`.*")  # no validation, on purpose
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's pytree helper against torch 2.14, harmless here
 
-    if (args.accelerator != "cpu" or args.precision != "32-true") and not args.only_switches:
-        parser.error("--accelerator and --precision are for the switches' comparison: add --only-switches")
-    with tempfile.TemporaryDirectory() as tmp:
-        images, masks, source = find_photos(Path(tmp))
-        loader = preload(images, masks, list(args.size), args.batch_size, args.steps)
-        if args.channels_last or args.compile or args.only_switches:
-            print(f"switches: unet/{args.encoder}, batch {args.batch_size}, input {args.size[0]}x{args.size[1]}, "
-                  f"{args.accelerator}, precision {args.precision}, {args.steps} steps ({WARMUP} untimed), "
-                  f"{args.rounds} alternating rounds", flush=True)
-            rates = switch_rates(args, loader)
-            best = {name: max(values) for name, values in rates.items()}
-            print(f"lightning_images_per_s={best['default']:.2f}")
-            for name in [n for n in best if n != "default"]:
-                print(f"{name}_vs_default={best[name] / best['default']:.3f}")
-        if args.only_switches:
-            return
-        loops = compare_loops(args, loader)
-        rates = pipeline_rates(images, masks)
 
+def report_switches(args: argparse.Namespace, loader: DataLoader) -> None:
+    """3.: time Lightning with and without each switch; print the best rates' ratios."""
+    print(f"switches: unet/{args.encoder}, batch {args.batch_size}, input {args.size[0]}x{args.size[1]} (height x "
+          f"width), {args.accelerator}, precision {args.precision}, {args.steps} steps ({WARMUP} untimed), "
+          f"{args.rounds} alternating rounds", flush=True)
+    rates = switch_rates(args, loader)
+    best = {name: max(values) for name, values in rates.items()}
+    print(f"lightning_images_per_s={best['default']:.2f}")
+    for name in [n for n in best if n != "default"]:
+        print(f"{name}_vs_default={best[name] / best['default']:.3f}")
+
+
+def report_loops(args: argparse.Namespace, loops: dict) -> tuple[dict[str, float], float]:
+    """1.: print each loop's best and median-step rates -> (best images/s per loop, the largest spread of rounds)."""
     timed = (args.steps - WARMUP) * args.batch_size
-    print(f"data: {len(images)} {source} photos 1918x1280 ({images[0].parent})")
-    print(
-        f"training loop: unet/{args.encoder}, batch {args.batch_size}, input {args.size[0]}x{args.size[1]}, "
-        f"{args.threads} torch threads, {args.steps} steps ({WARMUP} untimed), {args.rounds} alternating rounds"
-    )
+    print(f"training loop: unet/{args.encoder}, batch {args.batch_size}, input {args.size[0]}x{args.size[1]} (height "
+          f"x width), {args.threads} torch threads, {args.steps} steps ({WARMUP} untimed), {args.rounds} alternating "
+          "rounds")
     print("  both loops read the same pre-loaded in-memory batches (decoded once): the loops are compared, not loading")
     best, median, spread = {}, {}, 1.0
     for name, runs in loops["stamps"].items():
@@ -295,29 +289,45 @@ def main() -> None:
         # the median step, start to start, shrugs off bursts of load from other processes: a cross-check
         median[name] = args.batch_size / statistics.median(b - a for run in runs for a, b in itertools.pairwise(run))
         best[name] = max(rounds)
-        print(
-            f"  {name:<10} best {best[name]:7.2f} images/s   median step {median[name]:7.2f} images/s   "
-            f"(rounds: {', '.join(f'{r:.2f}' for r in rounds)})"
-        )
+        print(f"  {name:<10} best {best[name]:7.2f} images/s   median step {median[name]:7.2f} images/s   "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in rounds)})")
         spread = max(spread, max(rounds) / min(rounds))
-    print(
-        f"  loss step 1 -> {args.steps}: {loops['losses'][0]:.4f} -> {loops['losses'][-1]:.4f}, "
-        f"largest plain/Lightning gap {loops['gap']:.1e}; median-step ratio {median['Lightning'] / median['plain']:.3f}"
-    )
+    print(f"  loss step 1 -> {args.steps}: {loops['losses'][0]:.4f} -> {loops['losses'][-1]:.4f}, "
+          f"largest plain/Lightning gap {loops['gap']:.1e}; median-step ratio "
+          f"{median['Lightning'] / median['plain']:.3f}")
+    return best, spread
+
+
+def report(args: argparse.Namespace, loops: dict, rates: dict[str, float], images: list[Path], source: str) -> None:
+    """1. and 2.: the loops, the data pipeline, a note when the machine was busy, the last line of ratios."""
+    print(f"data: {len(images)} {source} photos 1280x1918 (height x width) ({images[0].parent})")
+    best, spread = report_loops(args, loops)
     print(f"data pipeline, one worker (num_workers=0, in-process, cv2 1 thread), best of {PIPELINE_PASSES} passes:")
     for name, rate in rates.items():
         print(f"  {name:<52} {rate:7.2f} images/s")
     if spread > UNSTABLE:
         fix = "; or pass --threads 1: two threads on two busy cores stall each other" if args.threads > 1 else ""
-        print(
-            f"note: rounds of one loop differ {spread:.2f}x: other processes compete for the cores and the ratio "
-            f"is partly noise: rerun on an idle machine{fix}"
-        )
+        print(f"note: rounds of one loop differ {spread:.2f}x: other processes compete for the cores and the ratio "
+              f"is partly noise: rerun on an idle machine{fix}")
     names = list(rates)
-    print(
-        f"lightning_vs_plain={best['Lightning'] / best['plain']:.3f} "
-        f"loader_vs_decode={rates[names[2]] / rates[names[0]]:.3f}"
-    )
+    print(f"lightning_vs_plain={best['Lightning'] / best['plain']:.3f} "
+          f"loader_vs_decode={rates[names[2]] / rates[names[0]]:.3f}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    quieten()
+    with tempfile.TemporaryDirectory() as tmp:
+        images, masks, source = find_photos(Path(tmp))
+        loader = preload(images, masks, list(args.size), args.batch_size, args.steps)
+        if args.channels_last or args.compile or args.only_switches:
+            report_switches(args, loader)
+        if args.only_switches:
+            return
+        loops = compare_loops(args, loader)
+        rates = pipeline_rates(images, masks)
+    report(args, loops, rates, images, source)
 
 
 if __name__ == "__main__":

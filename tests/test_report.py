@@ -385,6 +385,11 @@ def test_html_report_holds_the_csvs_numbers(oof: dict) -> None:
     assert page.best == {"threshold-table": best + 1}  # + 1: the header row
     assert f"Best threshold <b>{sweep.threshold[best]:.2f}</b>: mean Dice <b>{five(sweep.dice[best])}</b>" in text
 
+    check_gallery(page, per_image, oof["pairs"])
+
+
+def check_gallery(page: Page, per_image: pd.DataFrame, pairs: dict) -> None:
+    """The four figures, then the 3 worst photos' overlays in order, each showing its errors and predicted outline."""
     worst = per_image.sort_values(["dice", "image"]).head(3)
     assert page.captions == [f"{name} dice {five(d)}" for name, d in zip(worst.image, worst.dice)]
     alts = [img["alt"] for img in page.images]
@@ -393,7 +398,7 @@ def test_html_report_holds_the_csvs_numbers(oof: dict) -> None:
     assert all(h > 200 and w > 400 for h, w, _ in sizes[:4]), sizes  # matplotlib figures, not empty stubs
     assert sizes[4:] == [(256, 384, 3)] * 3  # the worst.png tiles: 384 wide, the photos' 2:3 aspect
     for name, img in zip(worst.image, page.images[4:]):  # each overlay shows its errors and the predicted outline
-        truth, probs = oof["pairs"][name.removesuffix(".jpg")]
+        truth, probs = pairs[name.removesuffix(".jpg")]
         pred = probs > 0.4 * 255
         rgb = cv2.cvtColor(decode_uri(img["src"]), cv2.COLOR_BGR2RGB).reshape(-1, 3)
         shown = [bool((rgb == colour).all(1).any()) for colour in (FP_COLOUR, FN_COLOUR, OUTLINE_COLOUR)]
