@@ -154,7 +154,7 @@ def run_stage(name: str, limit: float, work: Path, results: dict) -> dict:
 
 def stage_data(work: Path) -> None:
     """The synthetic set at Kaggle's size, few cars (fast), and its folds."""
-    from carvana.data.folds import write_folds
+    from carvana.data.kfold import write_folds
     from carvana.synthetic import make_dataset
 
     start = time.perf_counter()

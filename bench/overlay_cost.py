@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from carvana.data.folds import write_folds
+from carvana.data.kfold import write_folds
 from carvana.synthetic import make_dataset
 from carvana.training.callbacks import ValidationOverlays
 from carvana.training.run import build_datamodule, build_module

@@ -189,7 +189,7 @@ def compare_switches(args: argparse.Namespace, ckpt: Path, tmp: Path, photos: li
     if args.compile:
         variants["compile_vs_default"] = load_module(ckpt, {"compile": True})
     if args.runtime == "onnx":
-        from carvana.export import export
+        from carvana.export.exporter import export
         from carvana.model.onnx import OnnxModel
 
         figures = export(ckpt, tmp / "bench.onnx", photos[0])

@@ -245,10 +245,10 @@ def expected_errors(refused: Callable[[], object] | None = None, stopped: tuple[
         fail(stop_line.format(err), STOPPED_BY_SIGTERM)
 
 
-def run_or_exit(argv: list[str], help_of: str, work: Callable[[list[str]], T]) -> T:
-    """`-h`/`--help` prints the help of conf/<help_of>.yaml and exits 0; a CarvanaError of `work(argv)` prints one
-    `error:` line and exits 2 (expected_errors)."""
+def run_or_exit(argv: list[str], help_of: str, work: Callable[[list[str]], T], command: str | None = None) -> T:
+    """`-h`/`--help` prints the help of conf/<help_of>.yaml for `command` (default: python -m carvana.<help_of>) and
+    exits 0; a CarvanaError of `work(argv)` prints one `error:` line and exits 2 (expected_errors)."""
     if any(word in ("-h", "--help") for word in argv):
-        print_help(help_text(help_of, f"python -m carvana.{help_of}"))
+        print_help(help_text(help_of, command or f"python -m carvana.{help_of}"))
     with expected_errors():
         return work(argv)

@@ -33,7 +33,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def carvana_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Carvana-layout set (3 training cars x 16 photos of 64x96, 1 test car) with its folds.csv (3 folds)."""
-    from carvana.data.folds import write_folds
+    from carvana.data.kfold import write_folds
     from carvana.synthetic import make_dataset
 
     root = make_dataset(tmp_path_factory.mktemp("carvana") / "data", train_cars=3, test_cars=1, size=TINY_SIZE, seed=0)

@@ -205,7 +205,7 @@ def test_the_report_refuses_the_annotations_file_then_reads_the_masks_written_fr
     """The report of data=coco predictions: the recorded annotations file refused in one line naming the fix;
     python -m carvana.report.masks writes each photo's mask as drawn, and the report scores against them."""
     from carvana.report.__main__ import main as report_main
-    from carvana.report.masks import main as masks_main
+    from carvana.report.masks.__main__ import main as masks_main
 
     root, _ = coco_root
     with pytest.raises(SystemExit) as stop:

@@ -35,7 +35,7 @@ def test_release_01_checkpoint_predicts_what_it_predicted(tmp_path: Path):
 
 
 def test_release_01_checkpoint_resumes_training(tmp_path: Path):
-    from carvana.data.folds import write_folds
+    from carvana.data.kfold import write_folds
     from carvana.synthetic import make_dataset
 
     root = make_dataset(tmp_path / "data", train_cars=2, test_cars=1, size=(64, 96), seed=0)

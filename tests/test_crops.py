@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from carvana import CarvanaError
-from carvana.crops import main
+from carvana.crops.__main__ import main
 from carvana.data.boxes import car_bbox, cut_box, load_boxes, read_bboxes, write_bboxes
 from carvana.data.io import read_mask, write_probs8
 from tests.conftest import run_module

@@ -19,7 +19,8 @@ from helpers import max_diff, predict_args, predict_here, shard_rows
 
 from carvana.data.io import read_probs8, write_image
 from carvana.data.rle import rle_decode
-from carvana.export import MAX_MASK_DIFF, MAX_PROB_DIFF, main
+from carvana.export.__main__ import main
+from carvana.export.exporter import MAX_MASK_DIFF, MAX_PROB_DIFF
 from carvana.model.loading import load_module, read_checkpoint
 from carvana.model.onnx import METADATA_KEY
 
@@ -211,10 +212,10 @@ def test_export_failure_names_the_network_and_writes_nothing(tiny_ckpt: Path, re
 def test_export_that_differs_from_the_checkpoint_is_refused(tiny_ckpt: Path, real_photos: list[Path],
                                                             tmp_path: Path, capsys: pytest.CaptureFixture):
     """The parity check can fail: logits off by 0.1 (as a broken operator would make them) write nothing."""
-    from carvana import export
+    from carvana.export import exporter
 
-    real = export.OnnxModel.forward
-    shifted = mock.patch.object(export.OnnxModel, "forward", lambda self, image: real(self, image) + 0.1)
+    real = exporter.OnnxModel.forward
+    shifted = mock.patch.object(exporter.OnnxModel, "forward", lambda self, image: real(self, image) + 0.1)
     with shifted, pytest.raises(SystemExit) as stop:
         main([f"ckpt={tiny_ckpt}", f"output={tmp_path / 'm.onnx'}", f"photo={real_photos[0]}"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import REPO, run_module, write_checkpoint
 
-from carvana import export
 from carvana.data.io import read_image, write_image
+from carvana.export import exporter
+from carvana.export.__main__ import main as export_main
 from carvana.files import HOST, is_temporary, remove_dead_temporaries
 from carvana.model.loading import load_module, read_checkpoint
 
@@ -47,7 +48,7 @@ def test_export_writes_the_smp_folder(exported: dict):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     match = re.fullmatch(r"parity on (\S+): max_logit_diff=(\S+) \(limit 1e-05\)", lines[-2])
-    assert match and match[1] == str(exported["photo"]) and float(match[2]) <= export.MAX_LOGIT_DIFF, lines
+    assert match and match[1] == str(exported["photo"]) and float(match[2]) <= exporter.MAX_LOGIT_DIFF, lines
     shape = "64x96" if exported["geometry"] == "resize" else "HxW"  # pad: any multiples of 32
     assert lines[-1].startswith(f"smp={exported['dir']} input=Bx3x{shape} "), lines
     assert sorted(p.name for p in exported["dir"].iterdir()) == FILES
@@ -95,9 +96,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _run(words: list[str], capsys: pytest.CaptureFixture) -> str:
-    """export.main(words) expected to refuse: its one error line."""
+    """export_main(words) expected to refuse: its one error line."""
     with pytest.raises(SystemExit) as stop:
-        export.main(words)
+        export_main(words)
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
@@ -130,7 +131,7 @@ def test_earlier_export_with_other_files_beside_is_refused_and_kept(tiny: dict, 
     """Issue 38.4: an earlier export plus a NOTES.txt and a subfolder: replacing the folder would delete them."""
     out = tmp_path / "model_smp"
     words = [f"ckpt={tiny['ckpt']}", f"output={out}", "format=smp", f"photo={tiny['photo']}"]
-    export.main(words)
+    export_main(words)
     (out / "NOTES.txt").write_text("mine\n")
     (out / "runs").mkdir()
     (out / "runs" / "a.txt").write_text("mine too\n")
@@ -145,7 +146,7 @@ def test_full_size_model_exports_on_a_photo_of_another_size(tmp_path: Path, caps
     """Issue 37.3: smp's format has no fixed size: a full-size model of 64x96 photos is checked on a 70x100 one."""
     ckpt = write_checkpoint(tmp_path / "pad.ckpt", data={"image_size": [64, 96]})
     write_image(tmp_path / "car.png", np.random.default_rng(2).integers(0, 256, (70, 100, 3), dtype=np.uint8))
-    export.main([f"ckpt={ckpt}", f"output={tmp_path / 'model_smp'}", "format=smp", f"photo={tmp_path / 'car.png'}"])
+    export_main([f"ckpt={ckpt}", f"output={tmp_path / 'model_smp'}", "format=smp", f"photo={tmp_path / 'car.png'}"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith(f"smp={tmp_path / 'model_smp'} input=Bx3xHxW "), lines
     assert sorted(p.name for p in (tmp_path / "model_smp").iterdir()) == FILES
@@ -157,17 +158,17 @@ def test_an_export_that_differs_is_refused_and_the_earlier_one_kept(tiny: dict, 
     good export then replaces it whole."""
     out = tmp_path / "model_smp"
     words = [f"ckpt={tiny['ckpt']}", f"output={out}", "format=smp", f"photo={tiny['photo']}"]
-    export.main(words)
+    export_main(words)
     (out / "README.md").write_text("the earlier export's card\n")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real = export.smp_metadata
-    wrong = mock.patch.object(export, "smp_metadata", lambda module: {**real(module), "std": [1.0, 1.0, 1.0]})
+    real = exporter.smp_metadata
+    wrong = mock.patch.object(exporter, "smp_metadata", lambda module: {**real(module), "std": [1.0, 1.0, 1.0]})
     with wrong:
         line = _run(words, capsys)
     assert "the smp folder's network differs from the checkpoint" in line and line.endswith("nothing written")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_smp"]  # no temporary left
-    export.main(words)
+    export_main(words)
     assert sorted(p.name for p in out.iterdir()) == FILES  # replaced whole: smp's own card again
     assert (out / "README.md").read_text() != "the earlier export's card\n"
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from carvana import CarvanaError
-from carvana.data.folds import make_folds, write_folds
+from carvana.data.kfold import make_folds, write_folds
 from carvana.data.layout import car_id
 
 REPO = Path(__file__).resolve().parents[1]

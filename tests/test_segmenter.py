@@ -126,7 +126,7 @@ def test_bad_settings_are_one_line_errors(segmenter: Segmenter, tmp_path: Path) 
 def test_an_onnx_file_gives_predict_pys_png(tmp_path: Path) -> None:
     """ckpt= an exported full-size ONNX file (any multiple of 32): photos of two sizes, predict.py's PNGs exactly."""
     pytest.importorskip("onnxruntime", reason="pip install -e '.[export]' installs onnx and onnxruntime")
-    from carvana.export import main as export
+    from carvana.export.__main__ import main as export
 
     ckpt = write_checkpoint(tmp_path / "pad.ckpt", data={"image_size": [64, 96]})
     photos = write_photos(tmp_path / "photos")

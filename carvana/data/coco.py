@@ -16,7 +16,9 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from carvana import CarvanaError
-from carvana.data.io import image_size, orientation, read_mask
+from carvana.data.io import image_size, orientation, read_mask, write_png
+from carvana.files import check_writable_dir
+from carvana.progress import progress
 
 ANNOTATIONS_KEY = "data.annotations"
 
@@ -186,3 +188,13 @@ def read_coco(annotations: str | os.PathLike, root: str | os.PathLike, categorie
     masks = {photo: CocoMask(f"{path} ({photo.name})", height, width, tuple(objects[image_id]))
              for image_id, (photo, height, width) in entries.items()}
     return CocoSet(sorted(masks), masks)
+
+
+def write_masks(root: str, annotations: str, categories: list | None, output_dir: str) -> int:
+    """Check the whole COCO file, then write <output_dir>/<photo name>.png (HxW uint8 0/255) for each photo it lists
+    -> how many were written."""
+    coco = read_coco(annotations, root, categories)
+    out = check_writable_dir(output_dir, "output_dir")
+    for photo in progress(coco.images, "writing the masks", len(coco.images)):
+        write_png(out / f"{photo.stem}.png", coco.masks[photo].read() * 255)
+    return len(coco.images)

@@ -12,8 +12,8 @@ from carvana import CarvanaError
 from carvana.data.boxes import load_boxes
 from carvana.data.coco import CocoSet, read_coco
 from carvana.data.dataset import AugmentSampler, SegDataset, SizeBatchSampler, find_stacked, pad_collate
-from carvana.data.folds import Folds, group_folds, read_folds, split
 from carvana.data.geometry import Geometry
+from carvana.data.kfold import Folds, group_folds, read_folds, split
 from carvana.data.layout import find_masks, first_process, group_pattern, list_images
 from carvana.data.photo_check import check_photos
 from carvana.data.pseudo import select_pseudo

@@ -14,7 +14,7 @@ from carvana.cli import check_at_least, check_threshold, expected_errors
 from carvana.data.boxes import load_boxes
 from carvana.data.coco import CocoMask, annotations_path, read_coco
 from carvana.data.dataset import find_stacked
-from carvana.data.folds import read_folds, split
+from carvana.data.kfold import read_folds, split
 from carvana.data.layout import CAR_GROUP, EACH_PHOTO, IMAGE_SUFFIXES, find_masks, group_pattern, list_images
 from carvana.data.photo_check import check_photos
 from carvana.files import atomic_path, check_writable_dir

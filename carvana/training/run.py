@@ -14,8 +14,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from carvana import CarvanaError
 from carvana.cli import check_threshold
 from carvana.data.datamodule import SegDataModule
-from carvana.data.folds import write_folds
 from carvana.data.geometry import Geometry
+from carvana.data.kfold import write_folds
 from carvana.data.transforms import augmentations
 from carvana.files import remove_dead_temporaries
 from carvana.hardware import check_accelerator, trainer_kwargs

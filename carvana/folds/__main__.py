@@ -1,10 +1,10 @@
-"""python -m carvana.folds: Carvana's car-level folds from metadata.csv (conf/folds.yaml; carvana.data.folds)."""
+"""python -m carvana.folds: Carvana's car-level folds from metadata.csv (conf/folds.yaml; carvana.data.kfold)."""
 
 import sys
 from pathlib import Path
 
 from carvana.cli import compose, conf_value, run_or_exit
-from carvana.data.folds import write_folds
+from carvana.data.kfold import write_folds
 
 RENAMED = {"out": "output"}
 

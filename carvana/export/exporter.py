@@ -1,6 +1,6 @@
-"""python -m carvana.export: a checkpoint's whole network as ONNX, its preprocessing inside, checked at once against
-PyTorch on a photo (conf/export.yaml). predict.py runs the file like a checkpoint (ckpt=model.onnx,
-carvana.model.onnx).
+"""The work of python -m carvana.export (__main__.py): a checkpoint's whole network as ONNX, its preprocessing
+inside, checked at once against PyTorch on a photo (conf/export.yaml). predict.py runs the file like a checkpoint
+(ckpt=model.onnx, carvana.model.onnx).
 
 The graph: `image` Bx(3+k)xhxw uint8 RGB (+ k stacked masks), the network input as carvana.data.geometry makes it (the
 photo resized with cv2 area to the checkpoint's input size, or padded at the bottom and right to a multiple of 32,
@@ -26,7 +26,6 @@ anything else is refused before the work).
 import contextlib
 import io
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from carvana import CarvanaError
-from carvana.cli import compose, conf_value, run_or_exit
+from carvana.cli import conf_value
 from carvana.data.geometry import DIVISOR, padded_size
 from carvana.data.io import read_image
 from carvana.data.layout import list_images
@@ -268,28 +267,3 @@ def export(ckpt: str | Path, output: str | Path, photo: str | Path | None = None
     figures = (write_smp if format == "smp" else write_onnx)(module, output, photo)
     shape = module.geometry.input_shape(read_image(photo).shape[:2])
     return {**figures, "photo": photo, "input": input_text(module, shape)}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Export and check; print the figures and the file; expected errors: one line, exit status 2."""
-    def work(words: list[str]) -> tuple[dict, dict]:
-        cfg = compose("export", words)
-        for key in ("ckpt", "output"):
-            if not cfg[key]:
-                raise CarvanaError(f"{key}= is required: python -m carvana.export ckpt=last.ckpt output=model.onnx")
-        return cfg, export(cfg["ckpt"], cfg["output"], cfg["photo"], cfg["format"])
-
-    cfg, figures = run_or_exit(sys.argv[1:] if argv is None else argv, "export", work)
-    if cfg["format"] == "smp":
-        print(f"parity on {figures['photo']}: max_logit_diff={figures['max_logit_diff']:.2e} (limit {MAX_LOGIT_DIFF})")
-        print(f"smp={cfg['output']} input={figures['input']} (preprocessing and geometry: carvana.json) -> logits",
-              flush=True)
-        return
-    print(f"parity on {figures['photo']} ({figures['sizes']}): max_prob_diff={figures['max_prob_diff']:.2e} "
-          f"(limit {MAX_PROB_DIFF}) mask_diff_share={figures['mask_diff_share']:.2e} (limit {MAX_MASK_DIFF})")
-    sides = " (H, W: any multiples of 32)" if "xHxW" in figures["input"] else ""
-    print(f"onnx={cfg['output']} image={figures['input']} uint8{sides} -> logits, probs", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,20 +6,7 @@ from pathlib import Path
 
 from carvana import CarvanaError
 from carvana.cli import compose, run_or_exit
-from carvana.data.coco import read_coco
-from carvana.data.io import write_png
-from carvana.files import check_writable_dir
-from carvana.progress import progress
-
-
-def write_masks(root: str, annotations: str, categories: list | None, output_dir: str) -> int:
-    """Check the whole COCO file, then write <output_dir>/<photo name>.png (HxW uint8 0/255) for each photo it lists
-    -> how many were written."""
-    coco = read_coco(annotations, root, categories)
-    out = check_writable_dir(output_dir, "output_dir")
-    for photo in progress(coco.images, "writing the masks", len(coco.images)):
-        write_png(out / f"{photo.stem}.png", coco.masks[photo].read() * 255)
-    return len(coco.images)
+from carvana.data.coco import write_masks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         categories = [categories] if isinstance(categories, (str, int)) else categories
         return cfg, write_masks(cfg["root"], cfg["annotations"], categories, cfg["output_dir"])
 
-    cfg, count = run_or_exit(sys.argv[1:] if argv is None else argv, "masks", work)
+    cfg, count = run_or_exit(sys.argv[1:] if argv is None else argv, "masks", work, "python -m carvana.report.masks")
     print(f"masks={count} output_dir={Path(cfg['output_dir'])}", flush=True)
 
 
