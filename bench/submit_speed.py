@@ -155,7 +155,7 @@ def main(n: int) -> None:
     rle_ms = np.mean([ms_per_call(rle_encode, mask) for mask in masks])
     floor_ms = np.mean([ms_per_call(np.count_nonzero, mask) for mask in masks])
     with_predict_part = 1 / (1 / r["write_shard"] + 1 / r["merge"])
-    print(f"masks={n} size={W}x{H} cores={len(os.sched_getaffinity(0))} (the CSVs checked identical)")
+    print(f"masks={n} size={H}x{W} (height x width) cores={len(os.sched_getaffinity(0))} (the CSVs checked identical)")
     print(f"seed way (threads, PIL decode, in-place threshold, naive RLE, pandas gzip): {r['seed']:8.1f} masks/s")
     print(f"seed way with cv2.imread and one comparison (stronger):  {r['seed_cv2']:8.1f} masks/s")
     print(

@@ -73,8 +73,8 @@ def agreement(ckpt: str, photos: Path, masks: Path | None, tile: list[int], over
                 truth["whole"].append(dice(a, true))
                 truth["tiled"].append(dice(b, true))
     worst = int(np.argmin(shares))
-    print(f"{len(shares)} photos, tile={tile[0]}x{tile[1]} overlap={overlap} batch_size={batch_size}: whole "
-          f"{t_whole:.1f} s, tiled {t_tiled:.1f} s (each with predict.py's start)")
+    print(f"{len(shares)} photos, tile={tile[0]}x{tile[1]} (height x width) overlap={overlap} batch_size={batch_size}: "
+          f"whole {t_whole:.1f} s, tiled {t_tiled:.1f} s (each with predict.py's start)")
     print(f"mask_dice_tiled_vs_whole={np.mean(dices):.5f}")
     print(f"agreement_worst={shares[worst]:.5f} (photo {worst})")
     print(f"agreement_mean={np.mean(shares):.5f}")
@@ -103,8 +103,8 @@ def memory(size: list[int], tile: list[int], encoder: str, batch_size: int) -> N
     assert written == (h, w), written
     if peak <= before:
         print("note: an earlier child of this process had a larger peak; the figure below is that bound")
-    print(f"{w}x{h} photo (width x height), tiles {tile[0]}x{tile[1]}, model.encoder_name={encoder}, tta=none, "
-          f"batch_size={batch_size} tiles: {seconds:.1f} s, mask {written[1]}x{written[0]}")
+    print(f"{h}x{w} photo (height x width), tiles {tile[0]}x{tile[1]}, model.encoder_name={encoder}, tta=none, "
+          f"batch_size={batch_size} tiles: {seconds:.1f} s, mask {written[0]}x{written[1]}")
     print(f"peak_rss_gib={peak / 2**20:.2f}")
 
 

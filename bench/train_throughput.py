@@ -219,7 +219,7 @@ def pipeline_rates(images: list[Path], masks: list[Path]) -> dict[str, float]:
         f"SegDataset, crop {crop[0]}x{crop[1]} + augment (default)": SegDataset(
             images, masks, Geometry(crop_size=crop), transform=train_transform(Geometry(crop_size=crop), augment)
         ).__getitem__,
-        f"SegDataset, resize {resize[0]}x{resize[1]} + augment": SegDataset(
+        f"SegDataset, resize {resize[0]}x{resize[1]} (height x width) + augment": SegDataset(
             images, masks, Geometry(input_size=resize), transform=train_transform(Geometry(input_size=resize), augment)
         ).__getitem__,
         "SegDataset, no transform (validation)": SegDataset(images, masks, Geometry()).__getitem__,
@@ -304,7 +304,7 @@ def report(args: argparse.Namespace, loops: dict, rates: dict[str, float], image
     best, spread = report_loops(args, loops)
     print(f"data pipeline, one worker (num_workers=0, in-process, cv2 1 thread), best of {PIPELINE_PASSES} passes:")
     for name, rate in rates.items():
-        print(f"  {name:<52} {rate:7.2f} images/s")
+        print(f"  {name:<68} {rate:7.2f} images/s")
     if spread > UNSTABLE:
         fix = "; or pass --threads 1: two threads on two busy cores stall each other" if args.threads > 1 else ""
         print(f"note: rounds of one loop differ {spread:.2f}x: other processes compete for the cores and the ratio "

@@ -159,7 +159,7 @@ def test_cli_writes_bboxes(tmp_path: Path, capsys: pytest.CaptureFixture):
     write_probs8(tmp_path / "aaa_01.png", np.full((64, 96), 255, np.uint8))
     main([f"probs_dir={tmp_path}", f"output={tmp_path / 'b.csv'}", "margin=0"])
     lines = capsys.readouterr().out.splitlines()  # after the progress lines
-    assert lines[-2:] == ["boxes=1 mean_box=64x96 max_box=64x96", str(tmp_path / "b.csv")]
+    assert lines[-2:] == ["boxes=1 mean_box=64x96 max_box=64x96 (height x width)", str(tmp_path / "b.csv")]
     assert read_bboxes(tmp_path / "b.csv") == {"aaa_01.jpg": (0, 64, 0, 96)}
 
 

@@ -301,8 +301,8 @@ def test_a_file_exported_for_one_size_is_refused_before_anything_is_written(expo
     out.mkdir()
     run = predict_here(predict_args(old, out, f"input_dir={tmp_path / 'in'}", "write=[png,rle]"))
     assert run.code == 2, run.out + run.err
-    expected = (f"error: {old} takes network inputs of 64x96 (height x width), not 128x96 (photo b.png, 100x70): "
-                "export it again with python -m carvana.export (any size), or predict with its checkpoint")
+    expected = (f"error: {old} takes network inputs of 64x96 (height x width), not 128x96 (photo b.png, height x width "
+                "100x70): export it again with python -m carvana.export (any size), or predict with its checkpoint")
     assert run.errors() == [expected]
     assert list(out.iterdir()) == []
 

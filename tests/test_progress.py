@@ -36,7 +36,7 @@ def test_redirected_to_a_file_a_line_at_the_start_and_at_the_end(predictions: Pa
     out, err = crops(predictions, terminal=False)
     lines = out.splitlines()
     assert lines[0] == "finding the car boxes (3) ..." and lines[1].startswith("finding the car boxes (3): done in ")
-    assert lines[2:] == ["boxes=3 mean_box=64x96 max_box=64x96", str(predictions / "b.csv")]
+    assert lines[2:] == ["boxes=3 mean_box=64x96 max_box=64x96 (height x width)", str(predictions / "b.csv")]
     assert "\x1b" not in out and err == ""  # no terminal codes in a log, nothing on stderr
 
 

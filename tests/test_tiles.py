@@ -98,8 +98,8 @@ def test_a_large_photo_reaches_the_network_only_in_tiles():
     ([64, 64], 1.0, Geometry(), "tile_overlap=1.0 is a share of the tile"),
     ([64, 64], -0.1, Geometry(), "tile_overlap=-0.1"),
     ([512, 512], 0.99, Geometry(), ("tile_overlap=0.99 sends each pixel through the network about 10,609 times: "
-                                    "43,865 tiles of 512x512 for a 1280x1920 photo (12 without overlap): choose "
-                                    "tile_overlap <= 0.75")),
+                                    "43,865 tiles of 512x512 for a 1280x1920 photo (height x width; 12 without "
+                                    "overlap): choose tile_overlap <= 0.75")),
     ([512, 512], 0.8, Geometry(), "about 36 times: 135 tiles of 512x512"),
     ([64, 64], 0.25, Geometry(input_size=(64, 96)), "resized to [64, 96] (data.input_size), so it has no native"),
 ])

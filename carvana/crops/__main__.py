@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, table = run_or_exit(sys.argv[1:] if argv is None else argv, "crops", work)
     heights, widths = table.y_end - table.y_start, table.x_end - table.x_start
     print(f"boxes={len(table)} mean_box={heights.mean():.0f}x{widths.mean():.0f} "
-          f"max_box={heights.max()}x{widths.max()}")
+          f"max_box={heights.max()}x{widths.max()} (height x width)")
     print(cfg["output"], flush=True)
 
 

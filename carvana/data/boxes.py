@@ -31,8 +31,8 @@ def cut_box(array: np.ndarray, box: Box) -> np.ndarray:
     y_start, y_end, x_start, x_end = box
     height, width = array.shape[:2]
     if not (0 <= y_start < y_end <= height and 0 <= x_start < x_end <= width):
-        raise CarvanaError(f"box {tuple(box)} does not fit a {height}x{width} photo: was bboxes.csv written for "
-                           "photos of this size?")
+        raise CarvanaError(f"box {tuple(box)} does not fit a {height}x{width} photo (height x width): was bboxes.csv "
+                           "written for photos of this size?")
     return array[y_start:y_end, x_start:x_end]
 
 

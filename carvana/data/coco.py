@@ -155,8 +155,8 @@ def check_segmentation(annotation: dict, height: int, width: int, where: str) ->
         return
     size = segmentation.get("size") if isinstance(segmentation, dict) else None
     if size != [height, width] or "counts" not in segmentation:
-        raise CarvanaError(f"{where}: its RLE is of size {size} (height, width), its image {height}x{width}: "
-                           "an RLE has 'size' [height, width] of its image and 'counts'")
+        raise CarvanaError(f"{where}: its RLE is of size {size} (height, width), its image {height}x{width} (height x "
+                           "width): an RLE has 'size' [height, width] of its image and 'counts'")
     counts = segmentation["counts"]
     if isinstance(counts, list) and sum(counts) != height * width:
         raise CarvanaError(f"{where}: its RLE counts cover {sum(counts)} pixels, its image {height * width}")

@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"smp={cfg['output']} input={figures['input']} (preprocessing and geometry: carvana.json) -> logits",
               flush=True)
         return
-    print(f"parity on {figures['photo']} ({figures['sizes']}): max_prob_diff={figures['max_prob_diff']:.2e} "
-          f"(limit {MAX_PROB_DIFF}) mask_diff_share={figures['mask_diff_share']:.2e} (limit {MAX_MASK_DIFF})")
+    print(f"parity on {figures['photo']} at {figures['sizes']} (height x width): "
+          f"max_prob_diff={figures['max_prob_diff']:.2e} (limit {MAX_PROB_DIFF}) "
+          f"mask_diff_share={figures['mask_diff_share']:.2e} (limit {MAX_MASK_DIFF})")
     sides = " (H, W: any multiples of 32)" if "xHxW" in figures["input"] else ""
     print(f"onnx={cfg['output']} image={figures['input']} uint8{sides} -> logits, probs", flush=True)
 

@@ -208,11 +208,11 @@ def write_onnx(module: SegModule, output: Path, photo: Path) -> dict:
         model = OnnxModel(tmp)
         checks = [parity(module, model, image) for image in images]
         figures = {key: max(c[key] for c in checks) for key in checks[0]}
-        sizes = ", ".join(f"{i.shape[1]}x{i.shape[0]}" for i in images)
+        sizes = ", ".join(f"{i.shape[0]}x{i.shape[1]}" for i in images)
         # `not <=`: a NaN fails too
         if not (figures["max_prob_diff"] <= MAX_PROB_DIFF and figures["mask_diff_share"] <= MAX_MASK_DIFF):
-            raise CarvanaError(f"the ONNX model differs from the checkpoint on {photo} ({sizes}): max_prob_diff="
-                               f"{figures['max_prob_diff']:.2e} (limit {MAX_PROB_DIFF}), mask_diff_share="
+            raise CarvanaError(f"the ONNX model differs from the checkpoint on {photo} at {sizes} (height x width): "
+                               f"max_prob_diff={figures['max_prob_diff']:.2e} (limit {MAX_PROB_DIFF}), mask_diff_share="
                                f"{figures['mask_diff_share']:.2e} (limit {MAX_MASK_DIFF}): nothing written")
     return {**figures, "sizes": sizes}
 

@@ -55,7 +55,7 @@ class SimpleUnet(nn.Module):
         height, width = x.shape[-2:]
         if height % self.divisor or width % self.divisor:
             raise CarvanaError(
-                f"SimpleUnet needs H and W divisible by {self.divisor}, got {height}x{width}: "
+                f"SimpleUnet needs H and W divisible by {self.divisor}, got {height}x{width} (height x width): "
                 f"pad the input (e.g. 1918 -> 1920) or use fewer widths"
             )
         skips = []

@@ -112,7 +112,7 @@ def check_onnx_sizes(models: list, images: list[Path], sizes: list[tuple[int, in
                 shape = model.geometry.input_shape(size)
                 if tile:  # tiles clipped to the padded photo, as tiled_logits cuts them
                     shape = (min(tile[0], shape[0]), min(tile[1], shape[1]))
-                model.check_size(shape, f"photo {photo.name}, {size[0]}x{size[1]}")
+                model.check_size(shape, f"photo {photo.name}, height x width {size[0]}x{size[1]}")
 
 
 def check_onnx_run(models: list, world_size: int) -> None:

@@ -34,8 +34,8 @@ def check_overlap(tile: tuple[int, int], overlap: float) -> None:
         photo = "x".join(map(str, REFERENCE))
         raise CarvanaError(f"tile_overlap={overlap} sends each pixel through the network about {cover:,} times: "
                            f"{tiles_of(REFERENCE, tile, overlap):,} tiles of {tile[0]}x{tile[1]} for a {photo} photo "
-                           f"({tiles_of(REFERENCE, tile, 0):,} without overlap): choose tile_overlap <= 0.75 "
-                           "(0.25 is the default)")
+                           f"(height x width; {tiles_of(REFERENCE, tile, 0):,} without overlap): choose "
+                           "tile_overlap <= 0.75 (0.25 is the default)")
 
 
 def check_tiling(tile: list[int] | None, overlap: float, geometries: list[Geometry]) -> tuple[int, int] | None:

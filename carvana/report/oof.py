@@ -93,8 +93,8 @@ def worst_tiles(names: list[str], files: dict[str, tuple[Path, Path, Path]], thr
         size = (round(TILE_WIDTH * height / width), TILE_WIDTH)
         if image.shape[:2] != truth.shape:
             raise CarvanaError(
-                f"photo {photo_path} is {image.shape[1]}x{image.shape[0]} but its mask is "
-                f"{truth.shape[1]}x{truth.shape[0]}: images_dir= is not the masks' photos"
+                f"photo {photo_path} is {image.shape[0]}x{image.shape[1]} but its mask is "
+                f"{truth.shape[0]}x{truth.shape[1]} (height x width): images_dir= is not the masks' photos"
             )
         pred = (read_probs8(pred_path) > threshold * 255).astype(np.uint8)
         tile = draw_errors(image, pred, truth, size)

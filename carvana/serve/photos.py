@@ -71,7 +71,7 @@ def decode_photo(data: bytes, max_pixels: int, checker: PhotoChecker) -> np.ndar
         raise NotAPhoto(f"the upload ({len(data)} bytes) is not a readable image: send a photo (JPEG, PNG or "
                               "TIFF)") from None
     if width * height > max_pixels:
-        raise TooLarge(f"the photo is {width}x{height} = {width * height} pixels, more than "
+        raise TooLarge(f"the photo is {height}x{width} (height x width) = {width * height} pixels, more than "
                               f"max_pixels={max_pixels}: make it smaller")
     buffer = np.frombuffer(data, np.uint8)
     if is_truncated(buffer):
@@ -81,7 +81,8 @@ def decode_photo(data: bytes, max_pixels: int, checker: PhotoChecker) -> np.ndar
         raise NotAPhoto(f"the photo is corrupt ({why}): send an intact copy")
     image = decode_image(buffer)  # read_image's decoder: displayed pixels (EXIF orientation), 3 channels
     if image is None:
-        raise NotAPhoto(f"the photo ({width}x{height} by its header) cannot be decoded: truncated or corrupt")
+        raise NotAPhoto(f"the photo ({height}x{width}, height x width, by its header) cannot be decoded: truncated "
+                        "or corrupt")
     return image
 
 

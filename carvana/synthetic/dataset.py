@@ -103,7 +103,8 @@ def make_dataset(root: str | os.PathLike, train_cars: int, test_cars: int, size:
     if train_cars < 1 or test_cars < 0:
         raise CarvanaError(f"need at least 1 training car and 0 test cars, got {train_cars} and {test_cars}")
     if height < 32 or width < 32:
-        raise CarvanaError(f"photo size {height}x{width} is too small: use at least 32x32 (Kaggle's is 1280x1918)")
+        raise CarvanaError(f"photo size {height}x{width} (height x width) is too small: use at least 32x32 "
+                           "(Kaggle's is 1280x1918)")
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         what = "a complete data set" if is_complete(root) else "not empty"
         raise CarvanaError(f"{root} already exists and is {what}: delete it, choose another root, "

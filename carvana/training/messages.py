@@ -81,6 +81,7 @@ def say_cpu(cfg: DictConfig) -> None:
     epochs = cfg.trainer.max_epochs
     if len(photos) * epochs * h * w < CPU_PIXELS:
         return
-    print(f"warning: no GPU: {plural(len(photos), 'photo')} x {plural(epochs, 'epoch')} at {h}x{w} on the CPU take "
-          "hours to days; for a few photos on a CPU use the few-photo recipe (experiment=few_photos), or run on a GPU",
+    print(f"warning: no GPU: {plural(len(photos), 'photo')} x {plural(epochs, 'epoch')} at {h}x{w} (height x "
+          "width) on the CPU take hours to days; for a few photos on a CPU use the few-photo recipe "
+          "(experiment=few_photos), or run on a GPU",
           file=sys.stderr, flush=True)
