@@ -27,7 +27,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from carvana.data.kfold import write_folds
 from carvana.synthetic import make_dataset
 from carvana.training.callbacks import ValidationOverlays
-from carvana.training.run import build_datamodule, build_module
+from carvana.training.run import build_datamodule, build_module, settings_of
 
 REAL_FOLD_PHOTOS = 1018  # 5,088 photos in 5 folds
 
@@ -60,10 +60,10 @@ def main() -> None:
         write_folds(root / "metadata.csv", root / "folds.csv", n_folds=2, seed=80, stratify=None)
         conf = Path(__file__).resolve().parents[1] / "conf"
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[
+            cfg = settings_of(compose(config_name="config", overrides=[
                 f"data.root={root}", f"data.folds={root / 'folds.csv'}", "fold=0", "data.batch_size=4",
                 "data.num_workers=2", "data.crop_size=null", f"data.input_size=[{args.size[0]},{args.size[1]}]",
-                "model.encoder_weights=null"])
+                "model.encoder_weights=null"]))
         dm = build_datamodule(cfg, Path(tmp))
         module = build_module(cfg, {})
         overlays, clock = ValidationOverlays(args.images), Clock()

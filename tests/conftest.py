@@ -41,12 +41,15 @@ def carvana_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def compose_train(*overrides: str) -> "DictConfig":  # noqa: F821
-    """conf/config.yaml composed with `overrides` as train.py composes it (Hydra's compose API)."""
+def compose_train(*overrides: str) -> dict:
+    """conf/config.yaml composed with `overrides` as train.py composes it (Hydra's compose API), made the plain
+    settings its job takes as train.py makes them (carvana.training.run.settings_of)."""
     from hydra import compose, initialize_config_dir
 
+    from carvana.training.run import settings_of
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return settings_of(compose(config_name="config", overrides=list(overrides)))
 
 
 def augment(**probabilities: float) -> dict:

@@ -469,7 +469,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from carvana.model.loading import load_module
-from carvana.training.run import build_datamodule
+from carvana.training.run import build_datamodule, settings_of
 
 repo, root, ckpt, devices = sys.argv[4], sys.argv[1], sys.argv[2], int(sys.argv[3])
 module = load_module(ckpt)
@@ -477,7 +477,7 @@ with initialize_config_dir(config_dir=f"{repo}/conf", version_base="1.3"):
     cfg = compose(config_name="config", overrides=[f"data.root={root}", f"data.folds={root}/folds.csv", "fold=0",
                                                   "data.batch_size=2", "data.num_workers=0", "data.crop_size=null",
                                                   "data.input_size=null"])
-data = build_datamodule(cfg, Path(root))
+data = build_datamodule(settings_of(cfg), Path(root))
 trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                      enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
 result = trainer.validate(module, datamodule=data, verbose=False)
@@ -520,6 +520,35 @@ def test_the_datamodule_reads_its_inputs_once(carvana_root: Path, tmp_path: Path
                         lambda *a, **k: pytest.fail("setup read the inputs twice"))
     dm.setup("fit")
     assert len(dm.train_set) == 32 and len(dm.val_set) == 16
+
+
+def _plain(value: object) -> bool:
+    """Only dicts, lists, strings, numbers, booleans and None, all the way down."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def test_the_job_takes_plain_settings_and_makes_one_geometry(carvana_root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """Hydra's config is made plain once (settings_of); the job makes one Geometry for the data and the model, and
+    the model's hyperparameters are plain copies, not the settings' own lists and dicts."""
+    from carvana.training import run as training
+
+    made = []
+    monkeypatch.setattr(training, "geometry_of", lambda data, real=training.geometry_of: made.append(1) or real(data))
+    cfg = compose_train(f"data.root={carvana_root}", f"data.folds={carvana_root / 'folds.csv'}", "fold=1",
+                        "data.num_workers=0", "encoder=mobilenet", "model.encoder_weights=null", "trainer=cpu",
+                        "data.crop_size=[32,64]")
+    assert type(cfg) is dict and _plain(cfg)
+    module, dm, ckpt_path = training.prepare(cfg, tmp_path / "run")
+    assert len(made) == 1 and ckpt_path is None
+    assert dm.geometry == module.geometry and module.geometry.crop_size == (32, 64)
+    assert _plain(dict(module.hparams)) and module.hparams["loss"] == cfg["loss"]
+    assert module.hparams["loss"] is not cfg["loss"] and module.hparams["cyclic"] is not cfg["optim"]["cyclic"]
+    assert module.hparams["data"]["fold"] == 1 and module.hparams["data"]["root"] == str(carvana_root)
 
 
 def test_the_cyclic_schedule_is_logged_at_every_step(carvana_root: Path, tmp_path: Path):

@@ -170,7 +170,7 @@ def test_few_photos_changes_the_recipe_not_the_data(data: str):
     """experiment=few_photos composes with every data set and keeps its root, folds and folders."""
     extra = ["data.root=/photos"] if data == "folder" else []
     plain, few = compose_train(f"data={data}", *extra), compose_train(f"data={data}", *extra, "experiment=few_photos")
-    assert (few.model.encoder_name, few.model.encoder_weights) == (LITE0, "imagenet")
-    assert few.data.crop_size is None and few.data.input_size is not None
+    assert (few["model"]["encoder_name"], few["model"]["encoder_weights"]) == (LITE0, "imagenet")
+    assert few["data"]["crop_size"] is None and few["data"]["input_size"] is not None
     for key in ("root", "folds", "group", "image_dir", "train_mask_dir", "val_mask_dir"):
-        assert few.data[key] == plain.data[key], key
+        assert few["data"][key] == plain["data"][key], key

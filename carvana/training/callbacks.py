@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
 from pytorch_lightning.callbacks import (
     EarlyStopping,
     EMAWeightAveraging,
@@ -23,22 +22,22 @@ from carvana.report.overlays import overlay
 from carvana.training.resume import MetricsHistory, checkpointing
 
 
-def callbacks(cfg: DictConfig, out_dir: Path, loggers: list) -> list[pl.Callback]:
+def callbacks(cfg: dict, out_dir: Path, loggers: list) -> list[pl.Callback]:
     """The best checkpoint by val_dice and last.ckpt (also every checkpoint.every_minutes), the CSV log carried in
     them, the LR at the scheduler's interval, early stopping, validation overlays, the weights' moving average
-    (optim.ema_decay), a bar."""
+    (optim.ema_decay), a bar; `cfg`: the run's plain settings."""
     found = [
-        *checkpointing(out_dir / "checkpoints", f"{cfg.model.encoder_name}-fold{cfg.fold}-" +
-                       "epoch{epoch:02d}-dice{val_dice:.4f}", cfg.checkpoint.every_minutes),
+        *checkpointing(out_dir / "checkpoints", f"{cfg['model']['encoder_name']}-fold{cfg['fold']}-" +
+                       "epoch{epoch:02d}-dice{val_dice:.4f}", cfg["checkpoint"]["every_minutes"]),
         *[MetricsHistory(logger) for logger in loggers if isinstance(logger, CSVLogger)],
         LearningRateMonitor(),  # logging_interval=None: per step for the cyclic schedule, per epoch for cosine
-        EarlyStopping(monitor="val_dice", mode="max", patience=cfg.early_stopping_patience),
-        ValidationOverlays(cfg.logger.images),
+        EarlyStopping(monitor="val_dice", mode="max", patience=cfg["early_stopping_patience"]),
+        ValidationOverlays(cfg["logger"]["images"]),
     ]
-    if cfg.optim.ema_decay:  # validate and checkpoint an exponential moving average of the weights
-        found.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
-    if cfg.trainer.get("enable_progress_bar", True):
-        found.append(RichProgressBar() if cfg.progress_bar == "rich" else TQDMProgressBar())
+    if cfg["optim"]["ema_decay"]:  # validate and checkpoint an exponential moving average of the weights
+        found.append(EMAWeightAveraging(decay=cfg["optim"]["ema_decay"]))
+    if cfg["trainer"].get("enable_progress_bar", True):
+        found.append(RichProgressBar() if cfg["progress_bar"] == "rich" else TQDMProgressBar())
     return found
 
 

@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 from carvana.data.io import image_size
 from carvana.data.layout import IMAGE_SUFFIXES, first_process, group_of, group_pattern
@@ -65,20 +64,21 @@ def say_photos(fold: int, train: list[Path], val: list[Path], group: str | None)
               file=sys.stderr, flush=True)
 
 
-def say_cpu(cfg: DictConfig) -> None:
+def say_cpu(cfg: dict) -> None:
     """A warning at the start, before the photos are checked, when a large recipe would train on the CPU: the photos
-    counted in data.root/data.image_dir (validation ones too), naming experiment=few_photos."""
-    if not first_process() or (torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"):
+    counted in data.root/data.image_dir (validation ones too), naming experiment=few_photos. `cfg`: plain settings."""
+    if not first_process() or (torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu"):
         return
-    folder = Path(cfg.data.root) / cfg.data.image_dir
+    data = cfg["data"]
+    folder = Path(data["root"]) / data["image_dir"]
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not photos:
         return
-    size = cfg.data.crop_size or cfg.data.input_size
+    size = data["crop_size"] or data["input_size"]
     if size is None:  # full photos: the first one's size as displayed, from its header
         size = image_size(photos[0])
     h, w = size[:2]
-    epochs = cfg.trainer.max_epochs
+    epochs = cfg["trainer"]["max_epochs"]
     if len(photos) * epochs * h * w < CPU_PIXELS:
         return
     print(f"warning: no GPU: {plural(len(photos), 'photo')} x {plural(epochs, 'epoch')} at {h}x{w} (height x "

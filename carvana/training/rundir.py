@@ -46,8 +46,9 @@ def restart_words(words: list[str]) -> list[str]:
 
 
 def update_record(out_dir: Path, cfg: DictConfig) -> bool:
-    """After a start in a run's folder was accepted: its .hydra/config.yaml and overrides.yaml take the words given on
-    top of the saved ones (none given: the record stays byte for byte). True when they were rewritten."""
+    """After a start in a run's folder was accepted: its .hydra/config.yaml (Hydra's composed `cfg`, interpolations
+    kept, as Hydra writes it for a new run) and overrides.yaml take the words given on top of the saved ones (none
+    given: the record stays byte for byte). True when they were rewritten."""
     record = out_dir / RECORD
     if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
         return False  # Hydra wrote the record itself: a new run
