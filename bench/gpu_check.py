@@ -169,14 +169,14 @@ def copy_checkpoint(work: Path) -> Path:
     from hydra import compose, initialize_config_dir
 
     from carvana.model.module import SegModule
-    from carvana.training.run import module_kwargs
+    from carvana.training.run import module_kwargs, settings_of
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         train_cfg = compose(config_name="config", overrides=["encoder=resnet50", "model.encoder_weights=null",
                                                              "data.crop_size=null"])
     torch.manual_seed(0)
-    module = SegModule(**module_kwargs(train_cfg, {"image_size": [1280, 1918]}))
+    module = SegModule(**module_kwargs(settings_of(train_cfg), {"image_size": [1280, 1918]}))
     ckpt = work / "copy.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": pl.__version__}, ckpt)

@@ -94,14 +94,14 @@ def make_checkpoint(path: Path, encoder: str, input_size: list[int] | None) -> P
     """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters), random weights."""
     from hydra import compose, initialize_config_dir
 
-    from carvana.training.run import module_kwargs
+    from carvana.training.run import module_kwargs, settings_of
 
     size = "null" if input_size is None else f"[{input_size[0]},{input_size[1]}]"
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model.encoder_name={encoder}", "model.encoder_weights=null",
                                                        "data.crop_size=null", f"data.input_size={size}"])
     torch.manual_seed(0)  # the same masks, hence the same RLE work, in every run
-    module = SegModule(**module_kwargs(cfg, {"image_size": [1280, 1918]}))
+    module = SegModule(**module_kwargs(settings_of(cfg), {"image_size": [1280, 1918]}))
     torch.save(
         {
             "state_dict": module.state_dict(),

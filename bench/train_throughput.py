@@ -79,12 +79,12 @@ def configured(encoder: str, size: list[int]) -> dict:
     """SegModule's arguments from conf/ (train.py's defaults) with this bench's encoder and input size, no download."""
     from hydra import compose, initialize_config_dir
 
-    from carvana.training.run import module_kwargs
+    from carvana.training.run import module_kwargs, settings_of
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model.encoder_name={encoder}", "model.encoder_weights=null",
                                                        "data.crop_size=null", f"data.input_size=[{size[0]},{size[1]}]"])
-    return module_kwargs(cfg, {})
+    return module_kwargs(settings_of(cfg), {})
 
 
 def preload(images: list[Path], masks: list[Path], size: list[int], batch_size: int, steps: int) -> DataLoader:
