@@ -249,7 +249,8 @@ def exported_pad(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_full_size_export_takes_any_multiple_of_32_and_checks_two_sizes(exported_pad: dict):
     """Issue 37.3: the graph's height and width are dynamic (multiples of 32); parity was checked at two sizes."""
     lines = exported_pad["lines"]
-    assert "(100x70, 75x52)" in lines[-2] and FIGURES.search(lines[-2]), lines  # inputs of 96x128 and 64x96
+    # the photo and its 3/4 copy; network inputs of 96x128 and 64x96
+    assert " at 70x100, 52x75 (height x width): " in lines[-2] and FIGURES.search(lines[-2]), lines
     assert lines[-1].startswith(f"onnx={exported_pad['onnx']} image=Bx3xHxW uint8 (H, W: any multiples of 32)")
     (image,) = ort.InferenceSession(str(exported_pad["onnx"]), providers=["CPUExecutionProvider"]).get_inputs()
     assert image.shape[1] == 3 and all(isinstance(side, str) for side in image.shape[2:]), image.shape
