@@ -1,5 +1,6 @@
 """The command line every tool shares: --help from the YAML comments (one source), key=value words, renamed keys."""
 
+import importlib
 import subprocess
 import sys
 
@@ -48,6 +49,18 @@ def test_every_key_in_help_is_explained(tool: str):
     assert keys
     unexplained = [line.strip() for line in keys if len(line.strip().split(None, 1)) < 2]
     assert not unexplained, f"keys without a comment in conf/{name}.yaml or its groups: {unexplained}"
+
+
+@pytest.mark.parametrize("tool", ["folds", "crops", "export", "report", "report.masks", "serve", "synthetic"])
+def test_each_tool_is_its_packages_main_and_its_help_names_the_command(tool: str, capsys: pytest.CaptureFixture):
+    """One pattern for tools: python -m carvana.X is carvana/X/__main__.py, and its --help names that command (the
+    report's masks tool once said python -m carvana.masks)."""
+    assert (REPO / "carvana" / tool.replace(".", "/") / "__main__.py").is_file()
+    main = importlib.import_module(f"carvana.{tool}.__main__").main
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m carvana.{tool} [key=value ...]")
 
 
 @pytest.mark.parametrize("tool", ["train.py", "carvana.report"])
