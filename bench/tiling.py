@@ -13,8 +13,8 @@ the truth. Give a trained full-resolution checkpoint (data.input_size=null): a r
 hover about the threshold.
 memory: predict.py (in a subprocess, the CPU, tta=none) over one generated photo of --size (height, width) in tiles of
 --tile, with a random mobilenet_v2 U-Net: prints its peak resident memory (`peak_rss_gib=`, the goal: < 4 GiB
-for 8000x5336 with 1024x1024 tiles) and the seconds it took; and the size of the untiled network input for
-comparison.
+for 5336x8000 (height x width) with 1024x1024 tiles) and the seconds it took; and the size of the untiled network
+input for comparison.
 """
 
 import argparse
