@@ -257,8 +257,8 @@ def run(cfg: dict) -> str:
     """predict.py's job from its plain config (conf/predict.yaml) -> the summary line, empty on ranks other than 0."""
     check_allocation(cfg["trainer"])
     use_allocated_cpus()
+    cfg = check_settings(cfg)  # the keys first, then the files they name
     ckpts = find_checkpoints(cfg["ckpt"])
-    cfg = check_settings(cfg)
     models = Models(ckpts, load_models(ckpts, cfg["model"]))  # every file whole and of this project, before any work
     meta = models.loaded[0].hparams.get("data") or {}  # the first checkpoint's data: predict.py's defaults
     if cfg["predict_on_val"] and "png" not in cfg["write"]:
