@@ -34,7 +34,7 @@ from carvana.predict.scores import dice_table, histograms
 from carvana.predict.shards import ROW_BREAKERS
 from carvana.predict.tiles import check_tiling
 from carvana.predict.writer import CUTOUT_ALPHAS, CUTOUT_COLOURS, MaskWriter, Stopped
-from carvana.progress import progress
+from carvana.progress import progress, quiet_lightning
 from carvana.slurm import check_allocation, use_allocated_cpus
 
 WRITES = ("png", "rle", "cutout")
@@ -280,6 +280,7 @@ def run(cfg: dict) -> str:
 
 def main(cfg: dict) -> None:
     """predict.py: run, print rank 0's summary line; expected errors: one line, exit status 2."""
+    quiet_lightning()
     with expected_errors(stopped=(Stopped,)):  # stopped: the line says what is written and how to go on
         line = run(cfg)
     if line:

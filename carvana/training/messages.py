@@ -1,11 +1,8 @@
 """What train.py says besides its result line: the photos each side of the fold holds, a warning for a fold too small
 to choose a checkpoint by, a warning when a large recipe would train on the CPU; and Lightning's lines that are not
-the user's business kept off the screen."""
+the user's business are kept off the screen by carvana.progress.quiet_lightning."""
 
-import logging
-import re
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,36 +14,11 @@ SMALL_FOLD = 5  # validation photos below which val_dice, and the best checkpoin
 # training pixels (photos x epochs x height x width) above which a CPU run is warned about: Carvana's defaults are
 # 4,070 x 60 x 1024 x 1024 = 2.6e11; experiment=few_photos on 100 photos 100 x 12 x 320 x 480 = 1.8e8
 CPU_PIXELS = 1e10
-# Lightning's lines that say nothing about this run: tips for its products, the `limit_*_batches=1.0` it was
-# given, deprecations inside its own code, a logging interval longer than a tiny epoch, and on a resume the folders
-# it finds full (the run's own: MetricsHistory restores the CSV log) and its torch.load default
-QUIET_WARNINGS = [r"The number of training batches \(\d+\) is smaller than the logging interval",
-                  r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                  r"Experiment logs directory .* exists and is not empty",
-                  r"Checkpoint directory .* exists and is not empty"]
-QUIET_INFO = re.compile(r"^(💡 Tip|`Trainer\(limit_(train|val)_batches=1\.0\)` was configured|"
-                        r"`weights_only` was not set)")
 
 
 def plural(n: int, word: str) -> str:
     """'1 photo', '2 photos'."""
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def quiet_lightning() -> None:
-    """Lightning's tips, deprecations and logging-interval notes off the screen (QUIET_WARNINGS, QUIET_INFO)."""
-    for message in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.trainer.connectors.checkpoint_connector",
-                 "lightning_fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _QuietInfo) for f in logger.filters):
-            logger.addFilter(_QuietInfo())
-
-
-class _QuietInfo(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not QUIET_INFO.match(record.getMessage())
 
 
 def say_photos(fold: int, train: list[Path], val: list[Path], group: str | None) -> None:

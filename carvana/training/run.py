@@ -24,12 +24,13 @@ from carvana.hardware import check_accelerator, trainer_kwargs
 from carvana.model.loading import init_from, read_checkpoint
 from carvana.model.module import SegModule
 from carvana.model.network import resolve_preprocessing
+from carvana.progress import quiet_lightning
 from carvana.slurm import check_allocation, use_allocated_cpus
 from carvana.training.callbacks import callbacks
 from carvana.training.compat.hydra import relaunch_job_not_sweep
 from carvana.training.compat.lightning import ddp_job_scope
 from carvana.training.loggers import build_loggers, finish_loggers
-from carvana.training.messages import quiet_lightning, say_cpu, say_photos
+from carvana.training.messages import say_cpu, say_photos
 from carvana.training.resume import AtomicCheckpointIO, SaveOnSigterm, Stopped, check_resumed_settings
 from carvana.training.rundir import MADE_FOLDS, discard_refused_run, keep_folds, update_record
 
