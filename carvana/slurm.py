@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from carvana import CarvanaError
+from carvana.cli import fail
 
 
 def in_slurm_step() -> bool:
@@ -110,5 +111,4 @@ class SlurmSweep(Callback):
 
 
 def stop(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    fail(f"error: {message}")  # before Hydra's launcher starts: no job's handler is around it yet
