@@ -1,8 +1,10 @@
-"""Helpers that several test files use (fixtures stay in conftest.py): predict.py and train.py run in this process,
-a folder of the user's own photos, the HTTP service run and asked."""
+"""Helpers that several test files use (fixtures and pytest's hooks stay in conftest.py): the repository and train.py's
+tiny runs, checkpoints and submissions without training, predict.py and train.py run in this process, a folder of the
+user's own photos, the HTTP service run and asked."""
 
 import contextlib
 import io
+import os
 import re
 import runpy
 import socket
@@ -20,8 +22,134 @@ from unittest import mock
 
 import cv2
 import numpy as np
-from conftest import REPO, parse_result
+import pytest
 from PIL import Image
+
+# the repository, its real files, train.py's tiny runs and what they print
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# non-square and divisible by 32: a swapped axis cannot pass, and the full photo needs no padding
+TINY_SIZE = (64, 96)
+RESULT_LINE = re.compile(r"^val_dice=(?P<dice>[0-9.]+|nan) checkpoint=(?P<ckpt>\S+)$")
+
+
+def compose_train(*overrides: str) -> dict:
+    """conf/config.yaml composed with `overrides` as train.py composes it (Hydra's compose API), made the plain
+    settings its job takes as train.py makes them (carvana.training.run.settings_of)."""
+    from hydra import compose, initialize_config_dir
+
+    from carvana.training.run import settings_of
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return settings_of(compose(config_name="config", overrides=list(overrides)))
+
+
+def augment(**probabilities: float) -> dict:
+    """data.augment of conf/data/carvana.yaml, with `probabilities` changed (e.g. hflip=0, affine=0, color=0)."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "carvana.yaml").augment)
+    return {**defaults, **probabilities}
+
+
+def tiny_module(**hparams: object) -> "SegModule":  # noqa: F821
+    """A SegModule of the real config's defaults (no pretrained weights), `hparams` overriding its arguments."""
+    from carvana.model.module import SegModule
+    from carvana.training.run import module_kwargs
+
+    kwargs = module_kwargs(compose_train("model.encoder_weights=null", "data.crop_size=null"), {})
+    return SegModule(**{**kwargs, **hparams})
+
+
+def train_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """train.py overrides for one tiny CPU epoch on `root`, run directory `out`."""
+    return [
+        "data=synthetic",
+        "encoder=mobilenet",  # the tests' tiny model, from scratch; the demo's pretrained encoder is tested apart
+        "model.encoder_weights=null",
+        "trainer=cpu",
+        f"data.root={root}",
+        f"data.folds={root / 'folds.csv'}",
+        "~data.generate",
+        "data.input_size=null",
+        "trainer.max_epochs=1",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        f"hydra.run.dir={out}",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def run_train(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """python train.py ARGS in the repository, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def result_of(proc: subprocess.CompletedProcess) -> tuple[float, Path]:
+    """(val_dice, checkpoint) from the last line of a successful run's stdout."""
+    assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return parse_result(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_result(line: str) -> tuple[float, Path]:
+    """(val_dice, checkpoint) from train.py's result line."""
+    match = RESULT_LINE.match(line)
+    assert match, f"not a 'val_dice=<float> checkpoint=<path>' line: {line!r}"
+    return float(match["dice"]), Path(match["ckpt"])
+
+
+def run_module(module: str, *words: str) -> subprocess.CompletedProcess:
+    """python -m MODULE WORDS in the repository, as a user runs the small tools."""
+    return subprocess.run([sys.executable, "-m", module, *words], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def write_checkpoint(path: Path, seed: int = 0, **hparams: object) -> Path:
+    """A checkpoint in the format train.py writes (state_dict + plain hyper_parameters) of tiny_module(**hparams),
+    random weights from `seed`: for tests that need a model's file, not its training."""
+    import pytorch_lightning as pl
+    import torch
+
+    torch.manual_seed(seed)
+    module = tiny_module(**hparams)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path
+
+
+def submission(sample_csv: Path, output: Path, **settings: object) -> Path:
+    """make_submission with conf/submit.yaml's defaults and `settings` (e.g. probs_dir=, height=, width=)."""
+    from carvana.cli import compose
+    from carvana.submission import make_submission
+
+    return make_submission(**{**compose("submit", []), "sample_csv": sample_csv, "output": output, **settings})
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "64k", read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` (or a read-only one) mounted on `folder` for the block: a disk that fills, or a folder that
+    cannot be written even by root. Skips the test where this process may not mount (not root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                           capture_output=True, check=False).returncode != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills, a read-only folder) needs root; CI runs as root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+# the test files that cost most, dearest first (seconds of setup and calls, `pytest --durations=0` on 2 cores): make
+# test hands whole files to its two processes in this order (--dist loadfile --no-loadscope-reorder), so that no long
+# file starts last while the other process has nothing left; the files not named follow in collection order
+DEAREST_FIRST = ["test_torture.py", "test_train.py", "test_slurm.py", "test_mission.py", "test_recipes.py",
+                 "test_predict.py", "test_loggers.py", "test_export.py", "test_switches.py", "test_own_data.py",
+                 "test_quality.py", "test_end_to_end.py", "test_export_smp.py"]
+
 
 # predict.py and train.py, in this process; what they write
 SUMMARY = re.compile(

@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from conftest import DEAREST_FIRST, REPO
+from helpers import DEAREST_FIRST, REPO
 
 PACKAGE = REPO / "carvana"
 
@@ -118,6 +118,6 @@ def test_configured_classes_take_their_values_from_conf(function):
 
 
 def test_the_dearest_test_files_named_for_scheduling_exist():
-    """make test hands out conftest's DEAREST_FIRST files first: a renamed file would silently lose its place."""
+    """make test hands out helpers' DEAREST_FIRST files first: a renamed file would silently lose its place."""
     missing = [name for name in DEAREST_FIRST if not (REPO / "tests" / name).is_file()]
-    assert not missing, f"tests/conftest.py DEAREST_FIRST names files that do not exist: {missing}"
+    assert not missing, f"tests/helpers.py DEAREST_FIRST names files that do not exist: {missing}"

@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_train
-from helpers import GROUP, GROUPS, PHOTOS, predict_in_process, write_photo_and_mask
+from helpers import GROUP, GROUPS, PHOTOS, compose_train, predict_in_process, write_photo_and_mask
 from PIL import Image
 from pycocotools import mask as coco_mask
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO, result_of, run_train, train_args
+from helpers import REPO, result_of, run_train, train_args
 
 from carvana.data.io import read_probs8
 from carvana.model.loading import load_module

@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import run_module
 
 from carvana import CarvanaError
 from carvana.crops.__main__ import main
 from carvana.data.boxes import car_bbox, cut_box, load_boxes, read_bboxes, write_bboxes
 from carvana.data.io import read_mask, write_probs8
-from tests.conftest import run_module
 
 FULL = (1280, 1918)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, TINY_SIZE, result_of, run_train, train_args
+from helpers import REPO, TINY_SIZE, result_of, run_train, train_args
 
 from carvana.data.io import read_probs8
 from carvana.data.rle import rle_decode

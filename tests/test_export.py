@@ -14,8 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import REPO, small_disk, write_checkpoint
-from helpers import max_diff, predict_args, predict_here, shard_rows
+from helpers import REPO, max_diff, predict_args, predict_here, shard_rows, small_disk, write_checkpoint
 
 from carvana.data.io import read_probs8, write_image
 from carvana.data.rle import rle_decode

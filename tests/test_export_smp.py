@@ -11,7 +11,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_module, write_checkpoint
+from helpers import REPO, run_module, write_checkpoint
 
 from carvana.data.io import read_image, write_image
 from carvana.export import exporter

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import augment
+from helpers import augment
 
 from carvana import CarvanaError
 from carvana.data.boxes import cut_box

@@ -10,7 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "bench" / "gpu_check.py"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
 
 from carvana import CarvanaError
@@ -16,7 +17,6 @@ from carvana.data.geometry import Geometry
 from carvana.data.io import probs_cut, read_image, read_mask, write_mask_gif
 from carvana.data.photo_check import check_photos
 from carvana.files import atomic_path
-from tests.conftest import REPO
 
 CAR = "0cdf5b5d0ce1"
 

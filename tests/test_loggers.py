@@ -9,7 +9,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from conftest import REPO, TINY_SIZE, result_of, run_train, train_args
+from helpers import REPO, TINY_SIZE, result_of, run_train, train_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, RESULT_LINE
+from helpers import REPO, RESULT_LINE
 
 from carvana.data.io import read_probs8
 from carvana.data.rle import rle_decode

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_module
+from helpers import tiny_module
 from omegaconf import OmegaConf
 
 from carvana import CarvanaError

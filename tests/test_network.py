@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-from conftest import tiny_module
+from helpers import tiny_module
 
 from carvana import CarvanaError
 from carvana.data.geometry import Geometry

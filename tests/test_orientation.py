@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_train
+from helpers import compose_train
 from PIL import Image
 
 from carvana.data.io import image_size, read_image, read_mask, read_probs8

@@ -10,8 +10,16 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_train, parse_result
-from helpers import GROUP, GROUPS, PHOTOS, predict_in_process, run_tool, write_photo_and_mask
+from helpers import (
+    GROUP,
+    GROUPS,
+    PHOTOS,
+    compose_train,
+    parse_result,
+    predict_in_process,
+    run_tool,
+    write_photo_and_mask,
+)
 from PIL import Image
 
 from carvana import CarvanaError

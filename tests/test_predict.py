@@ -16,8 +16,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_SIZE, result_of, run_train, submission, train_args
-from helpers import QUIET, Run, max_diff, predict_args, predict_here, shard_rows, train_here
+from helpers import (
+    QUIET,
+    REPO,
+    TINY_SIZE,
+    Run,
+    max_diff,
+    predict_args,
+    predict_here,
+    result_of,
+    run_train,
+    shard_rows,
+    submission,
+    train_args,
+    train_here,
+)
 
 from carvana import CarvanaError
 from carvana.data.io import read_image, read_mask, read_probs8, write_image, write_probs8

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZE, augment, result_of, run_train, tiny_module, train_args
+from helpers import TINY_SIZE, augment, result_of, run_train, tiny_module, train_args
 
 from carvana.data.io import read_image, read_mask
 from carvana.data.transforms import CarColor, augmentations

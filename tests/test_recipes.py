@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_SIZE, run_train, tiny_module, train_args
-from helpers import predict_args, predict_here, train_here
+from helpers import REPO, TINY_SIZE, predict_args, predict_here, run_train, tiny_module, train_args, train_here
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError

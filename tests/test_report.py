@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import run_module
 from PIL import Image
 
 from carvana.data.io import write_image, write_mask_gif, write_probs8
@@ -17,7 +18,6 @@ from carvana.data.layout import CAR_GROUP, group_unit
 from carvana.predict.manifest import settings
 from carvana.report.__main__ import main
 from carvana.report.oof import FN_COLOUR, FP_COLOUR, OUTLINE_COLOUR, THRESHOLDS, draw_errors, draw_outline, write_report
-from tests.conftest import run_module
 
 SIZE = (32, 48)  # h, w: non-square, so a transposed axis cannot pass
 PREDICTED = {"tta": "none", "threshold": 0.5, "write": ["png"], "cutout_alpha": "probs", "cutout_colour": "blur"}

@@ -9,8 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import write_checkpoint
-from helpers import predict_args, predict_here
+from helpers import predict_args, predict_here, write_checkpoint
 from PIL import Image
 
 from carvana import CarvanaError, Segmenter

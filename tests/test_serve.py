@@ -19,8 +19,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, write_checkpoint
-from helpers import MAX_PIXELS, Service, decode, get, post, predict_args, predict_here, serving_here
+from helpers import (
+    MAX_PIXELS,
+    REPO,
+    SHARED_DATA,
+    Service,
+    decode,
+    get,
+    post,
+    predict_args,
+    predict_here,
+    serving_here,
+    write_checkpoint,
+)
 
 from carvana import CarvanaError
 from carvana.cli import compose

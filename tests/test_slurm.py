@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, parse_result, train_args
+from helpers import REPO, parse_result, train_args
 from omegaconf import OmegaConf
 
 from carvana import CarvanaError
@@ -529,7 +529,7 @@ def test_a_task_given_one_cpu_runs_one_torch_thread(slurm):
 
 def test_train_and_predict_fit_their_threads_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """No SLURM needed: both jobs call use_allocated_cpus, after the allocation check and before any work."""
-    from conftest import compose_train
+    from helpers import compose_train
 
     from carvana.cli import compose
     from carvana.predict import run as prediction

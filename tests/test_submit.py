@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import submission
+from helpers import submission
 from hydra import compose, initialize_config_dir
 
 from carvana import CarvanaError

@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch.losses.dice as smp_dice
 import torch
-from conftest import REPO, TINY_SIZE, tiny_module, train_args, write_checkpoint
-from helpers import max_diff, predict_args, predict_here, train_here
+from helpers import (
+    REPO,
+    TINY_SIZE,
+    max_diff,
+    predict_args,
+    predict_here,
+    tiny_module,
+    train_args,
+    train_here,
+    write_checkpoint,
+)
 
 import carvana.model.losses
 import carvana.model.module

@@ -62,7 +62,7 @@ def test_blend_of_context_free_logits_is_exact(tile: tuple[int, int], overlap: f
 
 def test_one_tile_over_the_whole_photo_is_the_untiled_prediction():
     """A real network: a tile as large as the input (clipped to it) runs the very same forward."""
-    from conftest import tiny_module
+    from helpers import tiny_module
 
     module = tiny_module().eval()
     image = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)

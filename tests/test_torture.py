@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_SIZE, result_of, run_train, small_disk, train_args
+from helpers import REPO, TINY_SIZE, result_of, run_train, small_disk, train_args
 
 from carvana import CarvanaError
 from carvana.data.io import read_probs8, write_probs8

@@ -14,7 +14,7 @@ import cv2
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_SIZE, compose_train, parse_result, result_of, run_train, train_args
+from helpers import REPO, TINY_SIZE, compose_train, parse_result, result_of, run_train, train_args
 from omegaconf import OmegaConf
 
 from carvana.data.io import read_image, read_mask, write_image

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import compose_train, tiny_module, train_args
-from helpers import train_here
+from helpers import compose_train, tiny_module, train_args, train_here
 
 import carvana.model.weights
 from carvana import CarvanaError
