@@ -18,7 +18,7 @@ $(VENV)/.installed-loggers: $(VENV)/.installed
 	touch $@
 
 # two test processes, one per core, each test file whole in one of them (its module fixtures shared), the dearest
-# files first (tests/conftest.py: DEAREST_FIRST)
+# files first (tests/helpers.py: DEAREST_FIRST)
 test: $(VENV)/.installed-loggers
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 

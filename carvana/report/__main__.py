@@ -7,11 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from carvana import CarvanaError
-from carvana.cli import compose, conf_value, run_or_exit
-from carvana.data.layout import CAR_GROUP
-from carvana.predict.manifest import recorded_settings
+from carvana.cli import compose, run_or_exit
 from carvana.predict.scores import unit_of
-from carvana.report.oof import write_report
+from carvana.report.oof import oof_settings, write_report
 from carvana.report.run_page import best_epoch, write_run_report
 
 RENAMED = {"oof_dir": "probs_dir", "out_dir": "output_dir"}
@@ -34,37 +32,6 @@ def parse_args(argv: list[str]) -> dict:
         raise CarvanaError("probs_dir= (predict.py predict_on_val=true output) or run_dir= (a train.py run) is "
                            "required")
     return {**oof_settings(cfg), "output_dir": cfg["output_dir"] or str(Path(cfg["probs_dir"]) / "report")}
-
-
-def oof_settings(cfg: dict) -> dict:
-    """A probs_dir= report's data root, group, masks and photos: each as given, else as predict.py recorded them in
-    probs_dir (its folders moved along when the data root is given anew), else Kaggle's layout under the default data
-    root and Carvana's cars."""
-    probs_dir = cfg["probs_dir"]
-    settings = recorded_settings([probs_dir])
-    recorded = {key: values[0] for key, values in settings.items() if len(values) == 1 and values[0]}
-    root = Path(cfg.pop("data_root") or recorded.get("data_root") or conf_value("data/carvana", "root"))
-    cfg["group"] = cfg["group"] or recorded.get("group", CAR_GROUP)
-    for key, default in (("masks_dir", "train_masks"), ("images_dir", "train")):
-        folder = Path(recorded[key]) if key in recorded else root / default
-        if key in recorded and "data_root" in recorded and folder.is_relative_to(recorded["data_root"]):
-            folder = root / folder.relative_to(recorded["data_root"])
-        if key == "masks_dir" and not cfg[key]:
-            refuse_photos_without_masks(probs_dir, settings, folder)
-        cfg[key] = cfg[key] or str(folder)
-    return cfg
-
-
-def refuse_photos_without_masks(probs_dir: str, settings: dict[str, list], masks_dir: Path) -> None:
-    """A CarvanaError when predict.py recorded the predictions (`settings`) as of photos without masks (input_dir=)
-    and the default mask folder read instead does not exist: the photos have no masks, so say that, not that a folder
-    is missing."""
-    if masks_dir.is_dir() or settings.get("masks_dir") != [None]:
-        return
-    photos = sorted(str(p) for p in settings.get("images_dir", []))
-    raise CarvanaError(f"probs_dir={probs_dir} holds predictions of photos without masks (input_dir={', '.join(photos)}"
-                       "; predict.json records no masks_dir), and the report scores them against true masks: give "
-                       "masks_dir=<the folder of their masks>, or predict with predict_on_val=true")
 
 
 def print_summary(cfg: dict, result: dict[str, pd.DataFrame]) -> None:
