@@ -4,6 +4,7 @@ an uninterrupted run: the same bytes, no temporary files left, every photo exact
 status 2, one line on stderr naming the file or key, no traceback, nothing written."""
 
 import contextlib
+import importlib
 import io
 import os
 import random
@@ -247,10 +248,10 @@ def run_here(script: str, args: list[str], cwd: Path = REPO) -> tuple[int, str, 
     return code, out.getvalue(), err.getvalue()
 
 
-def tool(module: str, args: list[str]) -> tuple[int, str, str]:
-    """python -m carvana.<module> ARGS, in this process."""
+def tool(command: str, args: list[str]) -> tuple[int, str, str]:
+    """python -m <command> ARGS (carvana.crops: the package's __main__.py), in this process."""
     out, err = io.StringIO(), io.StringIO()
-    main = __import__(f"carvana.{module}", fromlist=["main"]).main
+    main = importlib.import_module(f"{command}.__main__").main
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main(args)
@@ -414,7 +415,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, setup: dict):
     outputs = [setup["tmp"] / name for name in ("pred", "sub", "run/checkpoints", "b.csv", "f.csv")]
     before = {p: files(p) if p.is_dir() else p.exists() for p in [*outputs, setup["earlier"]]}
     args = words(setup)
-    code, out, err = tool(script.split(".")[1], args) if script.startswith("carvana.") else run_here(script, args)
+    code, out, err = tool(script, args) if script.startswith("carvana.") else run_here(script, args)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, out[-2000:], err[-3000:])
     assert needle in lines[0] and "Traceback" not in err + out, lines[0]
