@@ -121,3 +121,32 @@ def test_the_dearest_test_files_named_for_scheduling_exist():
     """make test hands out helpers' DEAREST_FIRST files first: a renamed file would silently lose its place."""
     missing = [name for name in DEAREST_FIRST if not (REPO / "tests" / name).is_file()]
     assert not missing, f"tests/helpers.py DEAREST_FIRST names files that do not exist: {missing}"
+
+
+
+LONGEST_FUNCTION = 40  # lines from its def, docstring included (a parametrize table above it is data): one screen
+
+
+def long_functions(paths: list[Path], root: Path = REPO) -> list[str]:
+    """'path:line name (N lines)' of every function in `paths` (named from `root`) longer than LONGEST_FUNCTION."""
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > LONGEST_FUNCTION:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_over_40_lines():
+    paths = [*PACKAGE.rglob("*.py"), *(REPO / "bench").glob("*.py"), *(REPO / "tests").glob("*.py"),
+             *REPO.glob("*.py")]
+    found = long_functions(paths)
+    assert not found, "split these into named steps: " + ", ".join(found)
+
+
+def test_the_function_length_check_finds_a_long_function(tmp_path: Path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(LONGEST_FUNCTION))
+    (tmp_path / "code.py").write_text(f"def short():\n    return 1\n\n\n@staticmethod\ndef long():\n{body}")
+    assert long_functions([tmp_path / "code.py"], tmp_path) == [f"code.py:6 long ({LONGEST_FUNCTION + 1} lines)"]
