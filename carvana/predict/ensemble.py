@@ -1,6 +1,7 @@
 """Probabilities for a folder of photos: each photo made once into every network input the models need, the mean over
 models and TTA at the photo's own size, written as it comes (carvana.predict.writer) in batches of one size."""
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,15 @@ class PredictData(pl.LightningDataModule):
         batches = SizeBatchSampler(range(len(self.dataset)), self.sizes, self.batch_size,
                                    num_replicas=self.trainer.world_size, rank=self.trainer.global_rank)
         return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), worker_init_fn=leave_sigterm_to_the_main_process)
+
+
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM: `timeout` signals the whole process group, and the main process stops at
+    the next batch and shuts its workers down itself. A worker killed by it instead made torch's SIGCHLD handler raise
+    from the iterator's __del__: an 'Exception ignored ... Traceback' under the stop line. (A worker still exits when
+    the main process dies: torch's watchdog.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Ensemble(pl.LightningModule):
